@@ -1,0 +1,160 @@
+//! The Redis key layout: the only module that formats a key or channel name.
+//!
+//! Every name starts with the deployment's prefix (`REDIS_PREFIX`), so several
+//! deployments or parallel test runs can share one Redis without seeing each
+//! other. Names that a script or `MULTI` touches together carry the same hash tag
+//! (`{...}`), so the same code runs unchanged on Redis Cluster: a channel's live
+//! pub/sub name and its history stream both hash on `{<channel>}`.
+//!
+//! | name | type | written by | read by |
+//! |---|---|---|---|
+//! | `P:ticket:<sha256>` | string (JSON [`TicketClaims`](crate::ticket::TicketClaims)), TTL ≤ 30 s | auth-service | ws-node (`GETDEL`) |
+//! | `P:session:<sha256>` | string (JSON [`SessionRecord`](crate::session::SessionRecord)), TTL = idle timeout | auth-service | both |
+//! | `P:rl:<bucket>:<subject>` | counter with TTL (fixed window) | auth-service | auth-service |
+//! | `P:ch:{<channel>}:live` | pub/sub channel carrying ready-to-send frames | both | ws-node |
+//! | `P:ch:{<channel>}:hist` | stream: the channel's bounded history | both | ws-node |
+//! | `P:ch:{<channel>}:meta` | hash: the history's epoch and last offset | both | ws-node |
+//! | `P:control` | pub/sub channel for revocations and disconnects | auth-service | ws-node |
+
+use crate::channel::ChannelName;
+use crate::secret::TokenHash;
+use std::sync::Arc;
+
+/// The longest prefix we accept; keys stay short enough to be cheap to hash.
+pub const MAX_PREFIX_LEN: usize = 64;
+
+/// Formats every Redis key under one deployment prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisKeys {
+    prefix: Arc<str>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "REDIS_PREFIX must be 1-{MAX_PREFIX_LEN} characters of letters, digits, '-', '_', '.' or ':' (got {0:?})"
+)]
+pub struct InvalidPrefix(pub String);
+
+/// What a rate-limit counter counts; part of its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateBucket {
+    /// Failed logins for one account (by normalised username).
+    LoginFailuresByAccount,
+    /// Failed logins from one client IP.
+    LoginFailuresByIp,
+    /// Tickets minted by one user through a session cookie.
+    MintByUser,
+    /// Tickets minted with one API key.
+    MintByApiKey,
+}
+
+impl RateBucket {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::LoginFailuresByAccount => "login-fail-acct",
+            Self::LoginFailuresByIp => "login-fail-ip",
+            Self::MintByUser => "mint-user",
+            Self::MintByApiKey => "mint-key",
+        }
+    }
+}
+
+impl RedisKeys {
+    /// Braces are refused because they would turn the prefix into a hash tag
+    /// and pile every key of a deployment into one cluster slot.
+    pub fn new(prefix: &str) -> Result<Self, InvalidPrefix> {
+        let valid = !prefix.is_empty()
+            && prefix.len() <= MAX_PREFIX_LEN
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if valid {
+            Ok(Self {
+                prefix: prefix.into(),
+            })
+        } else {
+            Err(InvalidPrefix(prefix.to_owned()))
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn ticket(&self, ticket_hash: &TokenHash) -> String {
+        format!("{}:ticket:{}", self.prefix, ticket_hash.to_hex())
+    }
+
+    pub fn session(&self, session_hash: &TokenHash) -> String {
+        format!("{}:session:{}", self.prefix, session_hash.to_hex())
+    }
+
+    pub fn rate_limit(&self, bucket: RateBucket, subject: &str) -> String {
+        format!("{}:rl:{}:{}", self.prefix, bucket.as_str(), subject)
+    }
+
+    /// The pub/sub channel that carries a channel's live messages to every ws-node.
+    pub fn channel_live(&self, channel: &ChannelName) -> String {
+        format!("{}:ch:{{{}}}:live", self.prefix, channel.as_str())
+    }
+
+    /// The stream that keeps a channel's bounded history.
+    pub fn channel_history(&self, channel: &ChannelName) -> String {
+        format!("{}:ch:{{{}}}:hist", self.prefix, channel.as_str())
+    }
+
+    /// The hash holding a channel history's epoch and last offset.
+    pub fn channel_meta(&self, channel: &ChannelName) -> String {
+        format!("{}:ch:{{{}}}:meta", self.prefix, channel.as_str())
+    }
+
+    /// The inverse of [`channel_live`](Self::channel_live), for a subscriber that
+    /// receives a message and must find out which channel it belongs to.
+    pub fn channel_from_live<'a>(&self, live: &'a str) -> Option<&'a str> {
+        live.strip_prefix(&*self.prefix)?
+            .strip_prefix(":ch:{")?
+            .strip_suffix("}:live")
+    }
+
+    /// Cluster-wide control messages: revocations and server-side disconnects.
+    pub fn control(&self) -> String {
+        format!("{}:control", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_validated() {
+        assert!(RedisKeys::new("tessera").is_ok());
+        assert!(RedisKeys::new("test-1a2b:x").is_ok());
+        assert!(RedisKeys::new("").is_err());
+        assert!(RedisKeys::new("has{brace}").is_err());
+        assert!(RedisKeys::new("has space").is_err());
+        assert!(RedisKeys::new(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn channel_keys_share_a_hash_tag_and_round_trip() {
+        let keys = RedisKeys::new("p").expect("valid prefix");
+        let channel: ChannelName = "public:lobby".parse().expect("valid channel");
+        assert_eq!(keys.channel_live(&channel), "p:ch:{public:lobby}:live");
+        assert_eq!(keys.channel_history(&channel), "p:ch:{public:lobby}:hist");
+        assert_eq!(keys.channel_meta(&channel), "p:ch:{public:lobby}:meta");
+        assert_eq!(
+            keys.channel_from_live("p:ch:{public:lobby}:live"),
+            Some("public:lobby")
+        );
+        assert_eq!(keys.channel_from_live("q:ch:{public:lobby}:live"), None);
+    }
+
+    #[test]
+    fn secrets_are_keyed_by_digest() {
+        let keys = RedisKeys::new("p").expect("valid prefix");
+        let key = keys.ticket(&TokenHash::of("abc"));
+        assert!(key.starts_with("p:ticket:ba7816bf"));
+        assert!(!key.contains("abc"));
+    }
+}

@@ -1,0 +1,32 @@
+//! What `auth-service` and `ws-node` must agree on.
+//!
+//! Both binaries read and write the same Redis data; if they formatted keys or
+//! records separately, a one-character drift would silently break logins or
+//! tickets. So everything shared lives here, once:
+//!
+//! * [`keys`]: the only place that formats a Redis key or pub/sub channel name.
+//! * [`secret`]: random tokens and their SHA-256 digests (what we store instead of secrets).
+//! * [`ticket`]: the WebSocket ticket record, minting and the atomic single-use consume.
+//! * [`session`]: the session record cached in Redis for cookie handshakes.
+//! * [`scope`]: permission scopes carried by API keys and tickets.
+//! * [`channel`]: channel names and the message envelope published through Redis.
+//! * [`redact`]: scrubbing secrets from anything that may be logged.
+//! * [`telemetry`]: logging setup shared by both binaries.
+
+pub mod channel;
+pub mod keys;
+pub mod redact;
+pub mod redis_conn;
+pub mod scope;
+pub mod secret;
+pub mod session;
+pub mod telemetry;
+pub mod ticket;
+
+/// Seconds since the Unix epoch, the time unit of every record stored in Redis.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,25 @@
+//! Opening Redis connections with the timeouts both services need.
+//!
+//! A `ConnectionManager` multiplexes all commands of a process over one socket
+//! and reconnects by itself. The timeouts matter for failing closed: when Redis
+//! stops answering, a handshake or mint must get an error within a bounded time
+//! (and answer 503) rather than hang.
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+
+/// How long one Redis command may take before the caller gets an error.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long opening a Redis connection may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Opens a self-reconnecting, multiplexed connection.
+pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_with_config(client, config).await
+}

@@ -1,0 +1,109 @@
+//! Random secrets and the digests we store in their place.
+//!
+//! Session ids, tickets and API keys are 256-bit values from the thread-local
+//! CSPRNG (ChaCha, seeded from the OS). Only their SHA-256 is ever stored, so a
+//! leaked database or Redis dump does not hand out working credentials. SHA-256
+//! (not argon2) is right here: the inputs are uniformly random 256-bit values, so
+//! there is nothing to brute-force, and verification stays a microsecond.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// Length of [`random_token`] output: 32 bytes in unpadded base64url.
+pub const TOKEN_LEN: usize = 43;
+
+/// A fresh 256-bit secret, encoded as 43 base64url characters (cookie- and URL-safe).
+pub fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether `s` has the shape of a [`random_token`]; lets callers reject garbage
+/// without a Redis or database round trip.
+pub fn looks_like_token(s: &str) -> bool {
+    s.len() == TOKEN_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The SHA-256 digest of a secret: what Postgres stores and what Redis keys are named after.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenHash({})", &self.to_hex()[..12])
+    }
+}
+
+/// A secret string whose `Debug` output is redacted, so it cannot end up in a
+/// log line through `?value` or an error's debug print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself; call sites that need it are few and deliberate.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_exposed(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([REDACTED])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_unique_and_well_formed() {
+        let a = random_token();
+        let b = random_token();
+        assert_ne!(a, b);
+        assert!(looks_like_token(&a), "{a}");
+        assert!(!looks_like_token("short"));
+        assert!(!looks_like_token(&format!("{}!", &a[..42])));
+    }
+
+    #[test]
+    fn hash_is_sha256_and_debug_is_short() {
+        let h = TokenHash::of("abc");
+        assert_eq!(
+            h.to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(format!("{h:?}"), "TokenHash(ba7816bf8f01)");
+        assert_eq!(format!("{:?}", Secret::new("x".into())), "Secret([REDACTED])");
+    }
+}

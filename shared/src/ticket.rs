@@ -1,0 +1,121 @@
+//! WebSocket tickets: short-lived, single-use secrets minted by auth-service
+//! and consumed by ws-node at the handshake.
+//!
+//! The ticket itself is 256 random bits handed to the client once; Redis stores
+//! only its SHA-256 as the key, with the claims as the value and a TTL of at
+//! most 30 s. Consumption is a single `GETDEL`, so of any number of concurrent
+//! handshakes presenting one ticket, across any number of nodes, exactly one
+//! gets the claims.
+
+use crate::keys::RedisKeys;
+use crate::scope::Scopes;
+use crate::secret::{Secret, TokenHash, looks_like_token, random_token};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The longest ticket lifetime the system allows (DESIGN §5).
+pub const MAX_TICKET_TTL: Duration = Duration::from_secs(30);
+
+/// The credential a ticket was minted with; revoking it also voids its tickets
+/// and closes the sockets opened with them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuthSource {
+    Session { session_id: Uuid },
+    ApiKey { key_id: Uuid },
+}
+
+/// What a consumed ticket proves about the connecting client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketClaims {
+    pub user_id: Uuid,
+    pub username: String,
+    pub source: AuthSource,
+    pub scopes: Scopes,
+    /// The `Origin` of the request that minted the ticket (cookie minting only):
+    /// the handshake must come from the same origin.
+    pub origin: Option<String>,
+    /// Unix seconds.
+    pub issued_at: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TicketError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("ticket record is not valid JSON: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// Stores `claims` under a fresh ticket and returns the ticket (shown to the client once).
+pub async fn mint_ticket(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    claims: &TicketClaims,
+    ttl: Duration,
+) -> Result<Secret, TicketError> {
+    let ticket = random_token();
+    let record = serde_json::to_string(claims)?;
+    redis::cmd("SET")
+        .arg(keys.ticket(&TokenHash::of(&ticket)))
+        .arg(record)
+        .arg("PX")
+        .arg(ttl_millis(ttl))
+        .query_async::<()>(conn)
+        .await?;
+    Ok(Secret::new(ticket))
+}
+
+/// Clamps a TTL into 1 ms ..= [`MAX_TICKET_TTL`].
+pub fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.min(MAX_TICKET_TTL).as_millis())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// Consumes a ticket atomically: returns its claims the first time, `None` ever
+/// after (and for anything that is not a ticket at all, without asking Redis).
+pub async fn consume_ticket(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    ticket: &str,
+) -> Result<Option<TicketClaims>, TicketError> {
+    if !looks_like_token(ticket) {
+        return Ok(None);
+    }
+    let record: Option<String> = redis::cmd("GETDEL")
+        .arg(keys.ticket(&TokenHash::of(ticket)))
+        .query_async(conn)
+        .await?;
+    Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::Scope;
+
+    #[test]
+    fn claims_serialise_with_tagged_source() {
+        let claims = TicketClaims {
+            user_id: Uuid::nil(),
+            username: "ann".into(),
+            source: AuthSource::ApiKey { key_id: Uuid::nil() },
+            scopes: Scopes::NONE.with(Scope::Connect),
+            origin: None,
+            issued_at: 1,
+        };
+        let json = serde_json::to_value(&claims).expect("json");
+        assert_eq!(json["source"]["kind"], "api_key");
+        assert_eq!(json["scopes"], serde_json::json!(["connect"]));
+        let back: TicketClaims = serde_json::from_value(json).expect("json");
+        assert_eq!(back, claims);
+    }
+
+    #[test]
+    fn ttl_is_capped() {
+        assert_eq!(ttl_millis(Duration::from_secs(3600)), 30_000);
+        assert_eq!(ttl_millis(Duration::ZERO), 1);
+    }
+}
