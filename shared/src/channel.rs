@@ -72,7 +72,8 @@ impl FromStr for ChannelName {
         let name_ok = !name.is_empty()
             && s.len() <= MAX_CHANNEL_LEN
             && name.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'=' | b'+')
+                b.is_ascii_alphanumeric()
+                    || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'=' | b'+')
             });
         if namespace_ok && name_ok {
             Ok(Self(s.to_owned()))
@@ -225,7 +226,11 @@ pub async fn publish(
         .arg(channel_json)
         .arg(data.get())
         .arg(limits.max_len)
-        .arg(u64::try_from(limits.max_age.as_millis()).unwrap_or(u64::MAX).max(1))
+        .arg(
+            u64::try_from(limits.max_age.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        )
         .arg(candidate_epoch)
         .arg(u64::try_from(META_TTL.as_millis()).unwrap_or(u64::MAX))
         .invoke_async(conn)
@@ -255,10 +260,21 @@ mod tests {
     #[test]
     fn rejects_invalid_names() {
         for bad in [
-            "", "lobby", ":x", "public:", "Public:x", "pub lic:x", "public:a b", "public:{x}",
-            "public:\u{e9}", "public:x\n",
+            "",
+            "lobby",
+            ":x",
+            "public:",
+            "Public:x",
+            "pub lic:x",
+            "public:a b",
+            "public:{x}",
+            "public:\u{e9}",
+            "public:x\n",
         ] {
-            assert!(bad.parse::<ChannelName>().is_err(), "{bad:?} should be refused");
+            assert!(
+                bad.parse::<ChannelName>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
         let long = format!("public:{}", "x".repeat(MAX_CHANNEL_LEN));
         assert!(long.parse::<ChannelName>().is_err());

@@ -14,6 +14,7 @@
 //! | `P:ch:{<channel>}:live` | pub/sub channel carrying ready-to-send frames | both | ws-node |
 //! | `P:ch:{<channel>}:hist` | stream: the channel's bounded history | both | ws-node |
 //! | `P:ch:{<channel>}:meta` | hash: the history's epoch and last offset | both | ws-node |
+//! | `P:revoked:<kind>:<id>` | marker, TTL 31 s: tickets of this credential are void | auth-service | ws-node |
 //! | `P:control` | pub/sub channel for revocations and disconnects | auth-service | ws-node |
 
 use crate::channel::ChannelName;
@@ -114,6 +115,12 @@ impl RedisKeys {
         live.strip_prefix(&*self.prefix)?
             .strip_prefix(":ch:{")?
             .strip_suffix("}:live")
+    }
+
+    /// Marks a credential (`session`, `api_key`) or `user` as revoked for as long
+    /// as a ticket minted before the revocation could still be presented.
+    pub fn revoked(&self, kind: &str, id: uuid::Uuid) -> String {
+        format!("{}:revoked:{kind}:{id}", self.prefix)
     }
 
     /// Cluster-wide control messages: revocations and server-side disconnects.

@@ -10,11 +10,19 @@
 //! * [`session`]: the session record cached in Redis for cookie handshakes.
 //! * [`scope`]: permission scopes carried by API keys and tickets.
 //! * [`channel`]: channel names and the message envelope published through Redis.
+//! * [`control`]: control messages (revocations) from auth-service to every ws-node.
+//! * [`namespace`]: channel namespaces and their rules (who may join, publish; history).
+//! * [`net`]: listening sockets and shutdown signals, set up the way DESIGN §7 measured.
+//! * [`origin`]: the exact-match browser origin allowlist.
 //! * [`redact`]: scrubbing secrets from anything that may be logged.
 //! * [`telemetry`]: logging setup shared by both binaries.
 
 pub mod channel;
+pub mod control;
 pub mod keys;
+pub mod namespace;
+pub mod net;
+pub mod origin;
 pub mod redact;
 pub mod redis_conn;
 pub mod scope;

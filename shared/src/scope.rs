@@ -134,10 +134,17 @@ mod tests {
         assert!(!s.contains(Scope::Admin));
         assert!(s.covers(Scopes::NONE.with(Scope::Connect)));
         assert!(!s.covers(Scopes::NONE.with(Scope::Admin)));
-        assert_eq!(serde_json::to_string(&s).expect("json"), r#"["connect","publish"]"#);
-        let back: Scopes = serde_json::from_str(r#"["publish","connect","publish"]"#).expect("json");
+        assert_eq!(
+            serde_json::to_string(&s).expect("json"),
+            r#"["connect","publish"]"#
+        );
+        let back: Scopes =
+            serde_json::from_str(r#"["publish","connect","publish"]"#).expect("json");
         assert_eq!(back, s);
         assert!(serde_json::from_str::<Scopes>(r#"["root"]"#).is_err());
-        assert_eq!(Scopes::parse_list("connect,root"), Err(UnknownScope("root".into())));
+        assert_eq!(
+            Scopes::parse_list("connect,root"),
+            Err(UnknownScope("root".into()))
+        );
     }
 }

@@ -104,6 +104,9 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(format!("{h:?}"), "TokenHash(ba7816bf8f01)");
-        assert_eq!(format!("{:?}", Secret::new("x".into())), "Secret([REDACTED])");
+        assert_eq!(
+            format!("{:?}", Secret::new("x".into())),
+            "Secret([REDACTED])"
+        );
     }
 }

@@ -17,7 +17,9 @@ impl FromStr for LogFormat {
         match s.to_ascii_lowercase().as_str() {
             "pretty" | "text" => Ok(Self::Pretty),
             "json" => Ok(Self::Json),
-            other => Err(format!("LOG_FORMAT must be `pretty` or `json`, not {other:?}")),
+            other => Err(format!(
+                "LOG_FORMAT must be `pretty` or `json`, not {other:?}"
+            )),
         }
     }
 }
@@ -25,9 +27,11 @@ impl FromStr for LogFormat {
 /// Installs the global subscriber. `default_filter` applies when `RUST_LOG` is unset.
 /// Safe to call more than once (later calls are ignored), which tests rely on.
 pub fn init(format: LogFormat, default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
@@ -37,4 +41,25 @@ pub fn init(format: LogFormat, default_filter: &str) {
             .with_current_span(true)
             .try_init(),
     };
+}
+
+/// The process-wide Prometheus recorder, installed on first use. Several apps
+/// built in one process (tests) share it, because `metrics` allows one recorder.
+pub fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ])
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then ours stays unused.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
 }

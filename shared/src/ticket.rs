@@ -76,6 +76,8 @@ pub fn ttl_millis(ttl: Duration) -> u64 {
 
 /// Consumes a ticket atomically: returns its claims the first time, `None` ever
 /// after (and for anything that is not a ticket at all, without asking Redis).
+/// A ticket whose credential or user was revoked after minting is consumed and
+/// refused.
 pub async fn consume_ticket(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,
@@ -88,7 +90,14 @@ pub async fn consume_ticket(
         .arg(keys.ticket(&TokenHash::of(ticket)))
         .query_async(conn)
         .await?;
-    Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let claims: TicketClaims = serde_json::from_str(&record)?;
+    if crate::control::is_revoked(conn, keys, claims.source, claims.user_id).await? {
+        return Ok(None);
+    }
+    Ok(Some(claims))
 }
 
 #[cfg(test)]
@@ -101,7 +110,9 @@ mod tests {
         let claims = TicketClaims {
             user_id: Uuid::nil(),
             username: "ann".into(),
-            source: AuthSource::ApiKey { key_id: Uuid::nil() },
+            source: AuthSource::ApiKey {
+                key_id: Uuid::nil(),
+            },
             scopes: Scopes::NONE.with(Scope::Connect),
             origin: None,
             issued_at: 1,

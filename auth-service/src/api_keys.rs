@@ -1,0 +1,318 @@
+//! API keys for server clients: `tess_` + 43 random base62 characters (256 bits)
+//! + a 6-character CRC32 checksum, in the manner of GitHub's tokens.
+//!
+//! The prefix makes leaked keys recognisable to secret scanners; the checksum
+//! lets us reject typos and garbage without a database round trip. Keys are
+//! shown once and stored as SHA-256 (a uniformly random 256-bit secret needs no
+//! slow hash, and argon2 per request would cap minting at ~60/s).
+//!
+//! Verification is cached in memory for `API_KEY_CACHE_MS` (at most 1 s): the
+//! process that revokes a key forgets it at once, every other process within
+//! that bound.
+
+use crate::error::{Error, Result};
+use moka::future::Cache;
+use serde::Serialize;
+use shared::scope::{Scope, Scopes};
+use shared::secret::{Secret, TokenHash};
+use sqlx::PgPool;
+use std::time::Duration;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub const KEY_PREFIX: &str = "tess_";
+const RANDOM_LEN: usize = 43;
+const CHECKSUM_LEN: usize = 6;
+pub const KEY_LEN: usize = KEY_PREFIX.len() + RANDOM_LEN + CHECKSUM_LEN;
+/// Characters of a key that are safe to store and show, to tell keys apart.
+const DISPLAY_PREFIX_LEN: usize = KEY_PREFIX.len() + 8;
+/// How often a key's `last_used_at` is written at most (per process).
+const LAST_USED_RESOLUTION: Duration = Duration::from_secs(10);
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A fresh API key.
+pub fn generate() -> Secret {
+    let random: String = (0..RANDOM_LEN)
+        .map(|_| char::from(BASE62[rand::random_range(0..BASE62.len())]))
+        .collect();
+    let checksum = checksum(&random);
+    Secret::new(format!("{KEY_PREFIX}{random}{checksum}"))
+}
+
+fn checksum(random: &str) -> String {
+    let mut n = crc32fast::hash(random.as_bytes());
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `key` is shaped like one of our keys with a valid checksum.
+pub fn is_well_formed(key: &str) -> bool {
+    let Some(body) = key.strip_prefix(KEY_PREFIX) else {
+        return false;
+    };
+    if key.len() != KEY_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return false;
+    }
+    let (random, check) = body.split_at(RANDOM_LEN);
+    checksum(random) == check
+}
+
+fn display_prefix(key: &str) -> String {
+    key.chars().take(DISPLAY_PREFIX_LEN).collect()
+}
+
+/// A key that passed verification.
+#[derive(Clone, Debug)]
+pub struct VerifiedKey {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub username: String,
+    pub scopes: Scopes,
+}
+
+/// Checks keys against Postgres through a short-lived in-memory cache.
+pub struct ApiKeyVerifier {
+    /// Hash → key (or `None`: not a live key; cached too, so garbage with a
+    /// valid checksum cannot hammer Postgres).
+    cache: Cache<TokenHash, Option<VerifiedKey>>,
+    /// Keys whose `last_used_at` this process wrote recently.
+    recently_used: moka::sync::Cache<Uuid, ()>,
+}
+
+impl ApiKeyVerifier {
+    pub fn new(cache_ttl: Duration) -> Self {
+        Self {
+            cache: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(cache_ttl.max(Duration::from_millis(1)))
+                .build(),
+            recently_used: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(LAST_USED_RESOLUTION)
+                .build(),
+        }
+    }
+
+    /// The live key behind `key`, or `None`. Concurrent lookups of one key
+    /// share a single database query.
+    pub async fn verify(&self, db: &PgPool, key: &str) -> Result<Option<VerifiedKey>> {
+        if !is_well_formed(key) {
+            return Ok(None);
+        }
+        let hash = TokenHash::of(key);
+        let verified = self
+            .cache
+            .try_get_with(hash, lookup(db, hash))
+            .await
+            .map_err(|e: std::sync::Arc<Error>| match &*e {
+                Error::Database(_) => {
+                    Error::Unavailable("the database is unavailable; retry later")
+                }
+                other => Error::Internal(anyhow::anyhow!("api key lookup: {other}")),
+            })?;
+        if let Some(k) = &verified {
+            self.note_used(db, k.id);
+        }
+        Ok(verified)
+    }
+
+    /// Drops a key from this process's cache (after revoking it here).
+    pub async fn forget(&self, hash: TokenHash) {
+        self.cache.invalidate(&hash).await;
+    }
+
+    fn note_used(&self, db: &PgPool, key_id: Uuid) {
+        if self.recently_used.contains_key(&key_id) {
+            return;
+        }
+        self.recently_used.insert(key_id, ());
+        let db = db.clone();
+        tokio::spawn(async move {
+            let result = sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = $1")
+                .bind(key_id)
+                .execute(&db)
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "could not record API key use");
+            }
+        });
+    }
+}
+
+async fn lookup(db: &PgPool, hash: TokenHash) -> Result<Option<VerifiedKey>> {
+    let row: Option<(Uuid, Uuid, String, Vec<String>)> = sqlx::query_as(
+        "SELECT k.id, k.user_id, u.username, k.scopes FROM api_keys k JOIN users u ON u.id = k.user_id
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND u.disabled_at IS NULL",
+    )
+    .bind(hash.as_bytes().as_slice())
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|(id, user_id, username, scopes)| VerifiedKey {
+        id,
+        user_id,
+        username,
+        scopes: scopes
+            .iter()
+            .filter_map(|s| s.parse::<Scope>().ok())
+            .collect(),
+    }))
+}
+
+/// An API key as listed (never with its secret).
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    #[sqlx(try_from = "Vec<String>")]
+    pub scopes: ScopeList,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// Scopes as stored in Postgres (`text[]`), converted for JSON.
+#[derive(Debug, Serialize)]
+#[serde(transparent)]
+pub struct ScopeList(pub Scopes);
+
+impl TryFrom<Vec<String>> for ScopeList {
+    type Error = shared::scope::UnknownScope;
+    fn try_from(v: Vec<String>) -> Result<Self, Self::Error> {
+        v.iter()
+            .map(|s| s.parse::<Scope>())
+            .collect::<Result<Scopes, _>>()
+            .map(ScopeList)
+    }
+}
+
+/// Validates an API key's display name.
+pub fn validate_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(Error::unprocessable(
+            "invalid_name",
+            "name must be 1-100 printable characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Issues a key for `user_id`; the returned secret is shown once and never stored.
+pub async fn create(
+    db: &PgPool,
+    user_id: Uuid,
+    name: &str,
+    scopes: Scopes,
+) -> Result<(Secret, ApiKeyInfo)> {
+    if scopes.is_empty() {
+        return Err(Error::unprocessable(
+            "invalid_scopes",
+            "at least one scope is required",
+        ));
+    }
+    let key = generate();
+    let info = sqlx::query_as::<_, ApiKeyInfo>(
+        "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, scopes) VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, name, prefix, scopes, created_at, last_used_at, revoked_at",
+    )
+    .bind(Uuid::new_v4())
+    .bind(user_id)
+    .bind(validate_name(name)?)
+    .bind(display_prefix(key.expose()))
+    .bind(TokenHash::of(key.expose()).as_bytes().as_slice())
+    .bind(scopes.to_strings())
+    .fetch_one(db)
+    .await?;
+    metrics::counter!("api_keys_created_total").increment(1);
+    Ok((key, info))
+}
+
+pub async fn list(db: &PgPool, user_id: Uuid) -> Result<Vec<ApiKeyInfo>> {
+    Ok(sqlx::query_as::<_, ApiKeyInfo>(
+        "SELECT id, name, prefix, scopes, created_at, last_used_at, revoked_at FROM api_keys
+         WHERE user_id = $1 ORDER BY created_at DESC",
+    )
+    .bind(user_id)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Revokes a key (of `owner`, when given); returns its hash and owner if it was live.
+pub async fn revoke(
+    db: &PgPool,
+    key_id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<Option<(TokenHash, Uuid)>> {
+    let row: Option<(Vec<u8>, Uuid)> = sqlx::query_as(
+        "UPDATE api_keys SET revoked_at = now()
+         WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2) AND revoked_at IS NULL
+         RETURNING key_hash, user_id",
+    )
+    .bind(key_id)
+    .bind(owner)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.and_then(|(hash, user)| {
+        <[u8; 32]>::try_from(hash.as_slice())
+            .ok()
+            .map(|h| (TokenHash::from_bytes(h), user))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_well_formed_and_checked() {
+        let key = generate();
+        let key = key.expose();
+        assert_eq!(key.len(), KEY_LEN);
+        assert!(key.starts_with(KEY_PREFIX));
+        assert!(is_well_formed(key), "{key}");
+        // Any single-character change breaks the checksum (or the shape).
+        let mut tampered = key.to_owned().into_bytes();
+        tampered[10] = if tampered[10] == b'a' { b'b' } else { b'a' };
+        assert!(!is_well_formed(
+            &String::from_utf8(tampered).expect("ascii")
+        ));
+        assert!(!is_well_formed("tess_short"));
+        assert!(!is_well_formed(&key.replace("tess_", "tesx_")));
+        assert_eq!(display_prefix(key).len(), 13);
+    }
+}
+
+/// Revokes a key in Postgres, forgets it here, voids its outstanding tickets
+/// and tells every ws-node to close the sockets opened with it. Returns whether
+/// a live key (of `owner`, when given) was revoked.
+pub async fn revoke_everywhere(
+    state: &crate::state::AppState,
+    key_id: Uuid,
+    owner: Option<Uuid>,
+) -> Result<bool> {
+    use shared::control::{self, ControlMessage, Revoked};
+    use shared::ticket::AuthSource;
+    let Some((hash, _)) = revoke(&state.db, key_id, owner).await? else {
+        return Ok(false);
+    };
+    state.api_keys.forget(hash).await;
+    let source = AuthSource::ApiKey { key_id };
+    let mut redis = state.redis.clone();
+    control::mark_revoked(&mut redis, &state.keys, &[Revoked::Source(source)]).await?;
+    control::broadcast(
+        &mut redis,
+        &state.keys,
+        &ControlMessage::CredentialRevoked { source },
+    )
+    .await?;
+    Ok(true)
+}

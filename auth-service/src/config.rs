@@ -1,0 +1,168 @@
+//! Every setting of auth-service, from flags or environment variables, each
+//! with a default that works on a developer machine with local Postgres and Redis.
+
+use clap::builder::BoolishValueParser;
+use shared::keys::RedisKeys;
+use shared::namespace::Namespaces;
+use shared::origin::OriginAllowlist;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    /// Postgres URL; the database is created if missing and migrated at startup.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tessera"
+    )]
+    pub database_url: String,
+
+    /// Postgres connection pool size.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: u32,
+
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key and channel, so deployments can share one Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "tessera")]
+    pub redis_prefix: String,
+
+    #[arg(long, env = "AUTH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Browser origins allowed to use cookie sessions (comma-separated, exact match,
+    /// e.g. `https://app.example.com`). Also the CORS allowlist.
+    #[arg(
+        long,
+        env = "ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://localhost:8080,http://127.0.0.1:8080"
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// The `ws_url` returned with every ticket: where clients connect.
+    #[arg(long, env = "PUBLIC_WS_URL", default_value = "ws://127.0.0.1:8081/ws")]
+    pub public_ws_url: String,
+
+    /// Mark the session cookie `Secure` (and name it `__Host-session`). Only turn
+    /// off for plain-http development on a host other than localhost.
+    #[arg(long, env = "COOKIE_SECURE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub cookie_secure: bool,
+
+    /// Ticket lifetime in seconds (1-30).
+    #[arg(long, env = "TICKET_TTL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=30))]
+    pub ticket_ttl_secs: u64,
+
+    /// A session ends after this many seconds without use.
+    #[arg(long, env = "SESSION_IDLE_TIMEOUT_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_idle_timeout_secs: u64,
+
+    /// A session ends this many seconds after login, however active.
+    #[arg(long, env = "SESSION_ABSOLUTE_TIMEOUT_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_absolute_timeout_secs: u64,
+
+    /// Password hashes computed at once (each takes 19 MiB for ~30-50 ms).
+    /// Defaults to the number of CPUs.
+    #[arg(long, env = "HASH_CONCURRENCY")]
+    pub hash_concurrency: Option<usize>,
+
+    /// Failed logins allowed per account within the failure window.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 10)]
+    pub login_max_failures_per_account: u64,
+
+    /// Failed logins allowed per client IP within the failure window.
+    #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 100)]
+    pub login_max_failures_per_ip: u64,
+
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    pub login_failure_window_secs: u64,
+
+    /// Tickets one user may mint with a session cookie per mint window.
+    #[arg(long, env = "MINT_LIMIT_PER_USER", default_value_t = 60)]
+    pub mint_limit_per_user: u64,
+
+    /// Tickets one API key may mint per mint window.
+    #[arg(long, env = "MINT_LIMIT_PER_KEY", default_value_t = 1200)]
+    pub mint_limit_per_key: u64,
+
+    #[arg(long, env = "MINT_WINDOW_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub mint_window_secs: u64,
+
+    /// How long a verified API key is trusted from memory before it is checked
+    /// against Postgres again: the bound on how late a revocation takes effect
+    /// in *other* auth-service processes (the revoking process forgets at once).
+    #[arg(long, env = "API_KEY_CACHE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub api_key_cache_ms: u64,
+
+    /// Take the client IP from the last `X-Forwarded-For` entry (only behind a
+    /// proxy that sets it; otherwise clients could pick their own IP).
+    #[arg(long, env = "TRUST_PROXY_HEADERS", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub trust_proxy_headers: bool,
+
+    /// Channel namespaces (JSON; see shared::namespace). Default: public, user, broadcast.
+    #[arg(long, env = "CHANNEL_NAMESPACES")]
+    pub channel_namespaces: Option<String>,
+
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    pub log_format: shared::telemetry::LogFormat,
+}
+
+impl Config {
+    /// The configuration that the defaults and environment give, as the binary would see it.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        use clap::Parser as _;
+        Wrapper::try_parse_from(["auth-service"]).map(|w| w.config)
+    }
+
+    pub fn redis_keys(&self) -> anyhow::Result<RedisKeys> {
+        Ok(RedisKeys::new(&self.redis_prefix)?)
+    }
+
+    pub fn namespaces(&self) -> anyhow::Result<Namespaces> {
+        Ok(match &self.channel_namespaces {
+            Some(json) => Namespaces::from_json(json)?,
+            None => Namespaces::default(),
+        })
+    }
+
+    pub fn origin_allowlist(&self) -> anyhow::Result<OriginAllowlist> {
+        Ok(OriginAllowlist::new(&self.allowed_origins)?)
+    }
+
+    pub fn ticket_ttl(&self) -> Duration {
+        Duration::from_secs(self.ticket_ttl_secs)
+    }
+
+    pub fn cookie_name(&self) -> &'static str {
+        shared::session::cookie_name(self.cookie_secure)
+    }
+
+    pub fn hash_concurrency(&self) -> usize {
+        self.hash_concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1)
+    }
+
+    /// Validates what clap cannot: origins, prefix, namespaces, timeouts that must agree.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.redis_keys()?;
+        self.namespaces()?;
+        self.origin_allowlist()?;
+        anyhow::ensure!(
+            self.session_idle_timeout_secs <= self.session_absolute_timeout_secs,
+            "SESSION_IDLE_TIMEOUT_SECS must not exceed SESSION_ABSOLUTE_TIMEOUT_SECS"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,224 @@
+//! Request extractors: JSON bodies with our error format, the caller's IP, and
+//! the two ways to authenticate (session cookie, API key).
+
+use crate::api_keys::VerifiedKey;
+use crate::error::{Error, Result};
+use crate::state::AppState;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, header};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use shared::secret::TokenHash;
+use shared::session::SessionRecord;
+use std::net::{IpAddr, SocketAddr};
+
+/// Largest request body accepted (a publish carries up to 64 KiB of data).
+pub const MAX_BODY_BYTES: usize = 96 * 1024;
+
+/// A JSON body, with every failure mapped to our error format: wrong content
+/// type → 415, too large → 413, not JSON or not UTF-8 → 400, wrong shape → 422.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        let headers = req.headers().clone();
+        let body = body_bytes(req, state).await?;
+        parse_json(&headers, &body).map(ApiJson)
+    }
+}
+
+/// The raw body (for endpoints whose body is optional), with our error format.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        body_bytes(req, state).await.map(RawBody)
+    }
+}
+
+/// Reads the body, mapping the size limit to 413.
+pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes> {
+    Bytes::from_request(req, state).await.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(ref inner)
+            if inner.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            Error::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            }
+        }
+        other => Error::bad_request("unreadable_body", other.body_text()),
+    })
+}
+
+/// Parses a JSON body after checking its content type.
+pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(Error::UnsupportedMediaType);
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = T::deserialize(&mut deserializer).map_err(json_error)?;
+    deserializer.end().map_err(json_error)?;
+    Ok(value)
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => Error::unprocessable("invalid_field", e.to_string()),
+        Category::Syntax | Category::Eof | Category::Io => Error::bad_request(
+            "malformed_json",
+            format!("request body is not valid JSON: {e}"),
+        ),
+    }
+}
+
+/// The client's IP: the socket peer, or the last `X-Forwarded-For` hop when
+/// `TRUST_PROXY_HEADERS` is on (the entry our own proxy appended).
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        if state.config.trust_proxy_headers
+            && let Some(ip) = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+                .last()
+        {
+            return Ok(Self(ip));
+        }
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| Self(addr.ip()))
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("server started without connect info")))
+    }
+}
+
+/// A caller authenticated by the session cookie. For any method other than
+/// GET/HEAD/OPTIONS the CSRF checks ([`crate::csrf`]) have passed too.
+pub struct SessionUser {
+    pub session: SessionRecord,
+    pub hash: TokenHash,
+    /// The request's `Origin`, already checked against the allowlist.
+    pub origin: Option<String>,
+}
+
+impl FromRequestParts<AppState> for SessionUser {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let origin = if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            None
+        } else {
+            crate::csrf::check_browser_request(&parts.headers, &state.origins)?
+        };
+        let token = session_cookie_value(&parts.headers, state.config.cookie_name())
+            .ok_or_else(Error::unauthenticated)?;
+        let (session, hash) = crate::sessions::authenticate(state, &token)
+            .await?
+            .ok_or_else(Error::unauthenticated)?;
+        Ok(Self {
+            session,
+            hash,
+            origin,
+        })
+    }
+}
+
+/// The session cookie's value, if the request carries one (undecodable headers are ignored).
+pub fn session_cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_owned())
+}
+
+/// A caller authenticated by `Authorization: Bearer <api key>`.
+pub struct ApiKeyUser(pub VerifiedKey);
+
+impl FromRequestParts<AppState> for ApiKeyUser {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let key = bearer_token(&parts.headers)?.ok_or_else(Error::unauthenticated)?;
+        let verified = state
+            .api_keys
+            .verify(&state.db, &key)
+            .await?
+            .ok_or_else(Error::unauthenticated)?;
+        Ok(Self(verified))
+    }
+}
+
+/// The bearer token of an `Authorization` header: `Ok(None)` if there is no
+/// such header, 401 if there is one we cannot read.
+pub fn bearer_token(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| Error::unauthenticated())?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(Error::unauthenticated)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Error::unauthenticated());
+    }
+    Ok(Some(token.trim().to_owned()))
+}
+
+/// Either kind of caller, for endpoints that accept both. A request with an
+/// `Authorization` header is judged by it alone (never falls back to the cookie).
+pub enum Caller {
+    Session(SessionUser),
+    ApiKey(VerifiedKey),
+}
+
+impl Caller {
+    pub fn user_id(&self) -> uuid::Uuid {
+        match self {
+            Self::Session(s) => s.session.user_id,
+            Self::ApiKey(k) => k.user_id,
+        }
+    }
+
+    pub fn username(&self) -> &str {
+        match self {
+            Self::Session(s) => &s.session.username,
+            Self::ApiKey(k) => &k.username,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            let ApiKeyUser(key) = ApiKeyUser::from_request_parts(parts, state).await?;
+            Ok(Self::ApiKey(key))
+        } else {
+            Ok(Self::Session(
+                SessionUser::from_request_parts(parts, state).await?,
+            ))
+        }
+    }
+}

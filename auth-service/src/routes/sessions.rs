@@ -1,0 +1,190 @@
+//! Login, logout, who-am-I, and a user's own sessions.
+
+use crate::accounts::{self, Username};
+use crate::error::{Error, Result};
+use crate::extract::{ApiJson, Caller, ClientIp, SessionUser, session_cookie_value};
+use crate::password::MAX_PASSWORD_BYTES;
+use crate::rate_limit;
+use crate::sessions::{self, ClientInfo};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{AppendHeaders, IntoResponse};
+use serde::Deserialize;
+use serde_json::json;
+use shared::keys::RateBucket;
+use shared::secret::Secret;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+/// `POST /v1/login`: verifies the password and starts a new session.
+///
+/// Unknown user, wrong password and disabled user get the same 401 with the
+/// same body, after the same argon2 work. Failures are counted per account and
+/// per IP in Redis; over the limit, 429 before any hashing.
+pub async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<LoginRequest>,
+) -> Result<impl IntoResponse> {
+    crate::csrf::check_browser_request(&headers, &state.origins)?;
+    if request.password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::unprocessable(
+            "password_too_long",
+            "password must be at most 1024 bytes",
+        ));
+    }
+    let password = Secret::new(request.password);
+    // A name that cannot exist is treated like an unknown one (no account counter).
+    let username = Username::parse(&request.username).ok();
+    let config = &state.config;
+    let mut counters = vec![(
+        state
+            .keys
+            .rate_limit(RateBucket::LoginFailuresByIp, &ip.to_string()),
+        config.login_max_failures_per_ip,
+    )];
+    let account_counter = username.as_ref().map(|u| {
+        state
+            .keys
+            .rate_limit(RateBucket::LoginFailuresByAccount, u.as_str())
+    });
+    if let Some(key) = &account_counter {
+        counters.push((key.clone(), config.login_max_failures_per_account));
+    }
+    let mut redis = state.redis.clone();
+    rate_limit::check(&mut redis, &counters).await?;
+
+    let user = match &username {
+        Some(name) => accounts::find_by_username(&state.db, name).await?,
+        None => None,
+    }
+    .filter(|u| u.disabled_at.is_none());
+    let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
+    let matched = state.passwords.verify(&password, stored_hash).await?;
+    let Some(user) = user.filter(|_| matched) else {
+        let keys: Vec<String> = counters.into_iter().map(|(k, _)| k).collect();
+        rate_limit::record(
+            &mut redis,
+            &keys,
+            Duration::from_secs(config.login_failure_window_secs),
+        )
+        .await?;
+        metrics::counter!("logins_total", "outcome" => "failed").increment(1);
+        return Err(Error::Unauthenticated {
+            code: "invalid_credentials",
+            message: "invalid username or password",
+        });
+    };
+    if let Some(key) = account_counter {
+        rate_limit::reset(&mut redis, key).await?;
+    }
+    // The browser's previous session (if any) is replaced, not reused: a new id
+    // at every login means a planted id never becomes an authenticated one.
+    if let Some(old) = session_cookie_value(&headers, config.cookie_name())
+        && let Some((previous, _)) = sessions::authenticate(&state, &old).await?
+    {
+        sessions::revoke(&state, previous.user_id, previous.session_id).await?;
+    }
+    let client = ClientInfo {
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        ip: Some(ip.to_string()),
+    };
+    let (token, _) = sessions::create(&state, &user, client).await?;
+    metrics::counter!("logins_total", "outcome" => "succeeded").increment(1);
+    let cookie = sessions::session_cookie(&state, &token).to_string();
+    Ok((
+        AppendHeaders([(header::SET_COOKIE, cookie)]),
+        Json(json!({ "user": { "id": user.id, "username": user.username } })),
+    ))
+}
+
+/// `POST /v1/logout`: revokes the session (everywhere, including its open
+/// sockets) and deletes the cookie. Idempotent: without a live session it still
+/// answers 204 and clears the cookie.
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse> {
+    crate::csrf::check_browser_request(&headers, &state.origins)?;
+    if let Some(token) = session_cookie_value(&headers, state.config.cookie_name())
+        && let Some((session, _)) = sessions::authenticate(&state, &token).await?
+    {
+        sessions::revoke(&state, session.user_id, session.session_id).await?;
+    }
+    Ok((
+        StatusCode::NO_CONTENT,
+        AppendHeaders([(
+            header::SET_COOKIE,
+            sessions::removal_cookie(&state).to_string(),
+        )]),
+    ))
+}
+
+/// `GET /v1/me`: the caller (by session cookie or API key).
+pub async fn me(caller: Caller) -> impl IntoResponse {
+    Json(json!({ "id": caller.user_id(), "username": caller.username() }))
+}
+
+/// `GET /v1/sessions`: the caller's live sessions, the current one marked.
+pub async fn list(State(state): State<AppState>, user: SessionUser) -> Result<impl IntoResponse> {
+    let sessions = sessions::list_for_user(&state, user.session.user_id).await?;
+    let current = user.session.session_id;
+    let sessions: Vec<_> = sessions
+        .into_iter()
+        .map(|s| {
+            let is_current = s.id == current;
+            let mut value = serde_json::to_value(s).unwrap_or_default();
+            value["current"] = is_current.into();
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+/// `POST /v1/sessions/revoke-all`: logs the user out everywhere (this browser too).
+pub async fn revoke_all(
+    State(state): State<AppState>,
+    user: SessionUser,
+) -> Result<impl IntoResponse> {
+    let revoked = sessions::revoke_all_for_user(&state, user.session.user_id).await?;
+    tracing::info!(user_id = %user.session.user_id, revoked, "revoked all sessions");
+    Ok((
+        StatusCode::NO_CONTENT,
+        AppendHeaders([(
+            header::SET_COOKIE,
+            sessions::removal_cookie(&state).to_string(),
+        )]),
+    ))
+}
+
+/// `DELETE /v1/sessions/{id}`: revokes one of the caller's sessions.
+pub async fn revoke_one(
+    State(state): State<AppState>,
+    user: SessionUser,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse> {
+    let id: Uuid = id.parse().map_err(|_| Error::NotFound("no such session"))?;
+    if !sessions::revoke(&state, user.session.user_id, id).await? {
+        return Err(Error::NotFound("no such session"));
+    }
+    let clear = (id == user.session.session_id).then(|| {
+        (
+            header::SET_COOKIE,
+            sessions::removal_cookie(&state).to_string(),
+        )
+    });
+    Ok((StatusCode::NO_CONTENT, AppendHeaders(clear)))
+}

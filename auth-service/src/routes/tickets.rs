@@ -1,0 +1,112 @@
+//! `POST /v1/tickets`: mints a single-use WebSocket ticket.
+
+use crate::error::{Error, Result};
+use crate::extract::{Caller, RawBody, parse_json};
+use crate::rate_limit::{self, Limit};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::json;
+use shared::keys::RateBucket;
+use shared::scope::{Scope, Scopes};
+use shared::ticket::{AuthSource, TicketClaims, mint_ticket};
+use std::time::Duration;
+
+/// Optional body: narrow the ticket's scopes below the credential's.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MintRequest {
+    #[serde(default)]
+    scopes: Option<Scopes>,
+}
+
+/// Authenticated by the session cookie (CSRF-checked; the ticket is then bound
+/// to the request's Origin) or by an API key with the `connect` scope. Counted
+/// against a per-user (cookie) or per-key limit. Answers
+/// `201 {"ticket","expires_in","ws_url"}`.
+pub async fn mint(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<impl IntoResponse> {
+    let request: MintRequest = if body.is_empty() {
+        MintRequest::default()
+    } else {
+        parse_json(&headers, &body)?
+    };
+    let config = &state.config;
+    let window = Duration::from_secs(config.mint_window_secs);
+    let (source, granted, origin, counter, limit) = match &caller {
+        Caller::ApiKey(key) => {
+            if !key.scopes.contains(Scope::Connect) {
+                return Err(Error::forbidden(
+                    "insufficient_scope",
+                    "this API key lacks the `connect` scope",
+                ));
+            }
+            (
+                AuthSource::ApiKey { key_id: key.id },
+                key.scopes,
+                None,
+                state
+                    .keys
+                    .rate_limit(RateBucket::MintByApiKey, &key.id.to_string()),
+                config.mint_limit_per_key,
+            )
+        }
+        Caller::Session(user) => (
+            AuthSource::Session {
+                session_id: user.session.session_id,
+            },
+            Scopes::NONE.with(Scope::Connect).with(Scope::Publish),
+            user.origin.clone(),
+            state
+                .keys
+                .rate_limit(RateBucket::MintByUser, &user.session.user_id.to_string()),
+            config.mint_limit_per_user,
+        ),
+    };
+    let scopes = match request.scopes {
+        None => granted,
+        Some(asked) if granted.covers(asked) => asked.with(Scope::Connect),
+        Some(_) => {
+            return Err(Error::forbidden(
+                "insufficient_scope",
+                "requested scopes exceed the credential's",
+            ));
+        }
+    };
+    let mut redis = state.redis.clone();
+    rate_limit::hit(&mut redis, counter, Limit { max: limit, window }).await?;
+    let claims = TicketClaims {
+        user_id: caller.user_id(),
+        username: caller.username().to_owned(),
+        source,
+        scopes,
+        origin,
+        issued_at: shared::unix_now(),
+    };
+    let ticket = mint_ticket(&mut redis, &state.keys, &claims, config.ticket_ttl())
+        .await
+        .map_err(|e| match e {
+            shared::ticket::TicketError::Redis(e) => Error::Redis(e),
+            other => Error::Internal(other.into()),
+        })?;
+    let kind = match source {
+        AuthSource::Session { .. } => "session",
+        AuthSource::ApiKey { .. } => "api_key",
+    };
+    metrics::counter!("tickets_minted_total", "source" => kind).increment(1);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "ticket": ticket.expose(),
+            "expires_in": config.ticket_ttl_secs,
+            "ws_url": config.public_ws_url,
+        })),
+    ))
+}

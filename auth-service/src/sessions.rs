@@ -1,0 +1,258 @@
+//! Sessions: durable in Postgres, cached in Redis, carried by an HttpOnly cookie.
+//!
+//! The cookie holds a 256-bit random id; Postgres and Redis only ever see its
+//! SHA-256. Every login creates a new id (no fixation). Two timeouts apply, both
+//! server-side: idle (the Redis entry's TTL, slid on use, with Postgres'
+//! `last_seen_at` as the fallback after a Redis flush) and absolute (fixed at login).
+
+use crate::accounts::User;
+use crate::error::Result;
+use crate::state::AppState;
+use shared::control::{self, ControlMessage, Revoked};
+use shared::secret::{Secret, TokenHash, looks_like_token, random_token};
+use shared::session::{SessionRecord, cache_session, evict_sessions, touch_cached_session};
+use shared::ticket::AuthSource;
+use time::OffsetDateTime;
+use tower_cookies::cookie::{Cookie, SameSite};
+use uuid::Uuid;
+
+/// Who created a session, for the user's session list.
+pub struct ClientInfo {
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// Creates a session for `user`; returns the cookie value (shown only to the
+/// client) and the record.
+pub async fn create(
+    state: &AppState,
+    user: &User,
+    client: ClientInfo,
+) -> Result<(Secret, SessionRecord)> {
+    let token = random_token();
+    let hash = TokenHash::of(&token);
+    let now = shared::unix_now();
+    let record = SessionRecord {
+        session_id: Uuid::new_v4(),
+        user_id: user.id,
+        username: user.username.clone(),
+        expires_at: now + state.config.session_absolute_timeout_secs,
+        idle_timeout_secs: state.config.session_idle_timeout_secs,
+    };
+    sqlx::query(
+        "INSERT INTO sessions (id, token_hash, user_id, expires_at, user_agent, ip)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(record.session_id)
+    .bind(hash.as_bytes().as_slice())
+    .bind(user.id)
+    .bind(to_datetime(record.expires_at))
+    .bind(
+        client
+            .user_agent
+            .map(|ua| ua.chars().take(256).collect::<String>()),
+    )
+    .bind(client.ip)
+    .execute(&state.db)
+    .await?;
+    // Postgres has the session; if Redis is down the cache is warmed on first use.
+    if let Err(e) = cache_session(&mut state.redis.clone(), &state.keys, &hash, &record).await {
+        tracing::warn!(error = %e, "could not cache new session");
+    }
+    metrics::counter!("sessions_created_total").increment(1);
+    Ok((Secret::new(token), record))
+}
+
+/// Resolves a cookie value to its live session, or `None` if it is not one:
+/// garbage, unknown, revoked, idle too long, past its absolute expiry, or its
+/// user disabled.
+pub async fn authenticate(
+    state: &AppState,
+    token: &str,
+) -> Result<Option<(SessionRecord, TokenHash)>> {
+    if !looks_like_token(token) {
+        return Ok(None);
+    }
+    let hash = TokenHash::of(token);
+    let idle = state.config.session_idle_timeout_secs;
+    match touch_cached_session(&mut state.redis.clone(), &state.keys, &hash, idle).await {
+        Ok(Some(record)) => {
+            note_activity(state, record.session_id);
+            return Ok(Some((record, hash)));
+        }
+        Ok(None) => {}
+        // Postgres is the source of truth; a Redis outage must not log people out.
+        Err(e) => tracing::warn!(error = %e, "session cache unavailable; using Postgres"),
+    }
+    let row: Option<(Uuid, Uuid, String, OffsetDateTime)> = sqlx::query_as(
+        "UPDATE sessions s SET last_seen_at = now()
+         FROM users u
+         WHERE s.token_hash = $1 AND u.id = s.user_id
+           AND s.revoked_at IS NULL AND u.disabled_at IS NULL
+           AND s.expires_at > now()
+           AND s.last_seen_at > now() - make_interval(secs => $2)
+         RETURNING s.id, s.user_id, u.username, s.expires_at",
+    )
+    .bind(hash.as_bytes().as_slice())
+    .bind(idle as f64)
+    .fetch_optional(&state.db)
+    .await?;
+    let Some((session_id, user_id, username, expires_at)) = row else {
+        return Ok(None);
+    };
+    let record = SessionRecord {
+        session_id,
+        user_id,
+        username,
+        expires_at: u64::try_from(expires_at.unix_timestamp()).unwrap_or(0),
+        idle_timeout_secs: idle,
+    };
+    if let Err(e) = cache_session(&mut state.redis.clone(), &state.keys, &hash, &record).await {
+        tracing::warn!(error = %e, "could not re-warm session cache");
+    }
+    Ok(Some((record, hash)))
+}
+
+/// Records activity in Postgres at a bounded rate (once per touch interval per
+/// process), so the idle timeout survives a Redis flush without a write per request.
+fn note_activity(state: &AppState, session_id: Uuid) {
+    if state.recently_seen_sessions.contains_key(&session_id) {
+        return;
+    }
+    state.recently_seen_sessions.insert(session_id, ());
+    let db = state.db.clone();
+    tokio::spawn(async move {
+        let result = sqlx::query(
+            "UPDATE sessions SET last_seen_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(session_id)
+        .execute(&db)
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not record session activity");
+        }
+    });
+}
+
+/// Revokes one session everywhere: Postgres, the Redis cache, its outstanding
+/// tickets, and (through the control channel) its open sockets.
+pub async fn revoke(state: &AppState, user_id: Uuid, session_id: Uuid) -> Result<bool> {
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = now()
+         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL
+         RETURNING token_hash",
+    )
+    .bind(session_id)
+    .bind(user_id)
+    .fetch_all(&state.db)
+    .await?;
+    let revoked = !hashes.is_empty();
+    forget(state, &hashes, &[session_id]).await?;
+    Ok(revoked)
+}
+
+/// Revokes every live session of a user; returns how many there were.
+pub async fn revoke_all_for_user(state: &AppState, user_id: Uuid) -> Result<usize> {
+    let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+        "UPDATE sessions SET revoked_at = now()
+         WHERE user_id = $1 AND revoked_at IS NULL
+         RETURNING id, token_hash",
+    )
+    .bind(user_id)
+    .fetch_all(&state.db)
+    .await?;
+    let (ids, hashes): (Vec<Uuid>, Vec<Vec<u8>>) = rows.into_iter().unzip();
+    forget(state, &hashes, &ids).await?;
+    Ok(ids.len())
+}
+
+/// The Redis side of revocation. Postgres already says "revoked", so if Redis
+/// is unreachable the caller gets 503 and may retry; nothing is half-revoked in
+/// a way that lets the session work (the cache entry, if any, is refused on
+/// re-validation once Redis returns and expires by its idle TTL at the latest).
+async fn forget(state: &AppState, hashes: &[Vec<u8>], session_ids: &[Uuid]) -> Result<()> {
+    if session_ids.is_empty() {
+        return Ok(());
+    }
+    let hashes: Vec<TokenHash> = hashes
+        .iter()
+        .filter_map(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
+        .map(TokenHash::from_bytes)
+        .collect();
+    let mut redis = state.redis.clone();
+    evict_sessions(&mut redis, &state.keys, &hashes).await?;
+    let sources: Vec<AuthSource> = session_ids
+        .iter()
+        .map(|&session_id| AuthSource::Session { session_id })
+        .collect();
+    let markers: Vec<Revoked> = sources.iter().copied().map(Revoked::Source).collect();
+    control::mark_revoked(&mut redis, &state.keys, &markers).await?;
+    for source in sources {
+        control::broadcast(
+            &mut redis,
+            &state.keys,
+            &ControlMessage::CredentialRevoked { source },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A session as listed to its owner.
+#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+pub struct SessionInfo {
+    pub id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// The user's sessions that are still live.
+pub async fn list_for_user(state: &AppState, user_id: Uuid) -> Result<Vec<SessionInfo>> {
+    Ok(sqlx::query_as::<_, SessionInfo>(
+        "SELECT id, created_at, last_seen_at, expires_at, user_agent, ip FROM sessions
+         WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > now()
+           AND last_seen_at > now() - make_interval(secs => $2)
+         ORDER BY created_at DESC",
+    )
+    .bind(user_id)
+    .bind(state.config.session_idle_timeout_secs as f64)
+    .fetch_all(&state.db)
+    .await?)
+}
+
+/// The `Set-Cookie` that installs a session (DESIGN §5): HttpOnly, Secure with the
+/// `__Host-` prefix, SameSite=Lax, Path=/, no Domain, living as long as the session can.
+pub fn session_cookie(state: &AppState, token: &Secret) -> Cookie<'static> {
+    Cookie::build((state.config.cookie_name(), token.expose().to_owned()))
+        .http_only(true)
+        .secure(state.config.cookie_secure)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .max_age(time::Duration::seconds(
+            i64::try_from(state.config.session_absolute_timeout_secs).unwrap_or(i64::MAX),
+        ))
+        .build()
+}
+
+/// The `Set-Cookie` that deletes the session cookie (same attributes, so browsers match it).
+pub fn removal_cookie(state: &AppState) -> Cookie<'static> {
+    Cookie::build((state.config.cookie_name(), ""))
+        .http_only(true)
+        .secure(state.config.cookie_secure)
+        .same_site(SameSite::Lax)
+        .path("/")
+        .max_age(time::Duration::ZERO)
+        .expires(OffsetDateTime::UNIX_EPOCH)
+        .build()
+}
+
+fn to_datetime(unix: u64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(i64::try_from(unix).unwrap_or(i64::MAX))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}

@@ -1,0 +1,29 @@
+//! What every request handler can reach.
+
+use crate::api_keys::ApiKeyVerifier;
+use crate::config::Config;
+use crate::password::PasswordHasher;
+use redis::aio::ConnectionManager;
+use shared::keys::RedisKeys;
+use shared::namespace::Namespaces;
+use shared::origin::OriginAllowlist;
+use sqlx::PgPool;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Shared by all requests; every field is cheap to clone (handles and `Arc`s).
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: PgPool,
+    /// One multiplexed, self-reconnecting connection shared by all requests.
+    pub redis: ConnectionManager,
+    pub keys: RedisKeys,
+    pub origins: Arc<OriginAllowlist>,
+    pub namespaces: Arc<Namespaces>,
+    pub passwords: PasswordHasher,
+    pub api_keys: Arc<ApiKeyVerifier>,
+    /// Sessions whose activity this process wrote to Postgres recently.
+    pub recently_seen_sessions: moka::sync::Cache<Uuid, ()>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}

@@ -1,0 +1,93 @@
+//! Control messages: how auth-service tells every ws-node to close sockets.
+//!
+//! Published on the deployment's control channel ([`RedisKeys::control`]).
+//! Pub/sub is at-most-once, so a lost control message must not leave a revoked
+//! credential working: revocation also writes a short-lived marker that ticket
+//! consumption checks, and ws-node re-validates live sockets periodically.
+
+use crate::keys::RedisKeys;
+use crate::ticket::{AuthSource, MAX_TICKET_TTL};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// A credential was revoked (logout, session revocation, API key revocation):
+    /// close every socket opened with it.
+    CredentialRevoked { source: AuthSource },
+    /// A user was disabled: close every socket of the user.
+    UserDisabled { user_id: Uuid },
+}
+
+/// Publishes a control message to every ws-node.
+pub async fn broadcast(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    message: &ControlMessage,
+) -> redis::RedisResult<()> {
+    let json = serde_json::to_string(message).map_err(|e| {
+        redis::RedisError::from((redis::ErrorKind::Client, "control message", e.to_string()))
+    })?;
+    redis::cmd("PUBLISH")
+        .arg(keys.control())
+        .arg(json)
+        .query_async(conn)
+        .await
+}
+
+/// Records that tickets minted from these credentials must no longer be
+/// accepted. The markers only need to outlive the longest ticket.
+pub async fn mark_revoked(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    revoked: &[Revoked],
+) -> redis::RedisResult<()> {
+    if revoked.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for r in revoked {
+        pipe.cmd("SET")
+            .arg(r.key(keys))
+            .arg(1)
+            .arg("EX")
+            .arg(MAX_TICKET_TTL.as_secs() + 1)
+            .ignore();
+    }
+    pipe.query_async(conn).await
+}
+
+/// Something whose outstanding tickets are void.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    Source(AuthSource),
+    User(Uuid),
+}
+
+impl Revoked {
+    fn key(self, keys: &RedisKeys) -> String {
+        match self {
+            Self::Source(AuthSource::Session { session_id }) => keys.revoked("session", session_id),
+            Self::Source(AuthSource::ApiKey { key_id }) => keys.revoked("api_key", key_id),
+            Self::User(user_id) => keys.revoked("user", user_id),
+        }
+    }
+}
+
+/// Whether the credential or user behind a ticket has been revoked since it was minted.
+pub async fn is_revoked(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    source: AuthSource,
+    user_id: Uuid,
+) -> redis::RedisResult<bool> {
+    let (by_source, by_user): (bool, bool) = redis::pipe()
+        .cmd("EXISTS")
+        .arg(Revoked::Source(source).key(keys))
+        .cmd("EXISTS")
+        .arg(Revoked::User(user_id).key(keys))
+        .query_async(conn)
+        .await?;
+    Ok(by_source || by_user)
+}
