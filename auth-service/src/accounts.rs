@@ -119,20 +119,6 @@ async fn set_disabled(db: &PgPool, user_id: Uuid) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn usernames_are_normalised() {
-        assert_eq!(Username::parse(" Alice ").map(|u| u.0), Ok("alice".into()));
-        assert!(Username::parse("").is_err());
-        assert!(Username::parse("a b").is_err());
-        assert!(Username::parse("é").is_err());
-        assert!(Username::parse(&"a".repeat(65)).is_err());
-    }
-}
-
 /// Disables a user everywhere: no more logins, sessions revoked, API keys and
 /// outstanding tickets refused, open sockets closed.
 pub async fn disable(state: &crate::state::AppState, user_id: Uuid) -> Result<()> {
@@ -148,4 +134,18 @@ pub async fn disable(state: &crate::state::AppState, user_id: Uuid) -> Result<()
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_normalised() {
+        assert_eq!(Username::parse(" Alice ").map(|u| u.0), Ok("alice".into()));
+        assert!(Username::parse("").is_err());
+        assert!(Username::parse("a b").is_err());
+        assert!(Username::parse("é").is_err());
+        assert!(Username::parse(&"a".repeat(65)).is_err());
+    }
 }

@@ -268,29 +268,6 @@ pub async fn revoke(
     }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_keys_are_well_formed_and_checked() {
-        let key = generate();
-        let key = key.expose();
-        assert_eq!(key.len(), KEY_LEN);
-        assert!(key.starts_with(KEY_PREFIX));
-        assert!(is_well_formed(key), "{key}");
-        // Any single-character change breaks the checksum (or the shape).
-        let mut tampered = key.to_owned().into_bytes();
-        tampered[10] = if tampered[10] == b'a' { b'b' } else { b'a' };
-        assert!(!is_well_formed(
-            &String::from_utf8(tampered).expect("ascii")
-        ));
-        assert!(!is_well_formed("tess_short"));
-        assert!(!is_well_formed(&key.replace("tess_", "tesx_")));
-        assert_eq!(display_prefix(key).len(), 13);
-    }
-}
-
 /// Revokes a key in Postgres, forgets it here, voids its outstanding tickets
 /// and tells every ws-node to close the sockets opened with it. Returns whether
 /// a live key (of `owner`, when given) was revoked.
@@ -315,4 +292,27 @@ pub async fn revoke_everywhere(
     )
     .await?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_well_formed_and_checked() {
+        let key = generate();
+        let key = key.expose();
+        assert_eq!(key.len(), KEY_LEN);
+        assert!(key.starts_with(KEY_PREFIX));
+        assert!(is_well_formed(key), "{key}");
+        // Any single-character change breaks the checksum (or the shape).
+        let mut tampered = key.to_owned().into_bytes();
+        tampered[10] = if tampered[10] == b'a' { b'b' } else { b'a' };
+        assert!(!is_well_formed(
+            &String::from_utf8(tampered).expect("ascii")
+        ));
+        assert!(!is_well_formed("tess_short"));
+        assert!(!is_well_formed(&key.replace("tess_", "tesx_")));
+        assert_eq!(display_prefix(key).len(), 13);
+    }
 }

@@ -114,6 +114,14 @@ pub async fn evict_sessions(
     pipe.query_async(conn).await
 }
 
+/// The session cookie's name. With `Secure` it carries the `__Host-` prefix, which
+/// makes browsers refuse it unless it is Secure, host-only (no `Domain`) and
+/// `Path=/`; plain-http development (`COOKIE_SECURE=false`) cannot use the
+/// prefix, because browsers reject `__Host-` cookies that are not Secure.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure { "__Host-session" } else { "session" }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,12 +140,4 @@ mod tests {
         assert_eq!(record.cache_ttl_secs(2_000), 0);
         assert!(record.is_expired(1_000));
     }
-}
-
-/// The session cookie's name. With `Secure` it carries the `__Host-` prefix, which
-/// makes browsers refuse it unless it is Secure, host-only (no `Domain`) and
-/// `Path=/`; plain-http development (`COOKIE_SECURE=false`) cannot use the
-/// prefix, because browsers reject `__Host-` cookies that are not Secure.
-pub fn cookie_name(secure: bool) -> &'static str {
-    if secure { "__Host-session" } else { "session" }
 }

@@ -1,0 +1,199 @@
+//! Every client mistake is a 4xx with the standard JSON error body.
+
+use crate::helpers::*;
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn malformed_requests_get_clear_json_errors() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("alice").await;
+    let key = app.api_key(&user, "connect,publish").await;
+    let post = |path: &'static str, content_type: Option<&'static str>, body: Vec<u8>| {
+        let mut request = app.http.post(app.url(path)).body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        request
+    };
+    let json = Some("application/json");
+
+    let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            post("/v1/login", json, b"{\"username\":".to_vec()),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            post("/v1/login", json, b"not json".to_vec()),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            post(
+                "/v1/login",
+                json,
+                b"{\"username\":\"a\",\"password\":\"b\"} trailing".to_vec(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            post(
+                "/v1/login",
+                json,
+                b"{\"username\":\"\xff\xfe\",\"password\":\"b\"}".to_vec(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            post("/v1/login", Some("text/plain"), b"{}".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            post("/v1/login", None, b"{}".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            post("/v1/login", json, b"{\"username\":\"a\"}".to_vec()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            post(
+                "/v1/login",
+                json,
+                b"{\"username\":1,\"password\":\"b\"}".to_vec(),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            post(
+                "/v1/login",
+                json,
+                b"{\"username\":\"a\",\"password\":\"b\",\"admin\":true}".to_vec(),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            post("/v1/login", json, vec![b' '; 200 * 1024]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            post("/v1/login", json, b"[]".to_vec()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            app.http.get(app.url("/v1/nothing-here")),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            app.http.put(app.url("/v1/login")),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            app.http.delete(app.url("/v1/api-keys/not-a-uuid")),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            app.http
+                .get(app.url("/v1/me"))
+                .header("cookie", "__Host-session=\"quoted\"; x="),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            app.http
+                .get(app.url("/v1/me"))
+                .header("cookie", b"__Host-session=\xff\xfe".as_slice()),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            app.http
+                .post(app.url("/v1/tickets"))
+                .bearer_auth(&key)
+                .header("content-type", "application/json")
+                .body("{\"scopes\":\"all\"}"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            app.http
+                .post(app.url("/v1/tickets"))
+                .bearer_auth(&key)
+                .header("content-type", "text/plain")
+                .body("x"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            app.http
+                .post(app.url("/v1/tickets"))
+                .bearer_auth(&key)
+                .json(&serde_json::json!({"ttl": 999})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+    ];
+    for (i, (request, status, code)) in cases.into_iter().enumerate() {
+        let response = request.send().await.expect("request");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "case {i}"
+        );
+        assert_eq!(error_code(response, status).await, code, "case {i}");
+    }
+
+    // With a session, a path id that is not a UUID is simply not found.
+    let cookie = app.login_cookie("alice").await;
+    let response = app
+        .http
+        .delete(app.url("/v1/api-keys/not-a-uuid"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        error_code(response, StatusCode::NOT_FOUND).await,
+        "not_found"
+    );
+
+    // None of that hurt the service.
+    assert_eq!(app.login("alice", PASSWORD).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn cors_admits_only_allowlisted_origins_and_never_a_wildcard() {
+    let app = TestApp::spawn().await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/v1/tickets"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let allowed = preflight(APP_ORIGIN).await.expect("request");
+    assert_eq!(allowed.headers()["access-control-allow-origin"], APP_ORIGIN);
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    let foreign = preflight("https://evil.example").await.expect("request");
+    assert!(
+        foreign
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}

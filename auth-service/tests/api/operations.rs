@@ -1,0 +1,188 @@
+use crate::helpers::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let app = TestApp::spawn().await;
+    let health = app
+        .http
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(health.status(), StatusCode::OK);
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(ready.status(), StatusCode::OK);
+    let body: Value = ready.json().await.expect("json");
+    assert_eq!(body["checks"]["postgres"], "ok");
+    assert_eq!(body["checks"]["redis"], "ok");
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("request");
+    let text = metrics.text().await.expect("text");
+    assert!(text.contains("http_requests_total"), "{text}");
+}
+
+#[tokio::test]
+async fn readiness_fails_and_requests_fail_closed_when_redis_is_gone() {
+    let mut redis = testkit::RedisServer::start();
+    let url = redis.url();
+    let app = TestApp::spawn_with(|c| c.redis_url = url).await;
+    let user = app.create_user("alice").await;
+    let key = app.api_key(&user, "connect").await;
+    assert_eq!(app.mint_with_key(&key).await.status(), StatusCode::CREATED);
+
+    redis.kill();
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = ready.json().await.expect("json");
+    assert_eq!(body["checks"]["redis"], "unavailable");
+    assert_eq!(body["checks"]["postgres"], "ok");
+    // No ticket can be minted without Redis: 503, never a ticket nobody can consume.
+    let response = app.mint_with_key(&key).await;
+    assert_eq!(
+        error_code(response, StatusCode::SERVICE_UNAVAILABLE).await,
+        "unavailable"
+    );
+
+    redis.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.mint_with_key(&key).await.status() != StatusCode::CREATED {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not recover after Redis came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The real binary: JSON logs that never contain a ticket, an API key or a
+/// session id, and a clean exit on SIGTERM.
+#[tokio::test]
+async fn the_binary_logs_json_without_secrets_and_stops_on_sigterm() {
+    use std::io::Read as _;
+    use std::process::{Command, Stdio};
+    let db = testkit::TestDatabase::new();
+    let port = testkit::free_port();
+    let prefix = testkit::unique_prefix();
+    let bin = env!("CARGO_BIN_EXE_auth-service");
+    let envs = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("REDIS_URL", &testkit::shared_redis_url()),
+        ("REDIS_PREFIX", prefix.as_str()),
+        ("AUTH_LISTEN", &format!("127.0.0.1:{port}")),
+        ("LOG_FORMAT", "json"),
+        ("RUST_LOG", "debug"),
+        ("AUTH_PASSWORD", PASSWORD),
+    ];
+    let status = Command::new(bin)
+        .envs(envs)
+        .args(["user", "add", "alice", "--key-scopes", "connect"])
+        .status()
+        .expect("run");
+    assert!(status.success());
+    let output = Command::new(bin)
+        .envs(envs)
+        .args(["api-key", "create", "alice", "--scopes", "connect"])
+        .output()
+        .expect("run");
+    assert!(output.status.success());
+    let key = String::from_utf8(output.stdout)
+        .expect("utf8")
+        .trim()
+        .to_owned();
+
+    let mut server = Command::new(bin)
+        .envs(envs)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let login = http
+        .post(format!("{base}/v1/login"))
+        .json(&serde_json::json!({ "username": "alice", "password": PASSWORD }))
+        .send()
+        .await
+        .expect("login");
+    let session = cookie_pair(&login);
+    let minted: Value = http
+        .post(format!("{base}/v1/tickets?ticket=also-in-the-url"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("mint")
+        .json()
+        .await
+        .expect("json");
+    let ticket = minted["ticket"].as_str().expect("ticket").to_owned();
+
+    let pid = server.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+    let mut logs = String::new();
+    server
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("read");
+    let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() > 3, "{logs}");
+    for line in &lines {
+        let parsed: Result<Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok(), "not JSON: {line}");
+    }
+    assert!(
+        logs.contains("/v1/tickets?ticket=[REDACTED]"),
+        "access log line for the mint"
+    );
+    assert!(logs.contains("shutdown signal received"));
+    let session_id = session.split_once('=').expect("pair").1;
+    for secret in [
+        ticket.as_str(),
+        key.as_str(),
+        session_id,
+        "also-in-the-url",
+        PASSWORD,
+    ] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
+}

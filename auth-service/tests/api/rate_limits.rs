@@ -1,0 +1,119 @@
+use crate::helpers::*;
+use reqwest::StatusCode;
+
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds")
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_account_across_processes() {
+    let a = TestApp::spawn_with(|c| c.login_max_failures_per_account = 3).await;
+    let b = a.spawn_sibling().await;
+    a.create_user("alice").await;
+    // Failures spread over two processes share one counter.
+    for app in [&a, &b, &a] {
+        assert_eq!(
+            app.login("alice", "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let response = b.login("alice", "wrong").await;
+    let wait = retry_after(&response);
+    assert!((1..=900).contains(&wait), "Retry-After {wait}");
+    assert_eq!(
+        error_code(response, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
+    // Even the right password waits: the limit is checked before hashing.
+    assert_eq!(
+        a.login("alice", PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test]
+async fn a_successful_login_resets_the_account_counter() {
+    let app = TestApp::spawn_with(|c| c.login_max_failures_per_account = 3).await;
+    app.create_user("bob").await;
+    for _ in 0..2 {
+        assert_eq!(
+            app.login("bob", "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(app.login("bob", PASSWORD).await.status(), StatusCode::OK);
+    for _ in 0..2 {
+        assert_eq!(
+            app.login("bob", "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(app.login("bob", PASSWORD).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn failed_logins_are_throttled_per_ip_across_accounts() {
+    let app = TestApp::spawn_with(|c| {
+        c.login_max_failures_per_ip = 4;
+        c.login_max_failures_per_account = 100;
+    })
+    .await;
+    for i in 0..4 {
+        assert_eq!(
+            app.login(&format!("user{i}"), "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let response = app.login("someone-new", "wrong").await;
+    assert_eq!(
+        error_code(response, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
+}
+
+#[tokio::test]
+async fn ticket_minting_is_limited_per_key_and_per_user() {
+    let app = TestApp::spawn_with(|c| {
+        c.mint_limit_per_key = 3;
+        c.mint_limit_per_user = 2;
+    })
+    .await;
+    let sibling = app.spawn_sibling().await;
+    let user = app.create_user("carol").await;
+    let key = app.api_key(&user, "connect").await;
+    let other_key = app.api_key(&user, "connect").await;
+    for minter in [&app, &sibling, &app] {
+        assert_eq!(
+            minter.mint_with_key(&key).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    let response = sibling.mint_with_key(&key).await;
+    assert!(retry_after(&response) >= 1);
+    assert_eq!(
+        error_code(response, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
+    // Another key has its own budget.
+    assert_eq!(
+        app.mint_with_key(&other_key).await.status(),
+        StatusCode::CREATED
+    );
+
+    let cookie = app.login_cookie("carol").await;
+    for _ in 0..2 {
+        assert_eq!(
+            app.mint_with_cookie(&cookie).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    let response = app.mint_with_cookie(&cookie).await;
+    assert_eq!(
+        error_code(response, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
+}

@@ -1,0 +1,318 @@
+use crate::helpers::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+use std::time::Duration;
+
+#[tokio::test]
+async fn me_answers_for_a_session_and_refuses_everything_else() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("alice").await;
+    let cookie = app.login_cookie("alice").await;
+
+    let response = app.get_with_cookie("/v1/me", &cookie).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(
+        body,
+        serde_json::json!({ "id": user.id, "username": "alice" })
+    );
+
+    // No cookie, a garbage cookie, and a well-formed id nobody was issued.
+    let response = app
+        .http
+        .get(app.url("/v1/me"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        error_code(response, StatusCode::UNAUTHORIZED).await,
+        "unauthenticated"
+    );
+    for bogus in [
+        "__Host-session=garbage".to_owned(),
+        "__Host-session=%%%; other=1".to_owned(),
+        format!("__Host-session={}", shared::secret::random_token()),
+    ] {
+        let response = app.get_with_cookie("/v1/me", &bogus).await;
+        assert_eq!(
+            error_code(response, StatusCode::UNAUTHORIZED).await,
+            "unauthenticated",
+            "{bogus}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_login_issues_a_new_session_id_and_retires_the_old_one() {
+    let app = TestApp::spawn().await;
+    app.create_user("bob").await;
+    let first = app.login_cookie("bob").await;
+
+    // Log in again from the same browser, which still sends the old cookie.
+    let response = app
+        .http
+        .post(app.url("/v1/login"))
+        .header("cookie", &first)
+        .json(&serde_json::json!({ "username": "bob", "password": PASSWORD }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let second = cookie_pair(&response);
+    assert_ne!(first, second, "session id must change at login");
+
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &second).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &first).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn an_attacker_chosen_session_id_never_becomes_valid() {
+    // Session fixation: the attacker plants a cookie, the victim logs in.
+    let app = TestApp::spawn().await;
+    app.create_user("victim").await;
+    let planted = format!("__Host-session={}", shared::secret::random_token());
+    let response = app
+        .http
+        .post(app.url("/v1/login"))
+        .header("cookie", &planted)
+        .json(&serde_json::json!({ "username": "victim", "password": PASSWORD }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_ne!(cookie_pair(&response), planted);
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &planted).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn logout_revokes_the_session_clears_the_cookie_and_voids_its_tickets() {
+    let app = TestApp::spawn().await;
+    app.create_user("carol").await;
+    let cookie = app.login_cookie("carol").await;
+    let ticket = ticket_of(app.mint_with_cookie(&cookie).await).await;
+
+    let response = app
+        .http
+        .post(app.url("/v1/logout"))
+        .header("cookie", &cookie)
+        .header("origin", APP_ORIGIN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let cleared = set_cookie(&response).expect("cookie removal");
+    assert!(cleared.starts_with("__Host-session=;"), "{cleared}");
+    assert!(
+        cleared.to_ascii_lowercase().contains("max-age=0"),
+        "{cleared}"
+    );
+
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &cookie).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(
+        app.consume(&ticket).await.is_none(),
+        "ticket minted before logout must be refused"
+    );
+    // Postgres agrees, so a cache refill cannot resurrect it.
+    let revoked: bool = sqlx::query_scalar("SELECT bool_and(revoked_at IS NOT NULL) FROM sessions")
+        .fetch_one(&app.state.db)
+        .await
+        .expect("query");
+    assert!(revoked);
+    // Logging out again is harmless.
+    let again = app
+        .http
+        .post(app.url("/v1/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn logout_is_announced_to_ws_nodes_on_the_control_channel() {
+    let app = TestApp::spawn().await;
+    app.create_user("dora").await;
+    let cookie = app.login_cookie("dora").await;
+    let session_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM sessions")
+        .fetch_one(&app.state.db)
+        .await
+        .expect("session");
+
+    let client = redis::Client::open(testkit::shared_redis_url()).expect("client");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub
+        .subscribe(app.state.keys.control())
+        .await
+        .expect("subscribe");
+    let response = app
+        .http
+        .post(app.url("/v1/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    use futures_util::StreamExt as _;
+    let message = tokio::time::timeout(Duration::from_secs(2), pubsub.on_message().next())
+        .await
+        .expect("control message in time")
+        .expect("message");
+    let payload: String = message.get_payload().expect("payload");
+    let control: shared::control::ControlMessage = serde_json::from_str(&payload).expect("json");
+    assert_eq!(
+        control,
+        shared::control::ControlMessage::CredentialRevoked {
+            source: shared::ticket::AuthSource::Session { session_id }
+        }
+    );
+}
+
+#[tokio::test]
+async fn revoke_all_ends_every_session_of_the_user_only() {
+    let app = TestApp::spawn().await;
+    app.create_user("dan").await;
+    app.create_user("other").await;
+    let laptop = app.login_cookie("dan").await;
+    let phone = app.login_cookie("dan").await;
+    let someone_else = app.login_cookie("other").await;
+
+    let response = app.get_with_cookie("/v1/sessions", &laptop).await;
+    let body: Value = response.json().await.expect("json");
+    let sessions = body["sessions"].as_array().expect("list");
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(sessions.iter().filter(|s| s["current"] == true).count(), 1);
+
+    let response = app
+        .http
+        .post(app.url("/v1/sessions/revoke-all"))
+        .header("cookie", &laptop)
+        .header("origin", APP_ORIGIN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &laptop).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &phone).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &someone_else).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn one_session_can_be_revoked_by_id() {
+    let app = TestApp::spawn().await;
+    app.create_user("eve").await;
+    let keep = app.login_cookie("eve").await;
+    let drop = app.login_cookie("eve").await;
+    let body: Value = app
+        .get_with_cookie("/v1/sessions", &drop)
+        .await
+        .json()
+        .await
+        .expect("json");
+    let id = body["sessions"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|s| s["current"] == true)
+        .expect("current")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let response = app
+        .http
+        .delete(app.url(&format!("/v1/sessions/{id}")))
+        .header("cookie", &keep)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &drop).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &keep).await.status(),
+        StatusCode::OK
+    );
+    let response = app
+        .http
+        .delete(app.url(&format!("/v1/sessions/{id}")))
+        .header("cookie", &keep)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        error_code(response, StatusCode::NOT_FOUND).await,
+        "not_found"
+    );
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_even_when_activity_would_be_read_from_postgres() {
+    let app = TestApp::spawn_with(|c| c.session_idle_timeout_secs = 1).await;
+    app.create_user("frank").await;
+    let active = app.login_cookie("frank").await;
+    let idle = app.login_cookie("frank").await;
+    // Keep one session busy, leave the other alone.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            app.get_with_cookie("/v1/me", &active).await.status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &idle).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &active).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn absolute_timeout_ends_a_session_however_active() {
+    let app = TestApp::spawn_with(|c| {
+        c.session_idle_timeout_secs = 3;
+        c.session_absolute_timeout_secs = 3;
+    })
+    .await;
+    app.create_user("gina").await;
+    let cookie = app.login_cookie("gina").await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(
+            app.get_with_cookie("/v1/me", &cookie).await.status(),
+            StatusCode::OK
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Expiry is kept in whole seconds, so it falls within (2 s, 3 s] of login.
+    tokio::time::sleep(Duration::from_millis(3200).saturating_sub(started.elapsed())).await;
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &cookie).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
