@@ -15,6 +15,7 @@
 //! | `P:ch:{<channel>}:hist` | stream: the channel's bounded history | both | ws-node |
 //! | `P:ch:{<channel>}:meta` | hash: the history's epoch and last offset | both | ws-node |
 //! | `P:revoked:<kind>:<id>` | marker, TTL 31 s: tickets of this credential are void | auth-service | ws-node |
+//! | `P:user-conns:<user id>` | sorted set of live connections, scored by lease expiry | ws-node | ws-node |
 //! | `P:control` | pub/sub channel for revocations and disconnects | auth-service | ws-node |
 
 use crate::channel::ChannelName;
@@ -121,6 +122,12 @@ impl RedisKeys {
     /// as a ticket minted before the revocation could still be presented.
     pub fn revoked(&self, kind: &str, id: uuid::Uuid) -> String {
         format!("{}:revoked:{kind}:{id}", self.prefix)
+    }
+
+    /// The sorted set of a user's live connections across all nodes (member:
+    /// `<node>:<connection>`, score: lease expiry in ms), for the per-user cap.
+    pub fn user_connections(&self, user_id: uuid::Uuid) -> String {
+        format!("{}:user-conns:{user_id}", self.prefix)
     }
 
     /// Cluster-wide control messages: revocations and server-side disconnects.

@@ -1,0 +1,171 @@
+//! Every setting of ws-node, from flags or environment variables, each with a
+//! default that works on a developer machine.
+
+use clap::builder::BoolishValueParser;
+use shared::keys::RedisKeys;
+use shared::namespace::Namespaces;
+use shared::origin::OriginAllowlist;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "ws-node",
+    version,
+    about = "WebSocket node: authenticated handshake, channels, Redis fan-out"
+)]
+pub struct Config {
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key and channel; must match auth-service's.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "tessera")]
+    pub redis_prefix: String,
+
+    #[arg(long, env = "WS_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+
+    /// This node's name in `welcome` frames, logs and connection listings (default: random).
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Browser origins allowed to connect with the session cookie (exact match).
+    #[arg(
+        long,
+        env = "ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://localhost:8080,http://127.0.0.1:8080"
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Must match auth-service: selects the cookie name (`__Host-session` or `session`).
+    #[arg(long, env = "COOKIE_SECURE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub cookie_secure: bool,
+
+    /// Channel namespaces (JSON; see shared::namespace). Default: public, user, broadcast.
+    #[arg(long, env = "CHANNEL_NAMESPACES")]
+    pub channel_namespaces: Option<String>,
+
+    /// Milliseconds a socket opened without credentials has to send its `auth` frame (then 4002).
+    #[arg(long, env = "AUTH_TIMEOUT_MS", default_value_t = 5000)]
+    pub auth_timeout_ms: u64,
+
+    /// Milliseconds a client has to send its complete HTTP upgrade request.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// Sockets awaiting first-message auth allowed per client IP.
+    #[arg(long, env = "MAX_PENDING_AUTH_PER_IP", default_value_t = 32)]
+    pub max_pending_auth_per_ip: usize,
+
+    /// Sockets awaiting first-message auth allowed on this node.
+    #[arg(long, env = "MAX_PENDING_AUTH", default_value_t = 4096)]
+    pub max_pending_auth: usize,
+
+    /// Largest message accepted from a client (larger: close 1009).
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Frames queued for one client before it counts as too slow (close 4008).
+    #[arg(long, env = "SEND_QUEUE_FRAMES", default_value_t = 1024)]
+    pub send_queue_frames: usize,
+
+    /// Sustained client frames per second per connection.
+    #[arg(long, env = "CLIENT_MESSAGES_PER_SEC", default_value_t = 50)]
+    pub client_messages_per_sec: u32,
+
+    /// Client frames a connection may send in a burst above the sustained rate.
+    #[arg(long, env = "CLIENT_MESSAGE_BURST", default_value_t = 100)]
+    pub client_message_burst: u32,
+
+    /// Open connections per user, counted across all nodes.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
+    pub max_connections_per_user: u32,
+
+    /// Channels one connection may join (besides its own user channel).
+    #[arg(long, env = "MAX_SUBSCRIPTIONS_PER_CONNECTION", default_value_t = 100)]
+    pub max_subscriptions_per_connection: usize,
+
+    /// Seconds between server pings.
+    #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 20)]
+    pub ping_interval_secs: u64,
+
+    /// Seconds of silence (no frame, no pong) after which a peer is considered dead.
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds to close every socket (1001) and exit after SIGTERM.
+    #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    pub log_format: shared::telemetry::LogFormat,
+}
+
+impl Config {
+    /// The configuration that the defaults and environment give.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        use clap::Parser as _;
+        Self::try_parse_from(["ws-node"])
+    }
+
+    pub fn redis_keys(&self) -> anyhow::Result<RedisKeys> {
+        Ok(RedisKeys::new(&self.redis_prefix)?)
+    }
+
+    pub fn namespaces(&self) -> anyhow::Result<Namespaces> {
+        Ok(match &self.channel_namespaces {
+            Some(json) => Namespaces::from_json(json)?,
+            None => Namespaces::default(),
+        })
+    }
+
+    pub fn origin_allowlist(&self) -> anyhow::Result<OriginAllowlist> {
+        Ok(OriginAllowlist::new(&self.allowed_origins)?)
+    }
+
+    pub fn node_id(&self) -> String {
+        self.node_id
+            .clone()
+            .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs.max(1))
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+
+    pub fn cookie_name(&self) -> &'static str {
+        shared::session::cookie_name(self.cookie_secure)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.redis_keys()?;
+        self.namespaces()?;
+        self.origin_allowlist()?;
+        anyhow::ensure!(
+            self.send_queue_frames >= 1,
+            "SEND_QUEUE_FRAMES must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_message_bytes >= 1024,
+            "MAX_MESSAGE_BYTES must be at least 1024"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,81 @@
+//! The one error type of ws-node: why a handshake is refused, as an HTTP answer
+//! sent *before* the upgrade (`{"error":{"code","message"}}`).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not a WebSocket upgrade request")]
+    NotWebSocket,
+    #[error("the ticket is invalid, expired or already used; mint a new one")]
+    InvalidTicket,
+    #[error(
+        "the session is not valid here; check it with GET /v1/me on auth-service and retry, or log in"
+    )]
+    InvalidSession,
+    #[error("cookie authentication needs an Origin header from ALLOWED_ORIGINS")]
+    OriginNotAllowed,
+    #[error("this ticket was minted for another origin")]
+    OriginMismatch,
+    #[error("the credential lacks the `connect` scope")]
+    InsufficientScope,
+    #[error("too many connections for this user")]
+    TooManyConnections,
+    #[error("too many unauthenticated connections; authenticate in the handshake or retry later")]
+    TooManyPending,
+    #[error("the node is shutting down; connect to another")]
+    Draining,
+    #[error("the node cannot reach Redis; retry later")]
+    Unavailable(#[from] redis::RedisError),
+}
+
+impl Error {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::NotWebSocket => (StatusCode::BAD_REQUEST, "not_websocket"),
+            Self::InvalidTicket => (StatusCode::UNAUTHORIZED, "invalid_ticket"),
+            Self::InvalidSession => (StatusCode::UNAUTHORIZED, "invalid_session"),
+            Self::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+            Self::OriginMismatch => (StatusCode::FORBIDDEN, "origin_mismatch"),
+            Self::InsufficientScope => (StatusCode::FORBIDDEN, "insufficient_scope"),
+            Self::TooManyConnections => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
+            Self::TooManyPending => (StatusCode::TOO_MANY_REQUESTS, "too_many_pending"),
+            Self::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+
+    /// For metrics labels.
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
+    }
+}
+
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let Self::Unavailable(e) = &self {
+            tracing::warn!(error = %e, "refusing handshake: redis unavailable");
+        }
+        let mut response = error_response(status, code, &self.to_string());
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

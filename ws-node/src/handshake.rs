@@ -1,0 +1,266 @@
+//! `GET /ws`: authenticating a WebSocket before accepting it.
+//!
+//! Three ways in (DESIGN §3), tried in this order:
+//! 1. a ticket, in the `Sec-WebSocket-Protocol: ticket.<ticket>` subprotocol
+//!    (kept out of URLs and logs; echoed back on success) or `?ticket=`;
+//!    consumed atomically, so it works exactly once across all nodes;
+//! 2. the session cookie, read from the Redis session cache, and only with an
+//!    `Origin` in `ALLOWED_ORIGINS` (exact match; missing or `null` refused),
+//!    which stops cross-site WebSocket hijacking;
+//! 3. neither: the socket is accepted unauthenticated and must send
+//!    `{"action":"auth","ticket":…}` within the auth timeout; such sockets are
+//!    capped per IP and per node.
+//!
+//! Everything that can be refused is refused before the upgrade, with a JSON
+//! body. If Redis cannot be asked, the answer is 503: the node fails closed.
+
+use crate::connection::{self, Principal};
+use crate::error::Error;
+use crate::limits::PendingRefusal;
+use crate::state::NodeState;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use shared::scope::{Scope, Scopes};
+use shared::secret::TokenHash;
+use shared::ticket::{AuthSource, TicketClaims};
+use std::net::SocketAddr;
+
+/// The subprotocol prefix that carries a ticket.
+pub const TICKET_PROTOCOL_PREFIX: &str = "ticket.";
+
+pub async fn upgrade(
+    State(node): State<NodeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let result = authenticate(&node, peer, query.as_deref(), &headers, ws).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(e) => e.code(),
+    };
+    metrics::counter!("ws_handshakes_total", "outcome" => outcome).increment(1);
+    match result {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn authenticate(
+    node: &NodeState,
+    peer: SocketAddr,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Error> {
+    let ws = ws.map_err(|_| Error::NotWebSocket)?;
+    if node.is_draining() {
+        return Err(Error::Draining);
+    }
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let protocol_ticket = ws
+        .requested_protocols()
+        .filter_map(|p| p.to_str().ok())
+        .find_map(|p| p.strip_prefix(TICKET_PROTOCOL_PREFIX))
+        .map(str::to_owned);
+    let ws = configure(ws, &node.config);
+
+    if let Some(ticket) = protocol_ticket {
+        let principal = consume(node, &ticket, origin.as_deref()).await?;
+        let mut ws = ws;
+        let echoed = HeaderValue::from_str(&format!("{TICKET_PROTOCOL_PREFIX}{ticket}"))
+            .map_err(|_| Error::InvalidTicket)?;
+        ws.set_selected_protocol(echoed);
+        return accept(node, ws, principal).await;
+    }
+    if let Some(ticket) = query.and_then(ticket_from_query) {
+        let principal = consume(node, ticket, origin.as_deref()).await?;
+        return accept(node, ws, principal).await;
+    }
+    if let Some(cookie) = session_cookie(headers, node.config.cookie_name()) {
+        let principal = session_principal(node, &cookie, origin.as_deref()).await?;
+        return accept(node, ws, principal).await;
+    }
+    let slot = node
+        .pending_auth
+        .try_acquire(
+            peer.ip(),
+            node.config.max_pending_auth_per_ip,
+            node.config.max_pending_auth,
+        )
+        .map_err(|refusal| {
+            metrics::counter!("ws_pending_auth_refused_total", "limit" => match refusal {
+                PendingRefusal::PerIp => "ip",
+                PendingRefusal::PerNode => "node",
+            })
+            .increment(1);
+            Error::TooManyPending
+        })?;
+    let node = node.clone();
+    Ok(ws.on_upgrade(move |socket| connection::run_unauthenticated(node, socket, origin, slot)))
+}
+
+/// The socket settings of DESIGN §5 and §7: a 4 KiB read buffer (not 128 KiB:
+/// idle connections stay cheap), bounded write buffering, the message size
+/// limit; no permessage-deflate (never negotiated).
+fn configure(ws: WebSocketUpgrade, config: &crate::config::Config) -> WebSocketUpgrade {
+    ws.read_buffer_size(4096)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(config.max_message_bytes * 4)
+        .max_message_size(config.max_message_bytes)
+        .max_frame_size(config.max_message_bytes)
+}
+
+/// Admits an authenticated principal: per-user cap, then the upgrade.
+async fn accept(
+    node: &NodeState,
+    ws: WebSocketUpgrade,
+    principal: Principal,
+) -> Result<Response, Error> {
+    let id = node.new_connection_id();
+    let name = node.connection_name(id);
+    let mut redis = node.redis.clone();
+    let admitted = crate::limits::acquire_user_slot(
+        &mut redis,
+        &node.keys,
+        principal.user_id,
+        &name,
+        node.config.max_connections_per_user,
+    )
+    .await?;
+    if !admitted {
+        return Err(Error::TooManyConnections);
+    }
+    let node = node.clone();
+    Ok(ws.on_upgrade(move |socket| connection::run(node, socket, id, principal)))
+}
+
+/// Consumes a ticket (atomically, once across all nodes) and checks its binding.
+pub async fn consume(
+    node: &NodeState,
+    ticket: &str,
+    origin: Option<&str>,
+) -> Result<Principal, Error> {
+    let mut redis = node.redis.clone();
+    let claims = shared::ticket::consume_ticket(&mut redis, &node.keys, ticket)
+        .await
+        .map_err(|e| match e {
+            shared::ticket::TicketError::Redis(e) => Error::Unavailable(e),
+            shared::ticket::TicketError::Corrupt(_) => Error::InvalidTicket,
+        })?
+        .ok_or(Error::InvalidTicket)?;
+    principal_from_ticket(claims, origin)
+}
+
+fn principal_from_ticket(claims: TicketClaims, origin: Option<&str>) -> Result<Principal, Error> {
+    // A ticket minted with a cookie carries the minting page's origin; only
+    // that origin may use it (a stolen ticket is useless to another site).
+    if let Some(minted_for) = &claims.origin
+        && origin != Some(minted_for.as_str())
+    {
+        return Err(Error::OriginMismatch);
+    }
+    if !claims.scopes.contains(Scope::Connect) {
+        return Err(Error::InsufficientScope);
+    }
+    Ok(Principal {
+        user_id: claims.user_id,
+        username: claims.username,
+        source: claims.source,
+        scopes: claims.scopes,
+    })
+}
+
+async fn session_principal(
+    node: &NodeState,
+    cookie: &str,
+    origin: Option<&str>,
+) -> Result<Principal, Error> {
+    match origin {
+        Some(o) if node.origins.allows(o) => {}
+        _ => return Err(Error::OriginNotAllowed),
+    }
+    if !shared::secret::looks_like_token(cookie) {
+        return Err(Error::InvalidSession);
+    }
+    let mut redis = node.redis.clone();
+    let session =
+        shared::session::read_cached_session(&mut redis, &node.keys, &TokenHash::of(cookie))
+            .await?
+            .ok_or(Error::InvalidSession)?;
+    Ok(Principal {
+        user_id: session.user_id,
+        username: session.username,
+        source: AuthSource::Session {
+            session_id: session.session_id,
+        },
+        scopes: Scopes::NONE.with(Scope::Connect).with(Scope::Publish),
+    })
+}
+
+/// The value of the first `ticket` query parameter.
+fn ticket_from_query(query: &str) -> Option<&str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(name, _)| *name == "ticket")
+        .map(|(_, value)| value)
+}
+
+fn session_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_ticket_parameter() {
+        assert_eq!(ticket_from_query("ticket=abc"), Some("abc"));
+        assert_eq!(ticket_from_query("x=1&ticket=abc&ticket=def"), Some("abc"));
+        assert_eq!(ticket_from_query("tickets=abc"), None);
+    }
+
+    #[test]
+    fn a_cookie_minted_ticket_only_works_from_its_origin() {
+        let claims = TicketClaims {
+            user_id: uuid::Uuid::nil(),
+            username: "a".into(),
+            source: AuthSource::Session {
+                session_id: uuid::Uuid::nil(),
+            },
+            scopes: Scopes::NONE.with(Scope::Connect),
+            origin: Some("https://app.example".into()),
+            issued_at: 0,
+        };
+        assert!(principal_from_ticket(claims.clone(), Some("https://app.example")).is_ok());
+        assert!(matches!(
+            principal_from_ticket(claims.clone(), Some("https://evil.example")),
+            Err(Error::OriginMismatch)
+        ));
+        assert!(matches!(
+            principal_from_ticket(claims.clone(), None),
+            Err(Error::OriginMismatch)
+        ));
+        let unbound = TicketClaims {
+            origin: None,
+            ..claims
+        };
+        assert!(principal_from_ticket(unbound, Some("https://anywhere.example")).is_ok());
+    }
+}

@@ -1,0 +1,272 @@
+//! The node's local registry: which local connections are in which channel,
+//! and the fan-out of each message arriving from Redis to them.
+//!
+//! Membership is reference-counted per channel: the first local member makes
+//! the node SUBSCRIBE to the channel in Redis, the last one leaving makes it
+//! UNSUBSCRIBE ([`crate::subscriber`] carries the commands out, in order). A
+//! message is serialised once (it arrives as the finished client frame) and the
+//! same bytes are queued to every member, without waiting: a member whose queue
+//! is full is too slow and is closed with 4008, and nobody else waits for it.
+
+use crate::subscriber::SubscriberCommand;
+use axum::extract::ws::Utf8Bytes;
+use shared::channel::ChannelName;
+use shared::ticket::AuthSource;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+use uuid::Uuid;
+
+/// A connection's id, unique within the node.
+pub type ConnId = u64;
+
+/// How long a join waits for Redis to confirm a new subscription.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One message on its way to one connection. The frame bytes are shared by all
+/// receivers (cloning is a reference-count increment).
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub channel: Arc<str>,
+    /// The message's history offset, when its channel keeps history.
+    pub offset: Option<u64>,
+    pub frame: Utf8Bytes,
+}
+
+/// What other tasks may ask of a connection: close it, with a code.
+#[derive(Debug)]
+pub struct ConnControl {
+    pub user_id: Uuid,
+    /// The credential the connection was opened with (revoking it closes the connection).
+    pub source: AuthSource,
+    close_code: AtomicU16,
+    notify: Notify,
+}
+
+impl ConnControl {
+    pub fn new(user_id: Uuid, source: AuthSource) -> Self {
+        Self {
+            user_id,
+            source,
+            close_code: AtomicU16::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Asks the connection to close with `code`; the first request wins.
+    pub fn close(&self, code: u16) {
+        if self
+            .close_code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The close code requested so far, if any.
+    pub fn requested_close(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
+    /// Resolves once a close has been requested.
+    pub async fn closed(&self) -> u16 {
+        loop {
+            if let Some(code) = self.requested_close() {
+                return code;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// The hub's handle on one connection.
+#[derive(Clone, Debug)]
+pub struct ConnHandle {
+    pub id: ConnId,
+    pub tx: mpsc::Sender<Delivery>,
+    pub control: Arc<ConnControl>,
+}
+
+struct ChannelEntry {
+    members: Vec<ConnHandle>,
+    /// Distinguishes this entry from an earlier one of the same channel that was
+    /// removed and re-created while its Redis commands were still in flight.
+    generation: u64,
+    /// True once Redis confirmed the subscription made for this entry.
+    subscribed: watch::Sender<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the node could not subscribe to the channel in time; retry later")]
+    Unavailable,
+}
+
+pub struct Hub {
+    channels: RwLock<HashMap<String, ChannelEntry>>,
+    connections: RwLock<HashMap<ConnId, ConnHandle>>,
+    commands: mpsc::UnboundedSender<SubscriberCommand>,
+    next_generation: AtomicU64,
+}
+
+/// Locks never poisoned in practice (no code panics while holding them); if one
+/// were, the data is still consistent enough to keep serving, so recover it.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Hub {
+    pub fn new(commands: mpsc::UnboundedSender<SubscriberCommand>) -> Self {
+        Self {
+            channels: RwLock::new(HashMap::new()),
+            connections: RwLock::new(HashMap::new()),
+            commands,
+            next_generation: AtomicU64::new(1),
+        }
+    }
+
+    pub fn register(&self, conn: ConnHandle) {
+        write(&self.connections).insert(conn.id, conn);
+        metrics::gauge!("ws_connections").increment(1.0);
+    }
+
+    pub fn unregister(&self, id: ConnId) {
+        if write(&self.connections).remove(&id).is_some() {
+            metrics::gauge!("ws_connections").decrement(1.0);
+        }
+    }
+
+    /// Every local connection with its user.
+    pub fn connection_users(&self) -> Vec<(ConnId, Uuid)> {
+        read(&self.connections)
+            .values()
+            .map(|c| (c.id, c.control.user_id))
+            .collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        read(&self.connections).len()
+    }
+
+    /// Adds a connection to a channel; returns once the node's Redis
+    /// subscription to the channel is confirmed, so no message published after
+    /// this returns can be missed.
+    pub async fn join(&self, channel: &ChannelName, conn: &ConnHandle) -> Result<(), JoinError> {
+        let mut subscribed = {
+            let mut channels = write(&self.channels);
+            let entry = channels
+                .entry(channel.as_str().to_owned())
+                .or_insert_with(|| {
+                    let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.commands.send(SubscriberCommand::Subscribe {
+                        channel: channel.as_str().to_owned(),
+                        generation,
+                    });
+                    ChannelEntry {
+                        members: Vec::new(),
+                        generation,
+                        subscribed: watch::channel(false).0,
+                    }
+                });
+            if !entry.members.iter().any(|m| m.id == conn.id) {
+                entry.members.push(conn.clone());
+            }
+            entry.subscribed.subscribe()
+        };
+        match tokio::time::timeout(JOIN_TIMEOUT, subscribed.wait_for(|s| *s)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => {
+                self.leave(channel.as_str(), conn.id);
+                Err(JoinError::Unavailable)
+            }
+        }
+    }
+
+    /// Removes a connection from a channel (a no-op if it was not a member).
+    pub fn leave(&self, channel: &str, id: ConnId) {
+        let mut channels = write(&self.channels);
+        let Some(entry) = channels.get_mut(channel) else {
+            return;
+        };
+        entry.members.retain(|m| m.id != id);
+        if entry.members.is_empty() {
+            channels.remove(channel);
+            let _ = self.commands.send(SubscriberCommand::Unsubscribe {
+                channel: channel.to_owned(),
+            });
+        }
+    }
+
+    /// Called by the subscriber when Redis confirmed a subscription.
+    pub fn mark_subscribed(&self, channel: &str, generation: u64) {
+        if let Some(entry) = read(&self.channels).get(channel)
+            && entry.generation == generation
+        {
+            entry.subscribed.send_replace(true);
+        }
+    }
+
+    /// Every channel with local members (to resubscribe after a reconnect),
+    /// with the generation of its current entry.
+    pub fn channels(&self) -> Vec<(String, u64)> {
+        read(&self.channels)
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.generation))
+            .collect()
+    }
+
+    /// Queues a message to every local member of `channel`; returns how many got it.
+    pub fn dispatch(&self, channel: &str, offset: Option<u64>, frame: &Utf8Bytes) -> usize {
+        let channels = read(&self.channels);
+        let Some(entry) = channels.get(channel) else {
+            return 0;
+        };
+        let channel: Arc<str> = Arc::from(channel);
+        let mut delivered = 0;
+        for member in &entry.members {
+            let delivery = Delivery {
+                channel: channel.clone(),
+                offset,
+                frame: frame.clone(),
+            };
+            match member.tx.try_send(delivery) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if member.control.requested_close().is_none() {
+                        metrics::counter!("ws_slow_consumers_closed_total").increment(1);
+                    }
+                    member.control.close(crate::protocol::close::RATE_LIMITED);
+                }
+                // The connection is already going away.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        delivered
+    }
+
+    /// Asks every local connection matching `predicate` to close with `code`;
+    /// returns how many were asked.
+    pub fn close_where(&self, code: u16, predicate: impl Fn(&ConnControl) -> bool) -> usize {
+        let connections = read(&self.connections);
+        let mut closed = 0;
+        for conn in connections.values() {
+            if predicate(&conn.control) {
+                conn.control.close(code);
+                closed += 1;
+            }
+        }
+        closed
+    }
+}

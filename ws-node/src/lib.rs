@@ -1,0 +1,162 @@
+//! ws-node: accepts authenticated WebSockets and joins them to a Redis-backed
+//! broadcast, so that any number of nodes behind a load balancer behave as one.
+//!
+//! * [`handshake`]: ticket / cookie / first-message authentication, refused before the upgrade.
+//! * [`connection`]: one task per socket: protocol, batching, limits, heartbeat.
+//! * [`hub`]: local channel membership and fan-out.
+//! * [`subscriber`]: the one Redis subscriber connection, with reconnection.
+//! * [`server`]: the accept loop (backlog, TCP_NODELAY, handshake timeout).
+//!
+//! ws-node talks to Redis only, never to Postgres: the handshake path is a
+//! couple of Redis round trips.
+
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod handshake;
+pub mod hub;
+pub mod limits;
+pub mod protocol;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod subscriber;
+
+use anyhow::Context as _;
+use config::Config;
+use hub::Hub;
+use state::NodeState;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A bound, ready-to-run ws-node.
+pub struct Application {
+    listener: TcpListener,
+    state: NodeState,
+    draining: watch::Sender<bool>,
+    subscriber: subscriber::Subscriber,
+}
+
+impl Application {
+    /// Binds the listener and connects to Redis; does not serve yet.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let listener = shared::net::bind(config.listen)
+            .with_context(|| format!("binding WS_LISTEN={}", config.listen))?;
+        let redis = shared::redis_conn::connect(&config.redis_url)
+            .await
+            .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
+        let keys = config.redis_keys()?;
+        let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
+        let hub = Arc::new(Hub::new(commands_tx));
+        let (subscribed_tx, subscribed_rx) = watch::channel(false);
+        let (draining_tx, draining_rx) = watch::channel(false);
+        let subscriber = subscriber::Subscriber {
+            client: redis::Client::open(config.redis_url.as_str())?,
+            keys: keys.clone(),
+            hub: hub.clone(),
+            commands: commands_rx,
+            ready: subscribed_tx,
+        };
+        let state = NodeState {
+            node_id: config.node_id().into(),
+            keys,
+            redis,
+            hub,
+            namespaces: Arc::new(config.namespaces()?),
+            origins: Arc::new(config.origin_allowlist()?),
+            pending_auth: Arc::default(),
+            subscribed: subscribed_rx,
+            draining: draining_rx,
+            next_connection: Arc::new(AtomicU64::new(1)),
+            metrics: shared::telemetry::prometheus(),
+            config: Arc::new(config),
+        };
+        Ok(Self {
+            listener,
+            state,
+            draining: draining_tx,
+            subscriber,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.state.config.listen)
+    }
+
+    pub fn state(&self) -> &NodeState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stop accepting, report
+    /// not-ready, close every socket with 1001, and return once all are closed
+    /// or `DRAIN_TIMEOUT_SECS` has passed.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            draining,
+            subscriber,
+        } = self;
+        let addr = listener.local_addr()?;
+        let subscriber_task = tokio::spawn(subscriber.run());
+        let maintenance = tokio::spawn(renew_connection_leases(state.clone()));
+        let router = routes::router(state.clone());
+        let accept = tokio::spawn(server::accept_loop(
+            listener,
+            router,
+            state.config.handshake_timeout(),
+            state.draining.clone(),
+        ));
+        tracing::info!(%addr, node = %state.node_id, "ws-node listening");
+
+        shutdown.await;
+        let started = Instant::now();
+        let open = state.hub.connection_count();
+        tracing::info!(open, "draining: closing every socket with 1001");
+        draining.send_replace(true);
+        let _ = accept.await;
+        let deadline = state.config.drain_timeout();
+        while state.hub.connection_count() > 0 && started.elapsed() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = state.hub.connection_count();
+        if left > 0 {
+            tracing::warn!(left, "drain timeout reached with sockets still open");
+        }
+        subscriber_task.abort();
+        maintenance.abort();
+        tracing::info!(elapsed = ?started.elapsed(), "ws-node stopped");
+        Ok(())
+    }
+}
+
+/// Keeps this node's entries in the per-user connection sets alive; entries of
+/// a node that died expire after [`limits::CONNECTION_LEASE`].
+async fn renew_connection_leases(state: NodeState) {
+    let mut tick = tokio::time::interval(limits::CONNECTION_LEASE / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let members: Vec<_> = state
+            .hub
+            .connection_users()
+            .into_iter()
+            .map(|(id, user_id)| (user_id, state.connection_name(id)))
+            .collect();
+        let mut redis = state.redis.clone();
+        if let Err(e) = limits::renew_user_slots(&mut redis, &state.keys, &members).await {
+            tracing::warn!(error = %e, "could not renew connection leases");
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Per-connection and per-user limits.
+
+use redis::aio::ConnectionManager;
+use shared::keys::RedisKeys;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// A token bucket: `rate` frames per second sustained, `burst` at once.
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: f64::from(rate.max(1)),
+            burst,
+            tokens: burst,
+            updated: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn try_take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.updated).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Counts sockets that are open but not yet authenticated (first-message auth),
+/// per client IP and in total, so a flood of silent sockets cannot crowd out
+/// real users. A [`PendingSlot`] holds one place until dropped.
+#[derive(Default)]
+pub struct PendingAuth {
+    by_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+pub struct PendingSlot {
+    owner: Arc<PendingAuth>,
+    ip: IpAddr,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PendingRefusal {
+    PerIp,
+    PerNode,
+}
+
+impl PendingAuth {
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        per_ip: usize,
+        per_node: usize,
+    ) -> Result<PendingSlot, PendingRefusal> {
+        let mut by_ip = self
+            .by_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let total: usize = by_ip.values().sum();
+        if total >= per_node {
+            return Err(PendingRefusal::PerNode);
+        }
+        let count = by_ip.entry(ip).or_insert(0);
+        if *count >= per_ip {
+            return Err(PendingRefusal::PerIp);
+        }
+        *count += 1;
+        metrics::gauge!("ws_pending_auth").increment(1.0);
+        Ok(PendingSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self
+            .owner
+            .by_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
+        metrics::gauge!("ws_pending_auth").decrement(1.0);
+    }
+}
+
+/// How long a connection's entry in its user's connection set lives without
+/// renewal. A node that dies stops renewing, so its entries (and the slots they
+/// hold against the per-user cap) expire within this bound.
+pub const CONNECTION_LEASE: Duration = Duration::from_secs(60);
+
+/// Takes a place in the user's cluster-wide connection set if it has fewer than
+/// `cap` live entries. KEYS: the user's set. ARGV: now (ms), lease (ms), cap, member.
+static ACQUIRE_SLOT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+",
+    )
+});
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn lease_ms() -> u64 {
+    u64::try_from(CONNECTION_LEASE.as_millis()).unwrap_or(60_000)
+}
+
+/// Registers a connection against its user's cap; `false` if the user is at the cap.
+pub async fn acquire_user_slot(
+    redis: &mut ConnectionManager,
+    keys: &RedisKeys,
+    user_id: Uuid,
+    member: &str,
+    cap: u32,
+) -> redis::RedisResult<bool> {
+    let acquired: i64 = ACQUIRE_SLOT
+        .key(keys.user_connections(user_id))
+        .arg(now_ms())
+        .arg(lease_ms())
+        .arg(cap)
+        .arg(member)
+        .invoke_async(redis)
+        .await?;
+    Ok(acquired == 1)
+}
+
+/// Releases a connection's place.
+pub async fn release_user_slot(
+    redis: &mut ConnectionManager,
+    keys: &RedisKeys,
+    user_id: Uuid,
+    member: &str,
+) -> redis::RedisResult<()> {
+    redis::cmd("ZREM")
+        .arg(keys.user_connections(user_id))
+        .arg(member)
+        .query_async(redis)
+        .await
+}
+
+/// Extends the leases of live connections (one pipeline for all of them).
+pub async fn renew_user_slots(
+    redis: &mut ConnectionManager,
+    keys: &RedisKeys,
+    members: &[(Uuid, String)],
+) -> redis::RedisResult<()> {
+    let expires = now_ms() + lease_ms();
+    for chunk in members.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for (user_id, member) in chunk {
+            let key = keys.user_connections(*user_id);
+            pipe.cmd("ZADD")
+                .arg(&key)
+                .arg("XX")
+                .arg(expires)
+                .arg(member)
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(lease_ms()).ignore();
+        }
+        pipe.query_async::<()>(redis).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_a_burst_then_throttles() {
+        let mut bucket = TokenBucket::new(1, 3);
+        assert!(bucket.try_take() && bucket.try_take() && bucket.try_take());
+        assert!(!bucket.try_take());
+    }
+
+    #[test]
+    fn pending_slots_are_capped_and_released() {
+        let pending = Arc::new(PendingAuth::default());
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        let other: IpAddr = "127.0.0.2".parse().expect("ip");
+        let a = pending.try_acquire(ip, 2, 3).expect("first");
+        let _b = pending.try_acquire(ip, 2, 3).expect("second");
+        assert_eq!(
+            pending.try_acquire(ip, 2, 3).err(),
+            Some(PendingRefusal::PerIp)
+        );
+        let _c = pending.try_acquire(other, 2, 3).expect("other ip");
+        assert_eq!(
+            pending.try_acquire(other, 2, 3).err(),
+            Some(PendingRefusal::PerNode)
+        );
+        drop(a);
+        assert!(pending.try_acquire(ip, 2, 3).is_ok());
+    }
+}

@@ -1,0 +1,69 @@
+//! ws-node's HTTP surface: the WebSocket endpoint and operations endpoints.
+
+use crate::error::error_response;
+use crate::state::NodeState;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+pub fn router(state: NodeState) -> Router {
+    Router::new()
+        .route("/ws", get(crate::handshake::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    // The query may carry a ticket: never log it.
+                    let uri = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+                    tracing::info_span!("http", method = %req.method(), uri = %shared::redact::redact_uri(uri))
+                })
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+        )
+        .with_state(state)
+}
+
+async fn healthz(State(node): State<NodeState>) -> Response {
+    axum::Json(json!({ "status": "ok", "node": &*node.node_id })).into_response()
+}
+
+/// Ready only while the Redis subscription is live and the node is not draining:
+/// a node that cannot hear other nodes' messages must not take clients.
+async fn readyz(State(node): State<NodeState>) -> Response {
+    let subscribed = *node.subscribed.borrow();
+    let draining = node.is_draining();
+    let ready = subscribed && !draining;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({
+            "status": if ready { "ready" } else { "not_ready" },
+            "node": &*node.node_id,
+            "checks": {
+                "redis_subscription": if subscribed { "ok" } else { "down" },
+                "draining": draining,
+            },
+            "connections": node.hub.connection_count(),
+        })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(node): State<NodeState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(),
+    )
+        .into_response()
+}

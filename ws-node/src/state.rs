@@ -1,0 +1,57 @@
+//! What the handshake handler and every connection task can reach.
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::limits::PendingAuth;
+use redis::aio::ConnectionManager;
+use shared::keys::RedisKeys;
+use shared::namespace::Namespaces;
+use shared::origin::OriginAllowlist;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::watch;
+
+/// Shared by the handshake handler and all connections; cheap to clone.
+#[derive(Clone)]
+pub struct NodeState {
+    pub config: Arc<Config>,
+    pub node_id: Arc<str>,
+    pub keys: RedisKeys,
+    /// Multiplexed connection for commands (tickets, sessions, publishing).
+    pub redis: ConnectionManager,
+    pub hub: Arc<Hub>,
+    pub namespaces: Arc<Namespaces>,
+    pub origins: Arc<OriginAllowlist>,
+    pub pending_auth: Arc<PendingAuth>,
+    /// True while the Redis subscription is live.
+    pub subscribed: watch::Receiver<bool>,
+    /// Becomes true at SIGTERM: refuse handshakes, close sockets with 1001.
+    pub draining: watch::Receiver<bool>,
+    pub next_connection: Arc<AtomicU64>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl NodeState {
+    pub fn is_ready(&self) -> bool {
+        *self.subscribed.borrow() && !self.is_draining()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Resolves once the node starts draining.
+    pub async fn drained(mut draining: watch::Receiver<bool>) {
+        let _ = draining.wait_for(|d| *d).await;
+    }
+
+    /// A new connection id, unique within this node.
+    pub fn new_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The cluster-wide name of a local connection: `<node>:<id>`.
+    pub fn connection_name(&self, id: u64) -> String {
+        format!("{}:{id}", self.node_id)
+    }
+}

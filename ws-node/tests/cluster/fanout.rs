@@ -1,0 +1,144 @@
+use crate::helpers::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_publish_on_one_node_reaches_every_node_exactly_once_in_order() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 3,
+        customise_node: Box::new(|c| c.client_messages_per_sec = 10_000),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("alice").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut subscribers = Vec::new();
+    for node in 0..3 {
+        for _ in 0..2 {
+            let mut client = stack.connect(node, &key).await;
+            client.subscribe("public:room").await;
+            subscribers.push(client);
+        }
+    }
+    let mut publisher = stack.connect(0, &key).await;
+    const N: u64 = 200;
+    for n in 1..=N {
+        let reply = publisher
+            .request(
+                json!({ "action": "publish", "channel": "public:room", "data": { "n": n } }),
+                n,
+            )
+            .await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+        assert_eq!(reply["offset"], n);
+    }
+    for (i, client) in subscribers.iter_mut().enumerate() {
+        for n in 1..=N {
+            let frame = client.recv().await;
+            assert_eq!(frame["type"], "message", "subscriber {i}: {frame}");
+            assert_eq!(frame["channel"], "public:room");
+            assert_eq!(frame["data"]["n"], n, "subscriber {i} out of order");
+            assert_eq!(frame["offset"], n);
+        }
+        // Nothing more: exactly once.
+        assert!(matches!(
+            client
+                .next_event(std::time::Duration::from_millis(200))
+                .await,
+            Event::Timeout
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_server_message_for_a_user_reaches_all_their_connections_on_every_node() {
+    let stack = Stack::start(3).await;
+    let recipient = stack.create_user("bob").await;
+    let bystander = stack.create_user("carol").await;
+    let backend = stack.create_user("backend").await;
+    let bob_key = stack.api_key(&recipient, "connect").await;
+    let carol_key = stack.api_key(&bystander, "connect").await;
+    let server_key = stack.api_key(&backend, "publish").await;
+
+    let mut on_b = stack.connect(1, &bob_key).await;
+    let mut on_c = stack.connect(2, &bob_key).await;
+    let mut carol = stack.connect(1, &carol_key).await;
+    let channel = format!("user:{}", recipient.id);
+    stack
+        .server_publish(&server_key, &channel, json!({ "text": "hi bob" }))
+        .await;
+    for client in [&mut on_b, &mut on_c] {
+        let frame = client.recv().await;
+        assert_eq!(frame["channel"], channel);
+        assert_eq!(frame["data"]["text"], "hi bob");
+    }
+    assert!(matches!(
+        carol
+            .next_event(std::time::Duration::from_millis(300))
+            .await,
+        Event::Timeout
+    ));
+}
+
+#[tokio::test]
+async fn server_broadcasts_reach_subscribers_on_every_node() {
+    let stack = Stack::start(2).await;
+    let user = stack.create_user("dan").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut a = stack.connect(0, &key).await;
+    let mut b = stack.connect(1, &key).await;
+    a.subscribe("broadcast:news").await;
+    b.subscribe("broadcast:news").await;
+    for n in 0..20 {
+        stack.server_publish(&key, "broadcast:news", json!(n)).await;
+    }
+    for client in [&mut a, &mut b] {
+        for n in 0..20 {
+            assert_eq!(client.recv().await["data"], n);
+        }
+    }
+}
+
+#[tokio::test]
+async fn unsubscribing_stops_delivery_and_releases_the_redis_subscription() {
+    let stack = Stack::start(1).await;
+    let user = stack.create_user("erin").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut client = stack.connect(0, &key).await;
+    client.subscribe("public:temp").await;
+    let channels = |stack: &Stack| {
+        let url = stack.redis_url.clone();
+        let pattern = format!("{}:ch:{{public:temp}}:live", stack.prefix);
+        async move {
+            let client = redis::Client::open(url).expect("client");
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("conn");
+            let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&pattern)
+                .query_async(&mut conn)
+                .await
+                .expect("numsub");
+            n[0].1
+        }
+    };
+    assert_eq!(channels(&stack).await, 1);
+    let reply = client
+        .request(
+            json!({ "action": "unsubscribe", "channel": "public:temp" }),
+            5,
+        )
+        .await;
+    assert_eq!(reply["type"], "ack");
+    assert_eq!(channels(&stack).await, 0);
+    stack
+        .server_publish(&key, "public:temp", json!("nobody hears"))
+        .await;
+    assert!(matches!(
+        client
+            .next_event(std::time::Duration::from_millis(300))
+            .await,
+        Event::Timeout
+    ));
+}

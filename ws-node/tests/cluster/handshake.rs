@@ -1,0 +1,284 @@
+use crate::helpers::*;
+use serde_json::json;
+use std::sync::Arc;
+
+#[tokio::test]
+async fn a_ticket_opens_a_socket_once_by_query_or_subprotocol() {
+    let stack = Stack::start(1).await;
+    let user = stack.create_user("alice").await;
+    let key = stack.api_key(&user, "connect").await;
+    let url = stack.nodes[0].ws_url();
+
+    let ticket = stack.ticket(&key).await;
+    let mut client = Client::connect(&format!("{url}?ticket={ticket}"), &[])
+        .await
+        .expect("accepted");
+    let welcome = client.recv().await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["user"]["id"], user.id.to_string());
+    assert_eq!(welcome["user"]["username"], "alice");
+    assert_eq!(welcome["node"], "node-a");
+    assert!(
+        welcome["connection_id"]
+            .as_str()
+            .expect("id")
+            .starts_with("node-a:")
+    );
+    let reused = Client::connect(&format!("{url}?ticket={ticket}"), &[])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        (reused.status, reused.code.as_str()),
+        (401, "invalid_ticket")
+    );
+
+    // In the subprotocol, echoed back, out of the URL entirely.
+    let ticket = stack.ticket(&key).await;
+    let protocol = format!("ticket.{ticket}");
+    let mut client = Client::connect(&url, &[("sec-websocket-protocol", &protocol)])
+        .await
+        .expect("accepted");
+    assert_eq!(client.protocol.as_deref(), Some(protocol.as_str()));
+    assert_eq!(client.recv().await["type"], "welcome");
+
+    for bad in ["garbage", "", &shared::secret::random_token()] {
+        let refused = Client::connect(&format!("{url}?ticket={bad}"), &[])
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(refused.status, 401, "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn one_ticket_raced_by_a_hundred_handshakes_over_three_nodes_opens_one_socket() {
+    let stack = Arc::new(Stack::start(3).await);
+    let user = stack.create_user("bob").await;
+    let key = stack.api_key(&user, "connect").await;
+    let ticket = stack.ticket(&key).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(100));
+    let attempts: Vec<_> = (0..100)
+        .map(|i| {
+            let url = format!("{}?ticket={ticket}", stack.nodes[i % 3].ws_url());
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                Client::connect(&url, &[]).await
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            Ok(_) => accepted += 1,
+            Err(refusal) => assert_eq!(
+                (refusal.status, refusal.code.as_str()),
+                (401, "invalid_ticket")
+            ),
+        }
+    }
+    assert_eq!(accepted, 1);
+}
+
+#[tokio::test]
+async fn cookie_handshakes_need_an_exactly_allowed_origin() {
+    let stack = Stack::start(1).await;
+    stack.create_user("carol").await;
+    let cookie = stack.login("carol").await;
+    let url = stack.nodes[0].ws_url();
+
+    let mut ok = Client::connect(&url, &[("cookie", &cookie), ("origin", APP_ORIGIN)])
+        .await
+        .expect("accepted");
+    assert_eq!(ok.recv().await["type"], "welcome");
+
+    let refused_origins: [Option<&str>; 8] = [
+        Some("https://evil.example"),
+        None,
+        Some("null"),
+        Some("https://app.example.evil.example"),
+        Some("https://evilapp.example"),
+        Some("https://app.example:8443"),
+        Some("http://app.example"),
+        Some("https://APP.example"),
+    ];
+    for origin in refused_origins {
+        let mut headers = vec![("cookie", cookie.as_str())];
+        if let Some(o) = origin {
+            headers.push(("origin", o));
+        }
+        let refused = Client::connect(&url, &headers)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            (refused.status, refused.code.as_str()),
+            (403, "origin_not_allowed"),
+            "{origin:?}"
+        );
+    }
+    // A garbage or unknown cookie from the right origin is 401.
+    for bad in [
+        "__Host-session=garbage".to_owned(),
+        format!("__Host-session={}", shared::secret::random_token()),
+    ] {
+        let refused = Client::connect(&url, &[("cookie", &bad), ("origin", APP_ORIGIN)])
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(
+            (refused.status, refused.code.as_str()),
+            (401, "invalid_session")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cookie_minted_ticket_only_opens_a_socket_from_its_origin() {
+    let stack = Stack::start(1).await;
+    stack.create_user("dan").await;
+    let cookie = stack.login("dan").await;
+    let mint = || async {
+        let response = stack
+            .http
+            .post(stack.auth("/v1/tickets"))
+            .header("cookie", &cookie)
+            .header("origin", APP_ORIGIN)
+            .send()
+            .await
+            .expect("mint");
+        let body: serde_json::Value = response.json().await.expect("json");
+        body["ticket"].as_str().expect("ticket").to_owned()
+    };
+    let url = stack.nodes[0].ws_url();
+    let ticket = mint().await;
+    let refused = Client::connect(
+        &format!("{url}?ticket={ticket}"),
+        &[("origin", "https://evil.example")],
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(
+        (refused.status, refused.code.as_str()),
+        (403, "origin_mismatch")
+    );
+    let ticket = mint().await;
+    let refused = Client::connect(&format!("{url}?ticket={ticket}"), &[])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 403);
+    let ticket = mint().await;
+    let mut ok = Client::connect(&format!("{url}?ticket={ticket}"), &[("origin", APP_ORIGIN)])
+        .await
+        .expect("ok");
+    assert_eq!(ok.recv().await["type"], "welcome");
+}
+
+#[tokio::test]
+async fn first_message_auth_accepts_a_ticket_and_closes_4001_or_4002_otherwise() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| c.auth_timeout_ms = 500),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("erin").await;
+    let key = stack.api_key(&user, "connect").await;
+    let url = stack.nodes[0].ws_url();
+
+    let mut client = Client::connect(&url, &[]).await.expect("upgraded");
+    client
+        .send(json!({ "action": "auth", "ticket": stack.ticket(&key).await }))
+        .await;
+    assert_eq!(client.recv().await["type"], "welcome");
+
+    let mut silent = Client::connect(&url, &[]).await.expect("upgraded");
+    assert_eq!(silent.expect_close().await, 4002);
+
+    let mut wrong = Client::connect(&url, &[]).await.expect("upgraded");
+    wrong
+        .send(json!({ "action": "auth", "ticket": "not-a-ticket" }))
+        .await;
+    assert_eq!(wrong.expect_close().await, 4001);
+
+    let mut rude = Client::connect(&url, &[]).await.expect("upgraded");
+    rude.send(json!({ "action": "subscribe", "channel": "public:x" }))
+        .await;
+    assert_eq!(rude.expect_close().await, 4001);
+}
+
+#[tokio::test]
+async fn unauthenticated_sockets_are_capped_per_ip() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| c.max_pending_auth_per_ip = 2),
+        ..StackOptions::default()
+    })
+    .await;
+    let url = stack.nodes[0].ws_url();
+    let _a = Client::connect(&url, &[]).await.expect("first");
+    let _b = Client::connect(&url, &[]).await.expect("second");
+    let refused = Client::connect(&url, &[]).await.err().expect("refused");
+    assert_eq!(
+        (refused.status, refused.code.as_str()),
+        (429, "too_many_pending")
+    );
+    // Authenticated handshakes are not affected.
+    let user = stack.create_user("frank").await;
+    let key = stack.api_key(&user, "connect").await;
+    stack.connect(0, &key).await;
+}
+
+#[tokio::test]
+async fn connections_per_user_are_capped_across_nodes() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 2,
+        customise_node: Box::new(|c| c.max_connections_per_user = 2),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("gina").await;
+    let key = stack.api_key(&user, "connect").await;
+    let first = stack.connect(0, &key).await;
+    let _second = stack.connect(1, &key).await;
+    let ticket = stack.ticket(&key).await;
+    let refused = Client::connect(&format!("{}?ticket={ticket}", stack.nodes[0].ws_url()), &[])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        (refused.status, refused.code.as_str()),
+        (429, "too_many_connections")
+    );
+    // Closing one frees its place.
+    drop(first);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let ticket = stack.ticket(&key).await;
+        if Client::connect(&format!("{}?ticket={ticket}", stack.nodes[1].ws_url()), &[])
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn plain_http_requests_to_the_websocket_endpoint_get_a_json_error() {
+    let stack = Stack::start(1).await;
+    let response = stack
+        .http
+        .get(stack.nodes[0].http_url("/ws"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "not_websocket");
+}

@@ -1,0 +1,366 @@
+//! A whole stack in one test: an auth-service and several ws-nodes (in this
+//! process, on their own ports) against real Postgres and Redis, and a real
+//! WebSocket client (tokio-tungstenite).
+
+use auth_service::accounts::{self, User, Username};
+use futures_util::{SinkExt as _, StreamExt as _};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shared::scope::Scopes;
+use shared::secret::Secret;
+use std::time::Duration;
+use testkit::TestDatabase;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+pub const APP_ORIGIN: &str = "https://app.example";
+/// How long a test waits for something that should happen promptly.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+pub struct Node {
+    pub addr: std::net::SocketAddr,
+    pub state: ws_node::state::NodeState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Node {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the node as SIGTERM would, and waits for its drain to finish.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+pub struct Stack {
+    pub auth_url: String,
+    pub auth: auth_service::state::AppState,
+    pub nodes: Vec<Node>,
+    pub http: reqwest::Client,
+    pub redis_url: String,
+    pub prefix: String,
+    _db: TestDatabase,
+}
+
+pub struct StackOptions {
+    pub nodes: usize,
+    pub redis_url: String,
+    pub customise_node: Box<dyn Fn(&mut ws_node::config::Config) + Send + Sync>,
+    pub customise_auth: Box<dyn Fn(&mut auth_service::config::Config) + Send + Sync>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 1,
+            redis_url: testkit::shared_redis_url(),
+            customise_node: Box::new(|_| {}),
+            customise_auth: Box::new(|_| {}),
+        }
+    }
+}
+
+impl Stack {
+    pub async fn start(nodes: usize) -> Self {
+        Self::start_with(StackOptions {
+            nodes,
+            ..StackOptions::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(options: StackOptions) -> Self {
+        shared::telemetry::init(shared::telemetry::LogFormat::Pretty, "warn");
+        let db = TestDatabase::new();
+        let prefix = testkit::unique_prefix();
+        let mut auth_config = auth_service::config::Config::from_env().expect("config");
+        auth_config.listen = "127.0.0.1:0".parse().expect("addr");
+        auth_config.database_url = db.url.clone();
+        auth_config.database_pool_size = 5;
+        auth_config.redis_url = options.redis_url.clone();
+        auth_config.redis_prefix = prefix.clone();
+        auth_config.allowed_origins = vec![APP_ORIGIN.to_owned()];
+        (options.customise_auth)(&mut auth_config);
+        let auth = auth_service::Application::build(auth_config)
+            .await
+            .expect("auth-service");
+        let auth_url = format!("http://{}", auth.local_addr());
+        let auth_state = auth.state().clone();
+        tokio::spawn(auth.run_until_stopped(std::future::pending()));
+
+        let mut stack = Self {
+            auth_url,
+            auth: auth_state,
+            nodes: Vec::new(),
+            http: reqwest::Client::new(),
+            redis_url: options.redis_url.clone(),
+            prefix,
+            _db: db,
+        };
+        for i in 0..options.nodes {
+            let mut config = node_config(
+                &stack.redis_url,
+                &stack.prefix,
+                &format!("node-{}", (b'a' + i as u8) as char),
+            );
+            (options.customise_node)(&mut config);
+            stack.nodes.push(start_node(config).await);
+        }
+        stack
+    }
+
+    pub fn auth(&self, path: &str) -> String {
+        format!("{}{}", self.auth_url, path)
+    }
+
+    pub async fn create_user(&self, name: &str) -> User {
+        accounts::create_user(
+            &self.auth.db,
+            &self.auth.passwords,
+            &Username::parse(name).expect("name"),
+            &Secret::new(PASSWORD.to_owned()),
+            Scopes::parse_list("connect,publish").expect("scopes"),
+        )
+        .await
+        .expect("user")
+    }
+
+    pub async fn api_key(&self, user: &User, scopes: &str) -> String {
+        auth_service::api_keys::create(
+            &self.auth.db,
+            user.id,
+            "test",
+            Scopes::parse_list(scopes).expect("scopes"),
+        )
+        .await
+        .expect("key")
+        .0
+        .into_exposed()
+    }
+
+    /// Mints a ticket with an API key through auth-service's HTTP API.
+    pub async fn ticket(&self, key: &str) -> String {
+        let response = self
+            .http
+            .post(self.auth("/v1/tickets"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("mint");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.expect("json");
+        body["ticket"].as_str().expect("ticket").to_owned()
+    }
+
+    /// Logs in and returns the session cookie pair (`__Host-session=…`).
+    pub async fn login(&self, username: &str) -> String {
+        let response = self
+            .http
+            .post(self.auth("/v1/login"))
+            .json(&json!({ "username": username, "password": PASSWORD }))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(response.status(), StatusCode::OK);
+        let cookie = response.headers()["set-cookie"].to_str().expect("ascii");
+        cookie.split(';').next().expect("pair").to_owned()
+    }
+
+    /// Publishes server-side through auth-service.
+    pub async fn server_publish(&self, key: &str, channel: &str, data: Value) -> Value {
+        let response = self
+            .http
+            .post(self.auth("/v1/publish"))
+            .bearer_auth(key)
+            .json(&json!({ "channel": channel, "data": data }))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        response.json().await.expect("json")
+    }
+
+    /// Connects to node `i` with a fresh ticket of `key`; returns after `welcome`.
+    pub async fn connect(&self, i: usize, key: &str) -> Client {
+        let ticket = self.ticket(key).await;
+        let mut client =
+            Client::connect(&format!("{}?ticket={ticket}", self.nodes[i].ws_url()), &[])
+                .await
+                .expect("handshake");
+        let welcome = client.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        client
+    }
+}
+
+pub fn node_config(redis_url: &str, prefix: &str, node_id: &str) -> ws_node::config::Config {
+    let mut config = ws_node::config::Config::from_env().expect("config");
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.redis_url = redis_url.to_owned();
+    config.redis_prefix = prefix.to_owned();
+    config.node_id = Some(node_id.to_owned());
+    config.allowed_origins = vec![APP_ORIGIN.to_owned()];
+    config
+}
+
+pub async fn start_node(config: ws_node::config::Config) -> Node {
+    let app = ws_node::Application::build(config).await.expect("ws-node");
+    let addr = app.local_addr();
+    let state = app.state().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    // Ready once the Redis subscription is live.
+    let mut subscribed = state.subscribed.clone();
+    tokio::time::timeout(PATIENCE, subscribed.wait_for(|s| *s))
+        .await
+        .expect("node subscribed in time")
+        .expect("subscriber alive");
+    Node {
+        addr,
+        state,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking the JSON protocol.
+pub struct Client {
+    pub socket: Socket,
+    pub protocol: Option<String>,
+}
+
+/// What a refused handshake answered.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub code: String,
+}
+
+impl Client {
+    /// Connects with extra request headers; a refused handshake gives its status and error code.
+    pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<Self, Refusal> {
+        let mut request = url.into_client_request().expect("request");
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, response)) => Ok(Self {
+                socket,
+                protocol: response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .map(|v| v.to_str().expect("ascii").to_owned()),
+            }),
+            Err(tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body: Value = response
+                    .body()
+                    .as_ref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err(Refusal {
+                    status,
+                    code: body["error"]["code"].as_str().unwrap_or("").to_owned(),
+                })
+            }
+            Err(e) => panic!("handshake failed unexpectedly: {e}"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.socket
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// The next JSON frame (pings and pongs skipped); panics on close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_event(PATIENCE).await {
+            Event::Frame(v) => v,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Sends a request and returns the reply with the same id (skipping interleaved messages).
+    pub async fn request(&mut self, mut frame: Value, id: u64) -> Value {
+        frame["id"] = id.into();
+        self.send(frame).await;
+        loop {
+            let reply = self.recv().await;
+            if reply["id"] == id {
+                return reply;
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) {
+        let reply = self
+            .request(
+                json!({ "action": "subscribe", "channel": channel }),
+                1_000_000,
+            )
+            .await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+    }
+
+    pub async fn next_event(&mut self, wait: Duration) -> Event {
+        loop {
+            match tokio::time::timeout(wait, self.socket.next()).await {
+                Err(_) => return Event::Timeout,
+                Ok(None) => return Event::Closed(None),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Event::Frame(serde_json::from_str(&t).expect("JSON frame"));
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return Event::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => return Event::Error(e.to_string()),
+            }
+        }
+    }
+
+    /// Waits for the server to close the socket; returns the close code.
+    pub async fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.next_event(PATIENCE).await {
+                Event::Frame(_) => continue,
+                Event::Closed(Some((code, _))) => return code,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+#[allow(dead_code)] // Fields are read through `Debug` in assertion messages.
+pub enum Event {
+    Frame(Value),
+    Closed(Option<(u16, String)>),
+    Error(String),
+    Timeout,
+}

@@ -1,0 +1,144 @@
+use crate::helpers::*;
+use futures_util::SinkExt as _;
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn a_flooding_client_gets_errors_then_4008() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| {
+            c.client_messages_per_sec = 5;
+            c.client_message_burst = 5;
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("alice").await;
+    let key = stack.api_key(&user, "connect").await;
+    let mut client = stack.connect(0, &key).await;
+    for i in 0..40 {
+        let _ = client
+            .socket
+            .send(Message::text(
+                json!({ "action": "ping", "id": i }).to_string(),
+            ))
+            .await;
+    }
+    let mut acks = 0;
+    let mut limited = 0;
+    let code = loop {
+        match client.next_event(PATIENCE).await {
+            Event::Frame(f) if f["type"] == "ack" => acks += 1,
+            Event::Frame(f) if f["code"] == "rate_limited" => limited += 1,
+            Event::Frame(f) => panic!("unexpected {f}"),
+            Event::Closed(code) => break code.map(|c| c.0),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(acks, 5, "the burst is served");
+    assert!(
+        limited >= 1,
+        "over-rate frames are answered with errors first"
+    );
+    assert_eq!(code, Some(4008));
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_reaped_by_the_idle_timeout() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| {
+            c.ping_interval_secs = 1;
+            c.idle_timeout_secs = 1;
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("bob").await;
+    let key = stack.api_key(&user, "connect").await;
+    let node = stack.nodes[0].state.clone();
+    // A peer that answers nothing: the client below is never polled after the welcome.
+    let _silent = stack.connect(0, &key).await;
+    // A live peer keeps answering pings (tungstenite does so while being read).
+    let mut live = stack.connect(0, &key).await;
+    assert_eq!(node.hub.connection_count(), 2);
+    let started = std::time::Instant::now();
+    while node.hub.connection_count() > 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "silent peer never reaped"
+        );
+        let _ = live.next_event(Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(
+        live.request(json!({ "action": "ping" }), 1).await["type"],
+        "ack"
+    );
+}
+
+#[tokio::test]
+async fn logout_and_key_revocation_close_live_sockets_on_every_node() {
+    let stack = Stack::start(2).await;
+    let user = stack.create_user("carol").await;
+    let key = stack.api_key(&user, "connect").await;
+    let cookie = stack.login("carol").await;
+    let mut cookie_sockets = Vec::new();
+    for node in 0..2 {
+        let mut client = Client::connect(
+            &stack.nodes[node].ws_url(),
+            &[("cookie", &cookie), ("origin", APP_ORIGIN)],
+        )
+        .await
+        .expect("cookie handshake");
+        assert_eq!(client.recv().await["type"], "welcome");
+        cookie_sockets.push(client);
+    }
+    let mut key_sockets = vec![stack.connect(0, &key).await, stack.connect(1, &key).await];
+
+    let started = std::time::Instant::now();
+    let response = stack
+        .http
+        .post(stack.auth("/v1/logout"))
+        .header("cookie", &cookie)
+        .header("origin", APP_ORIGIN)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(response.status(), 204);
+    for client in &mut cookie_sockets {
+        assert_eq!(client.expect_close().await, 4003);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The key's sockets are unaffected by the logout...
+    assert_eq!(
+        key_sockets[0].request(json!({ "action": "ping" }), 1).await["type"],
+        "ack"
+    );
+
+    // ...until the key is revoked.
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM api_keys")
+        .fetch_one(&stack.auth.db)
+        .await
+        .expect("id");
+    let started = std::time::Instant::now();
+    assert!(
+        auth_service::api_keys::revoke_everywhere(&stack.auth, id, None)
+            .await
+            .expect("revoke")
+    );
+    for client in &mut key_sockets {
+        assert_eq!(client.expect_close().await, 4003);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
