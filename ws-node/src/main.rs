@@ -7,6 +7,11 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let config = ws_node::config::Config::parse();
     shared::telemetry::init(config.log_format, "info");
+    // Every socket is a file descriptor: use all the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let result = async {
         let app = ws_node::Application::build(config).await?;
         app.run_until_stopped(shared::net::shutdown_signal()).await
