@@ -143,10 +143,21 @@ const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Appends to history, bumps the offset and publishes the frame, in one step.
 ///
 /// KEYS: history stream, meta hash, live channel (declared so Cluster routes the
-/// script to the slot of the channel's hash tag).
+/// script to the slot of the channel's hash tag), and optionally the
+/// idempotency key of this publish.
 /// ARGV: channel as a JSON string, data as JSON, max length, max age in ms,
-/// a candidate epoch (used only when the channel has none yet), meta TTL in ms.
+/// a candidate epoch (used only when the channel has none yet), meta TTL in ms,
+/// idempotency window in ms.
+/// Returns `{epoch, offset, duplicate}`; a repeated idempotency key returns the
+/// first publish's position with `duplicate = 1` and publishes nothing.
 const PUBLISH_WITH_HISTORY: &str = r#"
+if KEYS[4] then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {string.sub(seen, 1, sep - 1), tonumber(string.sub(seen, sep + 1)), 1}
+  end
+end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 if not epoch then
@@ -161,11 +172,26 @@ if oldest > 0 then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if KEYS[4] then
+  redis.call('SET', KEYS[4], epoch .. ':' .. seq, 'PX', ARGV[7])
+end
 local frame = '{"type":"message","channel":' .. ARGV[1] .. ',"epoch":"' .. epoch ..
   '","offset":' .. seq .. ',"data":' .. ARGV[2] .. '}'
 redis.call('PUBLISH', KEYS[3], frame)
-return {epoch, seq}
+return {epoch, seq, 0}
 "#;
+
+/// How long an idempotency key is remembered: a retry within this window is
+/// recognised and not delivered twice.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(600);
+
+/// Longest idempotency key accepted.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 64;
+
+/// Whether an idempotency key is acceptable: 1-64 printable ASCII characters.
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
 
 static PUBLISH_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(PUBLISH_WITH_HISTORY));
@@ -197,45 +223,169 @@ pub fn history_frame(channel: &ChannelName, position: &StreamPosition, data: &st
     )
 }
 
+/// The outcome of a publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// Where the message sits in the channel's history (`None` without history).
+    pub position: Option<StreamPosition>,
+    /// The idempotency key was seen before: nothing was published this time,
+    /// and `position` is the first publish's.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("idempotency keys need a channel with history")]
+    IdempotencyWithoutHistory,
+    #[error("idempotency key must be 1-64 printable ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
 /// Publishes `data` to `channel` through Redis, reaching every ws-node.
 ///
 /// With `history`, the message is appended to the channel's stream and carries
-/// an epoch and offset; returns its position. Without, it is only published.
+/// an epoch and offset; without, it is only published. An `idempotency_key`
+/// (history channels only) makes retries safe: a key seen within
+/// [`IDEMPOTENCY_WINDOW`] is not published again.
 pub async fn publish(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,
     channel: &ChannelName,
     data: &RawValue,
     history: Option<HistoryLimits>,
-) -> redis::RedisResult<Option<StreamPosition>> {
+    idempotency_key: Option<&str>,
+) -> Result<Published, PublishError> {
     let Some(limits) = history else {
+        if idempotency_key.is_some() {
+            return Err(PublishError::IdempotencyWithoutHistory);
+        }
         let frame = message_frame(channel, data);
         redis::cmd("PUBLISH")
             .arg(keys.channel_live(channel))
             .arg(frame)
             .query_async::<()>(conn)
             .await?;
-        return Ok(None);
+        return Ok(Published {
+            position: None,
+            duplicate: false,
+        });
     };
     let channel_json = serde_json::to_string(channel.as_str()).unwrap_or_default();
-    let candidate_epoch = new_epoch();
-    let (epoch, offset): (String, u64) = PUBLISH_SCRIPT
+    let mut invocation = PUBLISH_SCRIPT.prepare_invoke();
+    invocation
         .key(keys.channel_history(channel))
         .key(keys.channel_meta(channel))
-        .key(keys.channel_live(channel))
+        .key(keys.channel_live(channel));
+    if let Some(key) = idempotency_key {
+        if !valid_idempotency_key(key) {
+            return Err(PublishError::InvalidIdempotencyKey);
+        }
+        invocation.key(keys.channel_idempotency(channel, key));
+    }
+    invocation
         .arg(channel_json)
         .arg(data.get())
         .arg(limits.max_len)
-        .arg(
-            u64::try_from(limits.max_age.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
-        )
-        .arg(candidate_epoch)
-        .arg(u64::try_from(META_TTL.as_millis()).unwrap_or(u64::MAX))
+        .arg(millis(limits.max_age))
+        .arg(new_epoch())
+        .arg(millis(META_TTL))
+        .arg(millis(IDEMPOTENCY_WINDOW));
+    let (epoch, offset, duplicate): (String, u64, u8) = invocation.invoke_async(conn).await?;
+    Ok(Published {
+        position: Some(StreamPosition { epoch, offset }),
+        duplicate: duplicate == 1,
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Reads a channel's history after `since_offset`, atomically with its
+/// current epoch and offset. At most `cap` messages are read: a larger gap is
+/// reported as not covered.
+const HISTORY_SINCE: &str = r#"
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+if not epoch then
+  return {'', 0, {}}
+end
+local missing = seq - tonumber(ARGV[1])
+if missing <= 0 or missing > tonumber(ARGV[2]) then
+  return {epoch, seq, {}}
+end
+local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', missing)
+local out = {}
+for i = #entries, 1, -1 do
+  local fields = entries[i][2]
+  local s, d
+  for j = 1, #fields, 2 do
+    if fields[j] == 's' then s = fields[j + 1] elseif fields[j] == 'd' then d = fields[j + 1] end
+  end
+  table.insert(out, s)
+  table.insert(out, d)
+end
+return {epoch, seq, out}
+"#;
+
+static HISTORY_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(HISTORY_SINCE));
+
+/// What a channel's history holds after a given offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistorySince {
+    /// The channel's current epoch (`None`: the channel has no history at all,
+    /// e.g. it was never published to, or Redis lost its data).
+    pub epoch: Option<String>,
+    /// The channel's current (latest) offset.
+    pub offset: u64,
+    /// Messages after the requested offset, oldest first, as `(offset, data)`.
+    pub messages: Vec<(u64, String)>,
+}
+
+impl HistorySince {
+    /// Whether the messages are exactly everything after `since` in `epoch`:
+    /// same epoch, and no message trimmed away between `since` and now.
+    pub fn covers(&self, epoch: &str, since: u64) -> bool {
+        if self.epoch.as_deref() != Some(epoch) || since > self.offset {
+            return false;
+        }
+        let expected = self.offset - since;
+        self.messages.len() as u64 == expected
+            && self
+                .messages
+                .iter()
+                .zip(since + 1..)
+                .all(|((offset, _), want)| *offset == want)
+    }
+}
+
+/// Reads what a channel's history holds after `since_offset` (at most `cap` messages).
+pub async fn history_since(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    channel: &ChannelName,
+    since_offset: u64,
+    cap: u64,
+) -> redis::RedisResult<HistorySince> {
+    let (epoch, offset, flat): (String, u64, Vec<String>) = HISTORY_SCRIPT
+        .key(keys.channel_history(channel))
+        .key(keys.channel_meta(channel))
+        .arg(since_offset)
+        .arg(cap)
         .invoke_async(conn)
         .await?;
-    Ok(Some(StreamPosition { epoch, offset }))
+    let messages = flat
+        .chunks_exact(2)
+        .filter_map(|pair| Some((pair[0].parse().ok()?, pair[1].clone())))
+        .collect();
+    Ok(HistorySince {
+        epoch: (!epoch.is_empty()).then_some(epoch),
+        offset,
+        messages,
+    })
 }
 
 /// A short random epoch id; only needs to differ between incarnations of one channel.
@@ -278,6 +428,27 @@ mod tests {
         }
         let long = format!("public:{}", "x".repeat(MAX_CHANNEL_LEN));
         assert!(long.parse::<ChannelName>().is_err());
+    }
+
+    #[test]
+    fn coverage_needs_the_same_epoch_and_every_offset() {
+        let history = HistorySince {
+            epoch: Some("e".into()),
+            offset: 5,
+            messages: vec![(4, "4".into()), (5, "5".into())],
+        };
+        assert!(history.covers("e", 3));
+        assert!(!history.covers("other", 3));
+        assert!(!history.covers("e", 2), "offset 3 was trimmed");
+        assert!(!history.covers("e", 6), "an offset from the future");
+        let caught_up = HistorySince {
+            messages: vec![],
+            ..history
+        };
+        assert!(caught_up.covers("e", 5));
+        assert!(valid_idempotency_key("order-17"));
+        assert!(!valid_idempotency_key(""));
+        assert!(!valid_idempotency_key("has space"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! consumption checks, and ws-node re-validates live sockets periodically.
 
 use crate::keys::RedisKeys;
-use crate::ticket::{AuthSource, MAX_TICKET_TTL};
+use crate::ticket::AuthSource;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -18,6 +18,10 @@ pub enum ControlMessage {
     CredentialRevoked { source: AuthSource },
     /// A user was disabled: close every socket of the user.
     UserDisabled { user_id: Uuid },
+    /// An operator disconnects every socket of a user (control API).
+    DisconnectUser { user_id: Uuid },
+    /// An operator disconnects one socket (control API); `connection_id` is `<node>:<id>`.
+    DisconnectConnection { connection_id: String },
 }
 
 /// Publishes a control message to every ws-node.
@@ -36,8 +40,13 @@ pub async fn broadcast(
         .await
 }
 
-/// Records that tickets minted from these credentials must no longer be
-/// accepted. The markers only need to outlive the longest ticket.
+/// How long a revocation is remembered in Redis. Tickets of the credential are
+/// refused and ws-node's periodic re-validation closes sockets opened with it
+/// for this long, even if the control message announcing it was lost.
+pub const REVOCATION_MEMORY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Records that these credentials are revoked: their outstanding tickets must
+/// not be accepted and their open sockets must close.
 pub async fn mark_revoked(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,
@@ -52,7 +61,7 @@ pub async fn mark_revoked(
             .arg(r.key(keys))
             .arg(1)
             .arg("EX")
-            .arg(MAX_TICKET_TTL.as_secs() + 1)
+            .arg(REVOCATION_MEMORY.as_secs())
             .ignore();
     }
     pipe.query_async(conn).await
@@ -75,7 +84,7 @@ impl Revoked {
     }
 }
 
-/// Whether the credential or user behind a ticket has been revoked since it was minted.
+/// Whether the credential or the user has been revoked (or disabled).
 pub async fn is_revoked(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,

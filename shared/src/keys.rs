@@ -14,7 +14,11 @@
 //! | `P:ch:{<channel>}:live` | pub/sub channel carrying ready-to-send frames | both | ws-node |
 //! | `P:ch:{<channel>}:hist` | stream: the channel's bounded history | both | ws-node |
 //! | `P:ch:{<channel>}:meta` | hash: the history's epoch and last offset | both | ws-node |
-//! | `P:revoked:<kind>:<id>` | marker, TTL 31 s: tickets of this credential are void | auth-service | ws-node |
+//! | `P:ch:{<channel>}:idem:<key>` | string, TTL 10 min: an idempotency key already published | both | both |
+//! | `P:ch:{<channel>}:presence` | sorted set of present connections, scored by lease expiry | ws-node | ws-node |
+//! | `P:ch:{<channel>}:presence-idx` | the same members scored 0, searchable by user prefix | ws-node | ws-node |
+//! | `P:conn:<node>:<id>` | hash: a live connection's node, user, since, channels; TTL = lease | ws-node | auth-service |
+//! | `P:revoked:<kind>:<id>` | marker, TTL 30 days: this credential's tickets and sockets are void | auth-service | ws-node |
 //! | `P:user-conns:<user id>` | sorted set of live connections, scored by lease expiry | ws-node | ws-node |
 //! | `P:control` | pub/sub channel for revocations and disconnects | auth-service | ws-node |
 
@@ -110,6 +114,27 @@ impl RedisKeys {
         format!("{}:ch:{{{}}}:meta", self.prefix, channel.as_str())
     }
 
+    /// Remembers one idempotency key of a channel for the idempotency window.
+    pub fn channel_idempotency(&self, channel: &ChannelName, key: &str) -> String {
+        format!("{}:ch:{{{}}}:idem:{key}", self.prefix, channel.as_str())
+    }
+
+    /// The sorted set of a channel's present connections, scored by lease expiry.
+    pub fn channel_presence(&self, channel: &ChannelName) -> String {
+        format!("{}:ch:{{{}}}:presence", self.prefix, channel.as_str())
+    }
+
+    /// The same members as [`channel_presence`](Self::channel_presence), all
+    /// scored 0 so that one user's connections can be found by prefix.
+    pub fn channel_presence_index(&self, channel: &ChannelName) -> String {
+        format!("{}:ch:{{{}}}:presence-idx", self.prefix, channel.as_str())
+    }
+
+    /// A live connection's details (node, user, since, channels), for the control API.
+    pub fn connection_info(&self, connection: &str) -> String {
+        format!("{}:conn:{connection}", self.prefix)
+    }
+
     /// The inverse of [`channel_live`](Self::channel_live), for a subscriber that
     /// receives a message and must find out which channel it belongs to.
     pub fn channel_from_live<'a>(&self, live: &'a str) -> Option<&'a str> {
@@ -118,8 +143,7 @@ impl RedisKeys {
             .strip_suffix("}:live")
     }
 
-    /// Marks a credential (`session`, `api_key`) or `user` as revoked for as long
-    /// as a ticket minted before the revocation could still be presented.
+    /// Marks a credential (`session`, `api_key`) or `user` as revoked.
     pub fn revoked(&self, kind: &str, id: uuid::Uuid) -> String {
         format!("{}:revoked:{kind}:{id}", self.prefix)
     }

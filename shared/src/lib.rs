@@ -10,6 +10,7 @@
 //! * [`session`]: the session record cached in Redis for cookie handshakes.
 //! * [`scope`]: permission scopes carried by API keys and tickets.
 //! * [`channel`]: channel names and the message envelope published through Redis.
+//! * [`connections`]: the cluster-wide directory of live connections.
 //! * [`control`]: control messages (revocations) from auth-service to every ws-node.
 //! * [`namespace`]: channel namespaces and their rules (who may join, publish; history).
 //! * [`net`]: listening sockets and shutdown signals, set up the way DESIGN §7 measured.
@@ -18,6 +19,7 @@
 //! * [`telemetry`]: logging setup shared by both binaries.
 
 pub mod channel;
+pub mod connections;
 pub mod control;
 pub mod keys;
 pub mod namespace;

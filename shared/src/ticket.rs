@@ -38,6 +38,10 @@ pub struct TicketClaims {
     pub origin: Option<String>,
     /// Unix seconds.
     pub issued_at: u64,
+    /// When the credential itself ends (a session's absolute expiry, unix
+    /// seconds); a socket opened with the ticket closes then. `None`: no end (API keys).
+    #[serde(default)]
+    pub credential_expires_at: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +120,7 @@ mod tests {
             scopes: Scopes::NONE.with(Scope::Connect),
             origin: None,
             issued_at: 1,
+            credential_expires_at: None,
         };
         let json = serde_json::to_value(&claims).expect("json");
         assert_eq!(json["source"]["kind"], "api_key");

@@ -94,6 +94,16 @@ pub struct Config {
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,
 
+    /// Seconds a connection's cluster-wide entries (per-user slot, directory,
+    /// presence) live without renewal; a dead node's entries vanish within this.
+    #[arg(long, env = "CONNECTION_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
+    pub connection_lease_secs: u64,
+
+    /// Seconds between re-checks of each socket's credential against the
+    /// revocation markers (catches revocations whose announcement was lost).
+    #[arg(long, env = "REVALIDATE_INTERVAL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub revalidate_interval_secs: u64,
+
     /// Seconds to close every socket (1001) and exit after SIGTERM.
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
@@ -144,6 +154,14 @@ impl Config {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
+
+    pub fn connection_lease(&self) -> Duration {
+        Duration::from_secs(self.connection_lease_secs)
+    }
+
+    pub fn revalidate_interval(&self) -> Duration {
+        Duration::from_secs(self.revalidate_interval_secs)
     }
 
     pub fn drain_timeout(&self) -> Duration {

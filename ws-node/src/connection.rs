@@ -10,15 +10,17 @@
 use crate::handshake;
 use crate::hub::{ConnControl, ConnHandle, ConnId, Delivery};
 use crate::limits::{PendingSlot, TokenBucket};
-use crate::protocol::{self, Request, RequestId, ServerFrame, UserInfo, close};
+use crate::presence::{self, Membership};
+use crate::protocol::{self, Request, RequestId, ServerFrame, Since, UserInfo, close};
 use crate::state::NodeState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt as _;
-use shared::channel::ChannelName;
-use shared::namespace::Access;
+use serde_json::value::RawValue;
+use shared::channel::{ChannelName, PublishError, StreamPosition, history_frame};
+use shared::namespace::{Access, NamespaceRule};
 use shared::scope::{Scope, Scopes};
 use shared::ticket::AuthSource;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -31,6 +33,9 @@ pub struct Principal {
     pub username: String,
     pub source: AuthSource,
     pub scopes: Scopes,
+    /// When the credential ends (a session's absolute expiry, unix seconds):
+    /// the socket closes with 4001 then.
+    pub expires_at: Option<u64>,
 }
 
 /// Deliveries written per flush at most (bounds one batch's latency).
@@ -90,6 +95,7 @@ pub async fn run_unauthenticated(
         principal.user_id,
         &name,
         node.config.max_connections_per_user,
+        node.config.connection_lease(),
     )
     .await
     {
@@ -117,39 +123,45 @@ pub async fn run(node: NodeState, socket: WebSocket, id: ConnId, principal: Prin
         control: control.clone(),
     };
     node.hub.register(handle.clone());
+    let bucket = TokenBucket::new(
+        node.config.client_messages_per_sec,
+        node.config.client_message_burst,
+    );
     let mut conn = Connection {
         guard: Registration {
             node: node.clone(),
             id,
             user_id: principal.user_id,
             channels: HashSet::new(),
+            presence: Vec::new(),
         },
+        name: node.connection_name(id),
         node,
         socket,
         rx,
         handle,
         control,
-        bucket: TokenBucket::new(0, 1),
+        bucket,
         strikes: 0,
         principal,
         last_heard: Instant::now(),
+        floors: HashMap::new(),
     };
-    conn.bucket = TokenBucket::new(
-        conn.node.config.client_messages_per_sec,
-        conn.node.config.client_message_burst,
-    );
     let (code, reason) = conn.serve().await;
     if let Some(code) = code {
         close_socket(&mut conn.socket, code, reason).await;
     }
 }
 
-/// Undoes a connection's registrations however its task ends (even by panic).
+/// Undoes a connection's registrations however its task ends (even by panic):
+/// hub membership at once, and in the background its cluster-wide traces
+/// (per-user slot, directory entry, presence, with `leave` events).
 struct Registration {
     node: NodeState,
     id: ConnId,
     user_id: Uuid,
     channels: HashSet<String>,
+    presence: Vec<Membership>,
 }
 
 impl Drop for Registration {
@@ -158,17 +170,25 @@ impl Drop for Registration {
             self.node.hub.leave(channel, self.id);
         }
         self.node.hub.unregister(self.id);
-        let (node, user_id, name) = (
-            self.node.clone(),
-            self.user_id,
-            self.node.connection_name(self.id),
-        );
+        self.node.forget_presence(&self.presence);
+        let node = self.node.clone();
+        let (user_id, name) = (self.user_id, self.node.connection_name(self.id));
+        let presence = std::mem::take(&mut self.presence);
         tokio::spawn(async move {
             let mut redis = node.redis.clone();
-            if let Err(e) =
-                crate::limits::release_user_slot(&mut redis, &node.keys, user_id, &name).await
-            {
-                tracing::debug!(error = %e, "could not release connection slot; its lease will expire");
+            for membership in &presence {
+                let _ = presence::leave(&mut redis, &node.keys, membership).await;
+            }
+            let released =
+                crate::limits::release_user_slot(&mut redis, &node.keys, user_id, &name).await;
+            let forgotten = redis::cmd("DEL")
+                .arg(node.keys.connection_info(&name))
+                .query_async::<()>(&mut redis)
+                .await;
+            if released.is_err() || forgotten.is_err() {
+                tracing::debug!(
+                    "could not clear a closed connection's entries; their leases will expire"
+                );
             }
         });
     }
@@ -176,6 +196,8 @@ impl Drop for Registration {
 
 struct Connection {
     node: NodeState,
+    /// `<node>:<id>`, as in the `welcome` frame.
+    name: String,
     socket: WebSocket,
     rx: mpsc::Receiver<Delivery>,
     handle: ConnHandle,
@@ -184,11 +206,15 @@ struct Connection {
     bucket: TokenBucket,
     strikes: u32,
     last_heard: Instant,
+    /// Per channel subscribed with `since`: the last offset replayed from
+    /// history. Live copies of those messages (queued while the replay ran)
+    /// are skipped, so the hand-over from history to live has no duplicate.
+    floors: HashMap<String, u64>,
     guard: Registration,
 }
 
-/// How a request went: a reply to send, and whether to close afterwards.
-type Outcome = Result<String, (u16, &'static str)>;
+/// How a request went: a reply to send, or a close code to end with.
+type Outcome = Result<Vec<String>, (u16, &'static str)>;
 
 impl Connection {
     /// The connection's main loop; returns the close code to send, if any.
@@ -204,9 +230,9 @@ impl Connection {
             return (Some(close::TRY_AGAIN_LATER), "cannot subscribe right now");
         }
         self.guard.channels.insert(own_channel.as_str().to_owned());
-        let name = self.node.connection_name(self.handle.id);
+        self.publish_directory_entry().await;
         let welcome = ServerFrame::Welcome {
-            connection_id: &name,
+            connection_id: &self.name,
             user: UserInfo {
                 id: self.principal.user_id,
                 username: &self.principal.username,
@@ -223,11 +249,20 @@ impl Connection {
         heartbeat.reset();
         // When the last ping went out; a peer is only reaped after it had a ping to answer.
         let mut ping_sent: Option<Instant> = None;
+        // Re-validation at a random phase, so a node's sockets do not all check at once.
+        let period = self.node.config.revalidate_interval();
+        let mut revalidate = tokio::time::interval_at(
+            tokio::time::Instant::now() + period.mul_f64(rand::random_range(0.5..=1.0)),
+            period,
+        );
+        let expiry = credential_expiry(self.principal.expires_at);
+        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 biased;
                 code = self.control.closed() => return (Some(code), close_reason(code)),
                 () = &mut draining => return (Some(close::GOING_AWAY), "node shutting down"),
+                () = &mut expiry => return (Some(close::UNAUTHORIZED), "credential expired"),
                 delivery = self.rx.recv() => {
                     let Some(delivery) = delivery else { return (None, "") };
                     let control = self.control.clone();
@@ -247,9 +282,11 @@ impl Connection {
                     self.last_heard = Instant::now();
                     match frame {
                         Some(Ok(Message::Text(text))) => match self.on_text(&text).await {
-                            Ok(reply) => {
-                                if let Err(stop) = self.send(Message::Text(reply.into())).await {
-                                    return stop;
+                            Ok(replies) => {
+                                for reply in replies {
+                                    if let Err(stop) = self.send(Message::Text(reply.into())).await {
+                                        return stop;
+                                    }
                                 }
                             }
                             Err((code, reason)) => return (Some(code), reason),
@@ -284,6 +321,17 @@ impl Connection {
                         return stop;
                     }
                 }
+                _ = revalidate.tick() => {
+                    // Catches a revocation whose control message was lost. If
+                    // Redis cannot answer, the socket stays: Redis blinking is
+                    // no reason to drop clients.
+                    let mut redis = self.node.redis.clone();
+                    let revoked = shared::control::is_revoked(&mut redis, &self.node.keys, self.principal.source, self.principal.user_id).await;
+                    if matches!(revoked, Ok(true)) {
+                        metrics::counter!("ws_revalidation_closes_total").increment(1);
+                        return (Some(close::FORBIDDEN), "credential revoked");
+                    }
+                }
             }
         }
     }
@@ -300,17 +348,45 @@ impl Connection {
 
     /// Writes `first` and whatever else is already queued, then flushes once.
     async fn write_batch(&mut self, first: Delivery) -> Result<(), axum::Error> {
-        self.socket.feed(Message::Text(first.frame)).await?;
-        for _ in 1..MAX_BATCH {
-            match self.rx.try_recv() {
-                Ok(next) => self.socket.feed(Message::Text(next.frame)).await?,
-                Err(_) => break,
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(delivery) = next.take() {
+            if self.admit(&delivery) {
+                self.socket.feed(Message::Text(delivery.frame)).await?;
+                written += 1;
+            }
+            if written < MAX_BATCH {
+                next = self.rx.try_recv().ok();
             }
         }
         self.socket.flush().await
     }
 
-    /// Handles one client frame; `Err` closes the connection.
+    /// Whether a delivery goes out: not if history already replayed it.
+    fn admit(&mut self, delivery: &Delivery) -> bool {
+        if self.floors.is_empty() {
+            return true;
+        }
+        let Some(floor) = self.floors.get(&*delivery.channel).copied() else {
+            return true;
+        };
+        match delivery.offset {
+            Some(offset) if offset <= floor => false,
+            // Past the replay: live from here on.
+            Some(_) => {
+                self.floors.remove(&*delivery.channel);
+                true
+            }
+            None => {
+                if delivery.resets {
+                    self.floors.remove(&*delivery.channel);
+                }
+                true
+            }
+        }
+    }
+
+    /// Handles one client frame: replies to send, or a reason to close.
     async fn on_text(&mut self, text: &Utf8Bytes) -> Outcome {
         if !self.bucket.try_take() {
             self.strikes += 1;
@@ -318,31 +394,42 @@ impl Connection {
             if self.strikes > RATE_STRIKES {
                 return Err((close::RATE_LIMITED, "message rate exceeded"));
             }
-            return Ok(protocol::error(
+            return Ok(vec![protocol::error(
                 None,
                 "rate_limited",
                 "too many messages; slow down",
-            ));
+            )]);
         }
         self.strikes = 0;
         let (id, request) = match protocol::parse(text) {
             Ok(parsed) => parsed,
-            Err(bad) => return Ok(protocol::error(bad.id.as_ref(), bad.code, &bad.message)),
+            Err(bad) => {
+                return Ok(vec![protocol::error(
+                    bad.id.as_ref(),
+                    bad.code,
+                    &bad.message,
+                )]);
+            }
         };
         let id = id.as_ref();
         Ok(match request {
-            Request::Ping => protocol::ack(id),
-            Request::Auth { .. } => protocol::error(
+            Request::Ping => vec![protocol::ack(id)],
+            Request::Auth { .. } => vec![protocol::error(
                 id,
                 "already_authenticated",
                 "this connection is already authenticated",
-            ),
-            Request::Subscribe { channel, since: _ } => self.subscribe(id, channel).await,
-            Request::Unsubscribe { channel } => self.unsubscribe(id, &channel),
-            Request::Publish { channel, data } => self.publish(id, &channel, data).await,
-            Request::Presence { channel: _ } => {
-                protocol::error(id, "unsupported", "presence is not enabled on this node")
-            }
+            )],
+            Request::Subscribe { channel, since } => self.subscribe(id, channel, since).await,
+            Request::Unsubscribe { channel } => vec![self.unsubscribe(id, &channel).await],
+            Request::Publish {
+                channel,
+                data,
+                idempotency_key,
+            } => vec![
+                self.publish(id, &channel, data, idempotency_key.as_deref())
+                    .await,
+            ],
+            Request::Presence { channel } => vec![self.presence(id, &channel).await],
         })
     }
 
@@ -355,28 +442,132 @@ impl Connection {
         }
     }
 
-    async fn subscribe(&mut self, id: Option<&RequestId>, channel: ChannelName) -> String {
-        let Some(rule) = self.node.namespaces.rule_for(&channel) else {
-            return protocol::error(id, "unknown_namespace", "no such channel namespace");
-        };
-        if !self.admits(rule.subscribe, &channel) {
-            return protocol::error(id, "forbidden", "you may not subscribe to this channel");
+    /// The namespace rule of `channel` if this connection may subscribe to it.
+    fn readable_rule(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<NamespaceRule, (&'static str, &'static str)> {
+        let rule = self
+            .node
+            .namespaces
+            .rule_for(channel)
+            .ok_or(("unknown_namespace", "no such channel namespace"))?;
+        if !self.admits(rule.subscribe, channel) {
+            return Err(("forbidden", "you may not subscribe to this channel"));
         }
-        if self.guard.channels.contains(channel.as_str()) {
-            return subscribed_ack(id, &channel);
-        }
-        // The connection's own user channel is not counted against the limit.
-        if self.guard.channels.len() > self.node.config.max_subscriptions_per_connection {
-            return protocol::error(id, "too_many_subscriptions", "subscription limit reached");
-        }
-        if self.node.hub.join(&channel, &self.handle).await.is_err() {
-            return protocol::error(id, "unavailable", "cannot subscribe right now; retry later");
-        }
-        self.guard.channels.insert(channel.as_str().to_owned());
-        subscribed_ack(id, &channel)
+        Ok(rule.clone())
     }
 
-    fn unsubscribe(&mut self, id: Option<&RequestId>, channel: &ChannelName) -> String {
+    async fn subscribe(
+        &mut self,
+        id: Option<&RequestId>,
+        channel: ChannelName,
+        since: Option<Since>,
+    ) -> Vec<String> {
+        let rule = match self.readable_rule(&channel) {
+            Ok(rule) => rule,
+            Err((code, message)) => return vec![protocol::error(id, code, message)],
+        };
+        let already = self.guard.channels.contains(channel.as_str());
+        if !already {
+            // The connection's own user channel is not counted against the limit.
+            if self.guard.channels.len() > self.node.config.max_subscriptions_per_connection {
+                return vec![protocol::error(
+                    id,
+                    "too_many_subscriptions",
+                    "subscription limit reached",
+                )];
+            }
+            if self.node.hub.join(&channel, &self.handle).await.is_err() {
+                return vec![protocol::error(
+                    id,
+                    "unavailable",
+                    "cannot subscribe right now; retry later",
+                )];
+            }
+            self.guard.channels.insert(channel.as_str().to_owned());
+            self.publish_directory_entry().await;
+            if rule.presence {
+                let membership = Membership::new(
+                    channel.clone(),
+                    self.principal.user_id,
+                    &self.principal.username,
+                    &self.name,
+                );
+                let mut redis = self.node.redis.clone();
+                match presence::join(
+                    &mut redis,
+                    &self.node.keys,
+                    &membership,
+                    self.node.config.connection_lease(),
+                )
+                .await
+                {
+                    Ok(()) => {
+                        self.node.remember_presence(&membership);
+                        self.guard.presence.push(membership);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not record presence"),
+                }
+            }
+        }
+        let Some(since) = since else {
+            return vec![ack_subscribed(id, &channel, None, None)];
+        };
+        // Recovery: everything after `since` from history, then live. The
+        // subscription is already live, so nothing published from now on is
+        // missed; what the replay covers is skipped when it arrives live.
+        let Some(limits) = rule.history else {
+            return vec![ack_subscribed(id, &channel, Some(false), None)];
+        };
+        let mut redis = self.node.redis.clone();
+        let history = match shared::channel::history_since(
+            &mut redis,
+            &self.node.keys,
+            &channel,
+            since.offset,
+            limits.max_len.saturating_mul(2).max(100),
+        )
+        .await
+        {
+            Ok(history) => history,
+            Err(_) => {
+                return vec![protocol::error(
+                    id,
+                    "unavailable",
+                    "cannot read the channel history right now; retry",
+                )];
+            }
+        };
+        let recovered = history.covers(&since.epoch, since.offset);
+        metrics::counter!("ws_recoveries_total", "recovered" => if recovered { "true" } else { "false" }).increment(1);
+        let position = history.epoch.clone().map(|epoch| StreamPosition {
+            epoch,
+            offset: history.offset,
+        });
+        let mut replies = vec![ack_subscribed(
+            id,
+            &channel,
+            Some(recovered),
+            position.as_ref(),
+        )];
+        if let Some(position) = &position {
+            self.floors
+                .insert(channel.as_str().to_owned(), position.offset);
+            if recovered {
+                for (offset, data) in &history.messages {
+                    let at = StreamPosition {
+                        epoch: position.epoch.clone(),
+                        offset: *offset,
+                    };
+                    replies.push(history_frame(&channel, &at, data));
+                }
+            }
+        }
+        replies
+    }
+
+    async fn unsubscribe(&mut self, id: Option<&RequestId>, channel: &ChannelName) -> String {
         if *channel == ChannelName::for_user(self.principal.user_id) {
             return protocol::error(
                 id,
@@ -386,6 +577,21 @@ impl Connection {
         }
         if self.guard.channels.remove(channel.as_str()) {
             self.node.hub.leave(channel.as_str(), self.handle.id);
+            self.floors.remove(channel.as_str());
+            self.publish_directory_entry().await;
+            if let Some(i) = self
+                .guard
+                .presence
+                .iter()
+                .position(|m| m.channel == *channel)
+            {
+                let membership = self.guard.presence.swap_remove(i);
+                self.node.forget_presence(std::slice::from_ref(&membership));
+                let mut redis = self.node.redis.clone();
+                if let Err(e) = presence::leave(&mut redis, &self.node.keys, &membership).await {
+                    tracing::debug!(error = %e, "could not clear presence; its lease will expire");
+                }
+            }
         }
         protocol::ack(id)
     }
@@ -394,7 +600,8 @@ impl Connection {
         &mut self,
         id: Option<&RequestId>,
         channel: &ChannelName,
-        data: &serde_json::value::RawValue,
+        data: &RawValue,
+        idempotency_key: Option<&str>,
     ) -> String {
         if !self.principal.scopes.contains(Scope::Publish) {
             return protocol::error(id, "forbidden", "this connection may not publish (scope)");
@@ -406,21 +613,42 @@ impl Connection {
             return protocol::error(id, "forbidden", "you may not publish to this channel");
         }
         let mut redis = self.node.redis.clone();
-        match shared::channel::publish(&mut redis, &self.node.keys, channel, data, rule.history)
-            .await
+        match shared::channel::publish(
+            &mut redis,
+            &self.node.keys,
+            channel,
+            data,
+            rule.history,
+            idempotency_key,
+        )
+        .await
         {
-            Ok(position) => {
+            Ok(published) => {
                 metrics::counter!("ws_client_publishes_total").increment(1);
-                ServerFrame::Ack {
-                    id,
-                    channel: Some(channel.as_str()),
-                    recovered: None,
-                    epoch: position.as_ref().map(|p| p.epoch.as_str()),
-                    offset: position.as_ref().map(|p| p.offset),
+                let mut ack = serde_json::json!({ "type": "ack", "channel": channel.as_str() });
+                if let Some(id) = id {
+                    ack["id"] = serde_json::to_value(id).unwrap_or_default();
                 }
-                .to_json()
+                if let Some(position) = published.position {
+                    ack["epoch"] = position.epoch.into();
+                    ack["offset"] = position.offset.into();
+                }
+                if published.duplicate {
+                    ack["duplicate"] = true.into();
+                }
+                ack.to_string()
             }
-            Err(e) => {
+            Err(PublishError::IdempotencyWithoutHistory) => protocol::error(
+                id,
+                "idempotency_unsupported",
+                "idempotency keys need a channel with history",
+            ),
+            Err(PublishError::InvalidIdempotencyKey) => protocol::error(
+                id,
+                "bad_request",
+                "idempotency_key must be 1-64 printable ASCII characters",
+            ),
+            Err(PublishError::Redis(e)) => {
                 tracing::warn!(error = %e, "publish failed");
                 protocol::error(
                     id,
@@ -430,23 +658,103 @@ impl Connection {
             }
         }
     }
+
+    async fn presence(&mut self, id: Option<&RequestId>, channel: &ChannelName) -> String {
+        let rule = match self.readable_rule(channel) {
+            Ok(rule) => rule,
+            Err((code, message)) => return protocol::error(id, code, message),
+        };
+        if !rule.presence {
+            return protocol::error(
+                id,
+                "presence_disabled",
+                "this channel namespace does not track presence",
+            );
+        }
+        let mut redis = self.node.redis.clone();
+        match presence::members(&mut redis, &self.node.keys, channel).await {
+            Ok(members) => ServerFrame::Presence {
+                id,
+                channel: channel.as_str(),
+                members: &members,
+            }
+            .to_json(),
+            Err(_) => protocol::error(
+                id,
+                "unavailable",
+                "presence is unavailable right now; retry",
+            ),
+        }
+    }
+
+    /// Writes this connection's entry in the cluster-wide directory (what the
+    /// control API lists). Best effort: the directory is informational.
+    async fn publish_directory_entry(&mut self) {
+        let mut channels: Vec<&String> = self.guard.channels.iter().collect();
+        channels.sort();
+        let key = self.node.keys.connection_info(&self.name);
+        let lease_ms =
+            u64::try_from(self.node.config.connection_lease().as_millis()).unwrap_or(u64::MAX);
+        let mut redis = self.node.redis.clone();
+        let written: redis::RedisResult<()> = redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("node")
+            .arg(&*self.node.node_id)
+            .arg("user_id")
+            .arg(self.principal.user_id.to_string())
+            .arg("connected_at")
+            .arg(self.guard_connected_at())
+            .arg("channels")
+            .arg(serde_json::to_string(&channels).unwrap_or_default())
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(lease_ms)
+            .ignore()
+            .query_async(&mut redis)
+            .await;
+        if let Err(e) = written {
+            tracing::debug!(error = %e, "could not update the connection directory");
+        }
+    }
+
+    fn guard_connected_at(&self) -> u64 {
+        self.control.connected_at
+    }
+}
+
+/// Resolves when the credential ends (never, without an end).
+async fn credential_expiry(expires_at: Option<u64>) {
+    match expires_at {
+        Some(at) => {
+            let left = at.saturating_sub(shared::unix_now());
+            tokio::time::sleep(Duration::from_secs(left)).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn close_reason(code: u16) -> &'static str {
     match code {
-        close::FORBIDDEN => "credential revoked",
+        close::FORBIDDEN => "credential revoked or disconnected by the server",
         close::RATE_LIMITED => "too slow a consumer",
         _ => "closed by the server",
     }
 }
 
-fn subscribed_ack(id: Option<&RequestId>, channel: &ChannelName) -> String {
+fn ack_subscribed(
+    id: Option<&RequestId>,
+    channel: &ChannelName,
+    recovered: Option<bool>,
+    position: Option<&StreamPosition>,
+) -> String {
     ServerFrame::Ack {
         id,
         channel: Some(channel.as_str()),
-        recovered: None,
-        epoch: None,
-        offset: None,
+        recovered,
+        epoch: position.map(|p| p.epoch.as_str()),
+        offset: position.map(|p| p.offset),
     }
     .to_json()
 }

@@ -133,6 +133,7 @@ async fn accept(
         principal.user_id,
         &name,
         node.config.max_connections_per_user,
+        node.config.connection_lease(),
     )
     .await?;
     if !admitted {
@@ -175,6 +176,7 @@ fn principal_from_ticket(claims: TicketClaims, origin: Option<&str>) -> Result<P
         username: claims.username,
         source: claims.source,
         scopes: claims.scopes,
+        expires_at: claims.credential_expires_at,
     })
 }
 
@@ -202,6 +204,7 @@ async fn session_principal(
             session_id: session.session_id,
         },
         scopes: Scopes::NONE.with(Scope::Connect).with(Scope::Publish),
+        expires_at: Some(session.expires_at),
     })
 }
 
@@ -247,6 +250,7 @@ mod tests {
             scopes: Scopes::NONE.with(Scope::Connect),
             origin: Some("https://app.example".into()),
             issued_at: 0,
+            credential_expires_at: None,
         };
         assert!(principal_from_ticket(claims.clone(), Some("https://app.example")).is_ok());
         assert!(matches!(

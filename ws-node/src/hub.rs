@@ -33,12 +33,17 @@ pub struct Delivery {
     /// The message's history offset, when its channel keeps history.
     pub offset: Option<u64>,
     pub frame: Utf8Bytes,
+    /// The node lost track of the channel (a `recovery` notice): offsets seen
+    /// so far no longer say anything about what comes next.
+    pub resets: bool,
 }
 
 /// What other tasks may ask of a connection: close it, with a code.
 #[derive(Debug)]
 pub struct ConnControl {
     pub user_id: Uuid,
+    /// Unix seconds.
+    pub connected_at: u64,
     /// The credential the connection was opened with (revoking it closes the connection).
     pub source: AuthSource,
     close_code: AtomicU16,
@@ -49,6 +54,7 @@ impl ConnControl {
     pub fn new(user_id: Uuid, source: AuthSource) -> Self {
         Self {
             user_id,
+            connected_at: shared::unix_now(),
             source,
             close_code: AtomicU16::new(0),
             notify: Notify::new(),
@@ -229,6 +235,21 @@ impl Hub {
 
     /// Queues a message to every local member of `channel`; returns how many got it.
     pub fn dispatch(&self, channel: &str, offset: Option<u64>, frame: &Utf8Bytes) -> usize {
+        self.dispatch_delivery(channel, offset, frame, false)
+    }
+
+    /// Queues a `recovery` notice (see [`Delivery::resets`]).
+    pub fn dispatch_reset(&self, channel: &str, frame: &Utf8Bytes) -> usize {
+        self.dispatch_delivery(channel, None, frame, true)
+    }
+
+    fn dispatch_delivery(
+        &self,
+        channel: &str,
+        offset: Option<u64>,
+        frame: &Utf8Bytes,
+        resets: bool,
+    ) -> usize {
         let channels = read(&self.channels);
         let Some(entry) = channels.get(channel) else {
             return 0;
@@ -240,6 +261,7 @@ impl Hub {
                 channel: channel.clone(),
                 offset,
                 frame: frame.clone(),
+                resets,
             };
             match member.tx.try_send(delivery) {
                 Ok(()) => delivered += 1,
@@ -254,6 +276,14 @@ impl Hub {
             }
         }
         delivered
+    }
+
+    /// Asks one local connection to close; returns 1 if it exists, else 0.
+    pub fn close_connection(&self, id: ConnId, code: u16) -> usize {
+        read(&self.connections).get(&id).map_or(0, |conn| {
+            conn.control.close(code);
+            1
+        })
     }
 
     /// Asks every local connection matching `predicate` to close with `code`;

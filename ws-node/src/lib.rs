@@ -16,6 +16,7 @@ pub mod error;
 pub mod handshake;
 pub mod hub;
 pub mod limits;
+pub mod presence;
 pub mod protocol;
 pub mod routes;
 pub mod server;
@@ -56,19 +57,26 @@ impl Application {
         let hub = Arc::new(Hub::new(commands_tx));
         let (subscribed_tx, subscribed_rx) = watch::channel(false);
         let (draining_tx, draining_rx) = watch::channel(false);
+        let node_id: Arc<str> = config.node_id().into();
+        let namespaces = Arc::new(config.namespaces()?);
         let subscriber = subscriber::Subscriber {
             client: redis::Client::open(config.redis_url.as_str())?,
+            redis: redis.clone(),
             keys: keys.clone(),
+            namespaces: namespaces.clone(),
+            node_id: node_id.clone(),
             hub: hub.clone(),
             commands: commands_rx,
             ready: subscribed_tx,
+            cursors: Default::default(),
         };
         let state = NodeState {
-            node_id: config.node_id().into(),
+            node_id,
             keys,
             redis,
             hub,
-            namespaces: Arc::new(config.namespaces()?),
+            namespaces,
+            presence: Arc::default(),
             origins: Arc::new(config.origin_allowlist()?),
             pending_auth: Arc::default(),
             subscribed: subscribed_rx,
@@ -141,22 +149,37 @@ impl Application {
     }
 }
 
-/// Keeps this node's entries in the per-user connection sets alive; entries of
-/// a node that died expire after [`limits::CONNECTION_LEASE`].
+/// Keeps this node's cluster-wide entries alive (per-user slots, directory
+/// entries, presence) and sweeps lapsed presence in the channels it serves, so
+/// a node that died leaves no zombies: its entries lapse within one lease and
+/// the survivors announce the `leave`s.
 async fn renew_connection_leases(state: NodeState) {
-    let mut tick = tokio::time::interval(limits::CONNECTION_LEASE / 3);
+    let lease = state.config.connection_lease();
+    let mut tick = tokio::time::interval(lease / 3);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let members: Vec<_> = state
+        let connections: Vec<_> = state
             .hub
             .connection_users()
             .into_iter()
             .map(|(id, user_id)| (user_id, state.connection_name(id)))
             .collect();
+        let memberships = state.presence_memberships();
         let mut redis = state.redis.clone();
-        if let Err(e) = limits::renew_user_slots(&mut redis, &state.keys, &members).await {
+        if let Err(e) = limits::renew_user_slots(&mut redis, &state.keys, &connections, lease).await
+        {
             tracing::warn!(error = %e, "could not renew connection leases");
+        }
+        if let Err(e) = presence::renew(&mut redis, &state.keys, &memberships, lease).await {
+            tracing::warn!(error = %e, "could not renew presence");
+        }
+        let channels: std::collections::BTreeSet<_> =
+            memberships.into_iter().map(|m| m.channel).collect();
+        for channel in channels {
+            if let Err(e) = presence::sweep(&mut redis, &state.keys, &channel).await {
+                tracing::warn!(error = %e, "could not sweep presence");
+            }
         }
     }
 }

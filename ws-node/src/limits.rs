@@ -106,11 +106,6 @@ impl Drop for PendingSlot {
     }
 }
 
-/// How long a connection's entry in its user's connection set lives without
-/// renewal. A node that dies stops renewing, so its entries (and the slots they
-/// hold against the per-user cap) expire within this bound.
-pub const CONNECTION_LEASE: Duration = Duration::from_secs(60);
-
 /// Takes a place in the user's cluster-wide connection set if it has fewer than
 /// `cap` live entries. KEYS: the user's set. ARGV: now (ms), lease (ms), cap, member.
 static ACQUIRE_SLOT: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -133,22 +128,25 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn lease_ms() -> u64 {
-    u64::try_from(CONNECTION_LEASE.as_millis()).unwrap_or(60_000)
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Registers a connection against its user's cap; `false` if the user is at the cap.
+/// Registers a connection against its user's cap (its entry lapses after
+/// `lease` unless renewed, so a dead node's slots free themselves); `false`
+/// if the user is at the cap.
 pub async fn acquire_user_slot(
     redis: &mut ConnectionManager,
     keys: &RedisKeys,
     user_id: Uuid,
     member: &str,
     cap: u32,
+    lease: Duration,
 ) -> redis::RedisResult<bool> {
     let acquired: i64 = ACQUIRE_SLOT
         .key(keys.user_connections(user_id))
         .arg(now_ms())
-        .arg(lease_ms())
+        .arg(millis(lease))
         .arg(cap)
         .arg(member)
         .invoke_async(redis)
@@ -170,13 +168,15 @@ pub async fn release_user_slot(
         .await
 }
 
-/// Extends the leases of live connections (one pipeline for all of them).
+/// Extends the leases of live connections and their directory entries (one
+/// pipeline per thousand).
 pub async fn renew_user_slots(
     redis: &mut ConnectionManager,
     keys: &RedisKeys,
     members: &[(Uuid, String)],
+    lease: Duration,
 ) -> redis::RedisResult<()> {
-    let expires = now_ms() + lease_ms();
+    let expires = now_ms() + millis(lease);
     for chunk in members.chunks(1000) {
         let mut pipe = redis::pipe();
         for (user_id, member) in chunk {
@@ -187,7 +187,11 @@ pub async fn renew_user_slots(
                 .arg(expires)
                 .arg(member)
                 .ignore();
-            pipe.cmd("PEXPIRE").arg(&key).arg(lease_ms()).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(millis(lease)).ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(keys.connection_info(member))
+                .arg(millis(lease))
+                .ignore();
         }
         pipe.query_async::<()>(redis).await?;
     }

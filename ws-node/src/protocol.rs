@@ -63,6 +63,8 @@ struct RawFrame<'a> {
     since: Option<Since>,
     #[serde(default)]
     ticket: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 /// The `id` of a frame that failed strict parsing, if it has a readable one,
@@ -94,6 +96,7 @@ pub enum Request<'a> {
     Publish {
         channel: ChannelName,
         data: &'a RawValue,
+        idempotency_key: Option<String>,
     },
     Presence {
         channel: ChannelName,
@@ -140,6 +143,16 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request<'_>), BadFrame> {
             bad(&id, "invalid_channel", e.to_string())
         })
     };
+    if raw.idempotency_key.is_some() && raw.action != "publish" {
+        return Err(bad(
+            &id,
+            "bad_request",
+            format!(
+                "`idempotency_key` is not allowed with action {:?}",
+                raw.action
+            ),
+        ));
+    }
     if raw.ticket.is_some() && raw.action != "auth" {
         return Err(bad(
             &id,
@@ -179,6 +192,7 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request<'_>), BadFrame> {
             Request::Publish {
                 channel: channel(raw.channel)?,
                 data,
+                idempotency_key: raw.idempotency_key,
             }
         }
         "presence" => Request::Presence {
@@ -226,6 +240,13 @@ pub enum ServerFrame<'a> {
         id: Option<&'a RequestId>,
         code: &'a str,
         message: &'a str,
+    },
+    /// The answer to a `presence` request.
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RequestId>,
+        channel: &'a str,
+        members: &'a [crate::presence::Member],
     },
 }
 

@@ -3,12 +3,14 @@
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::limits::PendingAuth;
+use crate::presence::Membership;
 use redis::aio::ConnectionManager;
 use shared::keys::RedisKeys;
 use shared::namespace::Namespaces;
 use shared::origin::OriginAllowlist;
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 /// Shared by the handshake handler and all connections; cheap to clone.
@@ -28,6 +30,8 @@ pub struct NodeState {
     /// Becomes true at SIGTERM: refuse handshakes, close sockets with 1001.
     pub draining: watch::Receiver<bool>,
     pub next_connection: Arc<AtomicU64>,
+    /// This node's presence memberships, renewed and swept periodically.
+    pub presence: Arc<Mutex<HashSet<Membership>>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -43,6 +47,28 @@ impl NodeState {
     /// Resolves once the node starts draining.
     pub async fn drained(mut draining: watch::Receiver<bool>) {
         let _ = draining.wait_for(|d| *d).await;
+    }
+
+    pub fn remember_presence(&self, membership: &Membership) {
+        self.presence_set().insert(membership.clone());
+    }
+
+    pub fn forget_presence(&self, memberships: &[Membership]) {
+        let mut set = self.presence_set();
+        for m in memberships {
+            set.remove(m);
+        }
+    }
+
+    /// A snapshot of this node's presence memberships.
+    pub fn presence_memberships(&self) -> Vec<Membership> {
+        self.presence_set().iter().cloned().collect()
+    }
+
+    fn presence_set(&self) -> std::sync::MutexGuard<'_, HashSet<Membership>> {
+        self.presence
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A new connection id, unique within this node.

@@ -9,14 +9,27 @@
 //! Commands from the hub (SUBSCRIBE on the first local member of a channel,
 //! UNSUBSCRIBE after the last) are applied strictly in order; consecutive
 //! commands of one kind are batched into one Redis command.
+//!
+//! Nothing lost: for every channel with history the subscriber keeps a cursor
+//! (epoch and last offset dispatched). A live message that skips offsets makes
+//! it fetch the missing ones from history first; after a reconnect it replays,
+//! per channel, everything published while it was away. Where history cannot
+//! cover the gap (trimmed, or a new epoch after Redis lost its data) members
+//! get an explicit `{"type":"recovery","channel":…,"recovered":false}` frame:
+//! never a silent gap. Duplicates (a message both replayed and live) are
+//! dropped by offset.
 
 use crate::hub::Hub;
 use crate::protocol::close;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt as _;
+use redis::aio::ConnectionManager;
 use redis::aio::{PubSubSink, PubSubStream};
+use shared::channel::{ChannelName, StreamPosition, history_frame};
 use shared::control::ControlMessage;
 use shared::keys::RedisKeys;
+use shared::namespace::Namespaces;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -36,12 +49,29 @@ pub enum SubscriberCommand {
 
 pub struct Subscriber {
     pub client: redis::Client,
+    /// For history reads (gap filling); separate from the subscriber connection.
+    pub redis: ConnectionManager,
     pub keys: RedisKeys,
+    pub namespaces: Arc<Namespaces>,
+    pub node_id: Arc<str>,
     pub hub: Arc<Hub>,
     pub commands: mpsc::UnboundedReceiver<SubscriberCommand>,
     /// True while the subscription is live; `/readyz` reports it.
     pub ready: watch::Sender<bool>,
+    /// Per history channel: the position of the last message dispatched.
+    pub cursors: HashMap<String, Cursor>,
 }
+
+/// Where a channel's dispatch stands. `epoch: None` means the channel had no
+/// history when the node subscribed (any epoch that appears is new to us).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    pub epoch: Option<String>,
+    pub offset: u64,
+}
+
+/// The most messages replayed to fill one gap; a larger gap is reported as not recovered.
+const MAX_GAP_FILL: u64 = 10_000;
 
 impl Subscriber {
     /// Runs until the process ends: connect, serve, and on loss reconnect.
@@ -51,6 +81,10 @@ impl Subscriber {
             match self.connect().await {
                 Ok((sink, stream)) => {
                     backoff = BACKOFF_MIN;
+                    if let Err(e) = self.recover_all().await {
+                        tracing::warn!(error = %e, "could not replay history after reconnecting");
+                        continue;
+                    }
                     self.ready.send_replace(true);
                     tracing::info!("redis subscription live");
                     let reason = self.serve(sink, stream).await;
@@ -98,7 +132,7 @@ impl Subscriber {
             tokio::select! {
                 biased;
                 message = stream.next() => match message {
-                    Some(message) => self.on_message(&message),
+                    Some(message) => self.on_message(&message).await,
                     None => return "connection closed".into(),
                 },
                 Some(first) = self.commands.recv() => {
@@ -147,6 +181,14 @@ impl Subscriber {
                 })
                 .collect();
             if subscribing {
+                let channels: Vec<&str> = run
+                    .iter()
+                    .filter_map(|c| match c {
+                        SubscriberCommand::Subscribe { channel, .. } => Some(channel.as_str()),
+                        SubscriberCommand::Unsubscribe { .. } => None,
+                    })
+                    .collect();
+                self.start_cursors(&channels).await?;
                 tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(&names))
                     .await
                     .map_err(|_| timeout_error("subscribe"))??;
@@ -163,13 +205,18 @@ impl Subscriber {
                 tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&names))
                     .await
                     .map_err(|_| timeout_error("unsubscribe"))??;
+                for cmd in run {
+                    if let SubscriberCommand::Unsubscribe { channel } = cmd {
+                        self.cursors.remove(channel);
+                    }
+                }
             }
             i = run_end;
         }
         Ok(())
     }
 
-    fn on_message(&self, message: &redis::Msg) {
+    async fn on_message(&mut self, message: &redis::Msg) {
         let name = message.get_channel_name();
         if let Some(channel) = self.keys.channel_from_live(name) {
             let Ok(frame) =
@@ -178,12 +225,211 @@ impl Subscriber {
                 tracing::warn!(channel, "dropping a message that is not UTF-8");
                 return;
             };
-            let delivered = self.hub.dispatch(channel, frame_offset(&frame), &frame);
+            let channel = channel.to_owned();
             metrics::counter!("ws_messages_received_total").increment(1);
-            metrics::counter!("ws_deliveries_total").increment(delivered as u64);
+            let Some(position) = frame_position(&frame) else {
+                // No history position: a message of a channel without history, or a presence event.
+                self.deliver(&channel, None, &frame);
+                return;
+            };
+            if !self.admit(&channel, &position).await {
+                return;
+            }
+            self.deliver(&channel, Some(position.offset), &frame);
+            self.cursors.insert(
+                channel,
+                Cursor {
+                    epoch: Some(position.epoch),
+                    offset: position.offset,
+                },
+            );
         } else if name == self.keys.control() {
             self.on_control(message.get_payload_bytes());
         }
+    }
+
+    fn deliver(&self, channel: &str, offset: Option<u64>, frame: &Utf8Bytes) {
+        let delivered = self.hub.dispatch(channel, offset, frame);
+        metrics::counter!("ws_deliveries_total").increment(delivered as u64);
+    }
+
+    /// Decides whether a live history message is dispatched, first filling any
+    /// gap before it from history. `false`: a duplicate, already dispatched.
+    async fn admit(&mut self, channel: &str, position: &StreamPosition) -> bool {
+        let Some(cursor) = self.cursors.get(channel).cloned() else {
+            return true;
+        };
+        match cursor.epoch.as_deref() {
+            Some(epoch) if epoch == position.epoch => {
+                if position.offset <= cursor.offset {
+                    metrics::counter!("ws_duplicates_dropped_total").increment(1);
+                    return false;
+                }
+                if position.offset > cursor.offset + 1 {
+                    self.fill_gap(channel, &cursor, Some(position)).await;
+                }
+                true
+            }
+            // The channel had no history when we subscribed: this epoch is its first.
+            None => {
+                if position.offset > 1 {
+                    self.fill_gap(channel, &cursor, Some(position)).await;
+                }
+                true
+            }
+            // A new epoch while we listened: Redis lost the history (flush, failover).
+            Some(_) => {
+                self.announce_unrecoverable(channel);
+                true
+            }
+        }
+    }
+
+    /// Dispatches, from history, what came after `cursor` (and before `until`,
+    /// the live message that revealed the gap, if any); returns the new cursor.
+    async fn fill_gap(
+        &mut self,
+        channel: &str,
+        cursor: &Cursor,
+        until: Option<&StreamPosition>,
+    ) -> Cursor {
+        let Ok(name) = channel.parse::<ChannelName>() else {
+            return cursor.clone();
+        };
+        let history = match shared::channel::history_since(
+            &mut self.redis,
+            &self.keys,
+            &name,
+            cursor.offset,
+            MAX_GAP_FILL,
+        )
+        .await
+        {
+            Ok(history) => history,
+            Err(e) => {
+                tracing::warn!(error = %e, channel, "could not read history to fill a gap");
+                self.announce_unrecoverable(channel);
+                return cursor.clone();
+            }
+        };
+        let Some(epoch) = history.epoch.clone() else {
+            // No history at all now. If there was some before, it is lost.
+            if cursor.epoch.is_some() {
+                self.announce_unrecoverable(channel);
+            }
+            return Cursor::default();
+        };
+        let same_epoch = cursor.epoch.as_deref().is_none_or(|e| e == epoch);
+        if !same_epoch || !history.covers(&epoch, cursor.offset) {
+            self.announce_unrecoverable(channel);
+            return Cursor {
+                epoch: Some(epoch),
+                offset: history.offset,
+            };
+        }
+        let position = StreamPosition {
+            epoch: epoch.clone(),
+            offset: 0,
+        };
+        let mut last = cursor.offset;
+        for (offset, data) in &history.messages {
+            if until.is_some_and(|u| *offset >= u.offset) {
+                break;
+            }
+            let frame = history_frame(
+                &name,
+                &StreamPosition {
+                    offset: *offset,
+                    ..position.clone()
+                },
+                data,
+            );
+            self.deliver(channel, Some(*offset), &Utf8Bytes::from(frame));
+            last = *offset;
+        }
+        metrics::counter!("ws_gap_fills_total").increment(1);
+        Cursor {
+            epoch: Some(epoch),
+            offset: last,
+        }
+    }
+
+    /// Tells a channel's local members that messages may be missing.
+    fn announce_unrecoverable(&self, channel: &str) {
+        metrics::counter!("ws_unrecoverable_gaps_total").increment(1);
+        let frame =
+            serde_json::json!({ "type": "recovery", "channel": channel, "recovered": false })
+                .to_string();
+        self.hub.dispatch_reset(channel, &Utf8Bytes::from(frame));
+    }
+
+    /// Records where each newly subscribed history channel stands, *before*
+    /// subscribing: whatever is published between this read and the
+    /// subscription shows up as a gap and is filled from history.
+    async fn start_cursors(&mut self, channels: &[&str]) -> redis::RedisResult<()> {
+        let names: Vec<ChannelName> = channels
+            .iter()
+            .filter(|c| !self.cursors.contains_key(**c))
+            .filter_map(|c| c.parse::<ChannelName>().ok())
+            .filter(|c| {
+                self.namespaces
+                    .rule_for(c)
+                    .is_some_and(|r| r.history.is_some())
+            })
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for name in &names {
+            pipe.cmd("HMGET")
+                .arg(self.keys.channel_meta(name))
+                .arg("epoch")
+                .arg("seq");
+        }
+        let metas: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut self.redis).await?;
+        for (name, (epoch, seq)) in names.into_iter().zip(metas) {
+            self.cursors.insert(
+                name.as_str().to_owned(),
+                Cursor {
+                    epoch,
+                    offset: seq.unwrap_or(0),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// After a reconnect: forget channels nobody here listens to any more,
+    /// start cursors for new ones, and replay what every other channel missed.
+    async fn recover_all(&mut self) -> redis::RedisResult<()> {
+        let live: HashMap<String, u64> = self.hub.channels().into_iter().collect();
+        self.cursors.retain(|channel, _| live.contains_key(channel));
+        let fresh: Vec<String> = live
+            .keys()
+            .filter(|c| !self.cursors.contains_key(*c))
+            .cloned()
+            .collect();
+        let fresh: Vec<&str> = fresh.iter().map(String::as_str).collect();
+        self.start_cursors(&fresh).await?;
+        let cursors: Vec<(String, Cursor)> = self
+            .cursors
+            .iter()
+            .map(|(c, k)| (c.clone(), k.clone()))
+            .collect();
+        let mut replayed = 0;
+        for (channel, cursor) in cursors {
+            let next = self.fill_gap(&channel, &cursor, None).await;
+            replayed += next.offset.saturating_sub(cursor.offset);
+            self.cursors.insert(channel, next);
+        }
+        if replayed > 0 {
+            tracing::info!(
+                replayed,
+                "replayed messages missed while the subscription was down"
+            );
+        }
+        Ok(())
     }
 
     fn on_control(&self, payload: &[u8]) {
@@ -195,12 +441,24 @@ impl Subscriber {
             ControlMessage::CredentialRevoked { source } => self
                 .hub
                 .close_where(close::FORBIDDEN, |c| c.source == source),
-            ControlMessage::UserDisabled { user_id } => self
+            ControlMessage::UserDisabled { user_id }
+            | ControlMessage::DisconnectUser { user_id } => self
                 .hub
                 .close_where(close::FORBIDDEN, |c| c.user_id == user_id),
+            ControlMessage::DisconnectConnection { connection_id } => {
+                match connection_id.rsplit_once(':') {
+                    Some((node, id)) if node == &*self.node_id => id
+                        .parse()
+                        .map_or(0, |id| self.hub.close_connection(id, close::FORBIDDEN)),
+                    _ => 0,
+                }
+            }
         };
         if closed > 0 {
-            tracing::info!(closed, "closed connections of a revoked credential");
+            tracing::info!(
+                closed,
+                "closed connections on request of the control channel"
+            );
         }
     }
 
@@ -217,38 +475,53 @@ fn timeout_error(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "timed out", what.to_owned()))
 }
 
-/// The `offset` of a history-bearing message frame. The frame's layout is ours
-/// (`shared::channel`): channel names and epochs contain no quotes, so a
-/// `"offset":` before the first `"data":` is the field (one after it would be
-/// inside the payload).
-pub fn frame_offset(frame: &str) -> Option<u64> {
+/// The epoch and offset of a history-bearing message frame. The frame's layout
+/// is ours (`shared::channel`): channel names and epochs contain no quotes, so
+/// fields found before the first `"data":` are the header's (anything after it
+/// is the payload).
+pub fn frame_position(frame: &str) -> Option<StreamPosition> {
     let header = &frame[..frame.find("\"data\":")?];
-    let start = header.find("\"offset\":")? + "\"offset\":".len();
-    let digits = &header[start..];
+    let epoch_start = header.find("\"epoch\":\"")? + "\"epoch\":\"".len();
+    let epoch_len = header[epoch_start..].find('"')?;
+    let offset_start = header.find("\"offset\":")? + "\"offset\":".len();
+    let digits = &header[offset_start..];
     let end = digits
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(digits.len());
-    digits[..end].parse().ok()
+    Some(StreamPosition {
+        epoch: header[epoch_start..epoch_start + epoch_len].to_owned(),
+        offset: digits[..end].parse().ok()?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::frame_offset;
+    use super::frame_position;
+    use shared::channel::StreamPosition;
 
     #[test]
-    fn reads_offsets_from_frames() {
+    fn reads_positions_from_frames() {
         assert_eq!(
-            frame_offset(
+            frame_position(
                 r#"{"type":"message","channel":"public:a","epoch":"ab","offset":42,"data":{"offset":1}}"#
             ),
-            Some(42)
+            Some(StreamPosition {
+                epoch: "ab".into(),
+                offset: 42
+            })
         );
         assert_eq!(
-            frame_offset(r#"{"type":"message","channel":"public:a","data":{}}"#),
+            frame_position(r#"{"type":"message","channel":"public:a","data":{}}"#),
             None
         );
         assert_eq!(
-            frame_offset(r#"{"type":"message","channel":"public:a","data":{"offset":1}}"#),
+            frame_position(
+                r#"{"type":"message","channel":"public:a","data":{"epoch":"x","offset":1}}"#
+            ),
+            None
+        );
+        assert_eq!(
+            frame_position(r#"{"type":"join","channel":"public:a","user":{}}"#),
             None
         );
     }

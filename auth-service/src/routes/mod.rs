@@ -1,6 +1,7 @@
 //! The HTTP surface of auth-service (DESIGN §9) and the middleware around it.
 
 mod api_keys;
+mod control;
 mod health;
 mod publish;
 mod sessions;
@@ -37,6 +38,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/api-keys", post(api_keys::create).get(api_keys::list))
         .route("/v1/api-keys/{id}", delete(api_keys::revoke))
         .route("/v1/publish", post(publish::publish))
+        .route("/v1/users/{id}/connections", get(control::list_connections))
+        .route("/v1/users/{id}/disconnect", post(control::disconnect_user))
+        .route(
+            "/v1/connections/{id}/disconnect",
+            post(control::disconnect_connection),
+        )
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),

@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use shared::channel::{ChannelName, publish as publish_to_channel};
+use shared::channel::{ChannelName, PublishError, publish as publish_to_channel};
 use shared::scope::Scope;
 
 /// Largest `data` accepted: what a WebSocket frame may carry (DESIGN §5).
@@ -21,6 +21,10 @@ pub const MAX_DATA_BYTES: usize = 64 * 1024;
 pub struct PublishRequest {
     channel: ChannelName,
     data: Box<RawValue>,
+    /// Makes retries safe: a key already published within the idempotency
+    /// window (10 min) is not delivered again.
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 /// Publishes to any configured channel, including `user:<id>` and
@@ -53,17 +57,26 @@ pub async fn publish(
         )
     })?;
     let mut redis = state.redis.clone();
-    let position = publish_to_channel(
+    let published = publish_to_channel(
         &mut redis,
         &state.keys,
         &request.channel,
         &request.data,
         rule.history,
+        request.idempotency_key.as_deref(),
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        PublishError::Redis(e) => Error::Redis(e),
+        PublishError::IdempotencyWithoutHistory => Error::unprocessable(
+            "idempotency_unsupported",
+            "idempotency keys need a channel namespace with history",
+        ),
+        PublishError::InvalidIdempotencyKey => Error::unprocessable("invalid_field", e.to_string()),
+    })?;
     metrics::counter!("server_publishes_total").increment(1);
-    let mut body = json!({ "channel": request.channel });
-    if let Some(position) = position {
+    let mut body = json!({ "channel": request.channel, "duplicate": published.duplicate });
+    if let Some(position) = published.position {
         body["epoch"] = position.epoch.into();
         body["offset"] = position.offset.into();
     }

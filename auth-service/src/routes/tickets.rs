@@ -40,7 +40,7 @@ pub async fn mint(
     };
     let config = &state.config;
     let window = Duration::from_secs(config.mint_window_secs);
-    let (source, granted, origin, counter, limit) = match &caller {
+    let (source, granted, origin, counter, limit, credential_expires_at) = match &caller {
         Caller::ApiKey(key) => {
             if !key.scopes.contains(Scope::Connect) {
                 return Err(Error::forbidden(
@@ -56,6 +56,7 @@ pub async fn mint(
                     .keys
                     .rate_limit(RateBucket::MintByApiKey, &key.id.to_string()),
                 config.mint_limit_per_key,
+                None,
             )
         }
         Caller::Session(user) => (
@@ -68,6 +69,7 @@ pub async fn mint(
                 .keys
                 .rate_limit(RateBucket::MintByUser, &user.session.user_id.to_string()),
             config.mint_limit_per_user,
+            Some(user.session.expires_at),
         ),
     };
     let scopes = match request.scopes {
@@ -89,6 +91,7 @@ pub async fn mint(
         scopes,
         origin,
         issued_at: shared::unix_now(),
+        credential_expires_at,
     };
     let ticket = mint_ticket(&mut redis, &state.keys, &claims, config.ticket_ttl())
         .await

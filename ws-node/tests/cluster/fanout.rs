@@ -33,7 +33,7 @@ async fn a_publish_on_one_node_reaches_every_node_exactly_once_in_order() {
     }
     for (i, client) in subscribers.iter_mut().enumerate() {
         for n in 1..=N {
-            let frame = client.recv().await;
+            let frame = client.recv_message().await;
             assert_eq!(frame["type"], "message", "subscriber {i}: {frame}");
             assert_eq!(frame["channel"], "public:room");
             assert_eq!(frame["data"]["n"], n, "subscriber {i} out of order");

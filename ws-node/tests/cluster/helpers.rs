@@ -305,6 +305,16 @@ impl Client {
         }
     }
 
+    /// The next `message` frame, skipping presence events (`join`, `leave`).
+    pub async fn recv_message(&mut self) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] != "join" && frame["type"] != "leave" {
+                return frame;
+            }
+        }
+    }
+
     /// Sends a request and returns the reply with the same id (skipping interleaved messages).
     pub async fn request(&mut self, mut frame: Value, id: u64) -> Value {
         frame["id"] = id.into();

@@ -151,12 +151,12 @@ async fn a_client_that_stops_reading_is_closed_while_a_reader_keeps_receiving() 
                 total = &mut done_rx => {
                     let total = total.expect("total");
                     while expected <= total {
-                        assert_eq!(reader.recv().await["data"]["n"], expected);
+                        assert_eq!(reader.recv_message().await["data"]["n"], expected);
                         expected += 1;
                     }
                     return expected - 1;
                 }
-                frame = reader.recv() => {
+                frame = reader.recv_message() => {
                     assert_eq!(frame["data"]["n"], expected, "reader missed or reordered a message");
                     expected += 1;
                 }
@@ -176,7 +176,7 @@ async fn a_client_that_stops_reading_is_closed_while_a_reader_keeps_receiving() 
                 json!({ "n": published, "pad": payload }).to_string(),
             )
             .expect("json");
-            shared::channel::publish(&mut redis, &node.keys, &channel, &data, None)
+            shared::channel::publish(&mut redis, &node.keys, &channel, &data, None, None)
                 .await
                 .expect("publish");
         }

@@ -1,0 +1,292 @@
+//! Presence: who is in a channel, with join and leave events.
+//!
+//! Each present connection is a member `<user id>|<username>|<node>:<conn>` of
+//! two sorted sets under the channel's hash tag: one scored by lease expiry
+//! (so a dead node's entries lapse by themselves), one scored 0 (so one user's
+//! connections can be found by prefix). A user is one member however many tabs
+//! they have: `join` goes out when their first connection arrives anywhere in
+//! the cluster, `leave` when their last one goes (or lapses). All of it happens
+//! in Lua scripts, so concurrent joins and leaves on different nodes agree.
+
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use shared::channel::ChannelName;
+use shared::keys::RedisKeys;
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Counts the live members of one user (prefix `ARGV[1]`) as of `ARGV[2]` (ms).
+const LIVE_COUNT: &str = r"
+local function live_count(prefix, now)
+  local n = 0
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. prefix, '[' .. prefix .. '\255')) do
+    local score = redis.call('ZSCORE', KEYS[1], m)
+    if score and tonumber(score) > now then n = n + 1 end
+  end
+  return n
+end
+";
+
+/// KEYS: presence, index, live channel. ARGV: user prefix, now ms, member,
+/// expiry ms, key TTL ms, join frame. Publishes the frame if the user was absent.
+static JOIN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r"{LIVE_COUNT}
+local before = live_count(ARGV[1], tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if before == 0 then redis.call('PUBLISH', KEYS[3], ARGV[6]) end
+return before
+"
+    ))
+});
+
+/// KEYS: presence, index, live channel. ARGV: user prefix, now ms, member,
+/// leave frame. Publishes the frame if that was the user's last connection.
+static LEAVE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r"{LIVE_COUNT}
+local removed = redis.call('ZREM', KEYS[1], ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[3])
+if removed == 1 and live_count(ARGV[1], tonumber(ARGV[2])) == 0 then
+  redis.call('PUBLISH', KEYS[3], ARGV[4])
+end
+return removed
+"
+    ))
+});
+
+/// KEYS: presence, index, live channel. ARGV: now ms, channel as JSON string.
+/// Removes lapsed members; publishes `leave` for users left with none.
+static SWEEP: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r#"{LIVE_COUNT}
+local now = tonumber(ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+local users = {{}}
+for _, m in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('ZREM', KEYS[2], m)
+  local id, name = string.match(m, '^([^|]+)|([^|]*)|')
+  if id then users[id] = name end
+end
+for id, name in pairs(users) do
+  if live_count(id .. '|', now) == 0 then
+    redis.call('PUBLISH', KEYS[3], '{{"type":"leave","channel":' .. ARGV[2] ..
+      ',"user":{{"id":"' .. id .. '","username":"' .. name .. '"}}}}')
+  end
+end
+return #expired
+"#
+    ))
+});
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One connection's presence in one channel.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Membership {
+    pub channel: ChannelName,
+    /// `<user id>|<username>|<node>:<conn>`.
+    pub member: String,
+}
+
+impl Membership {
+    pub fn new(channel: ChannelName, user_id: Uuid, username: &str, connection: &str) -> Self {
+        Self {
+            channel,
+            member: format!("{user_id}|{username}|{connection}"),
+        }
+    }
+
+    fn user_prefix(&self) -> &str {
+        // The member starts with the 36-character user id and a `|`.
+        &self.member[..37.min(self.member.len())]
+    }
+}
+
+#[derive(Serialize)]
+struct UserRef<'a> {
+    id: &'a str,
+    username: &'a str,
+}
+
+fn event_frame(kind: &str, membership: &Membership) -> String {
+    let mut parts = membership.member.splitn(3, '|');
+    let id = parts.next().unwrap_or_default();
+    let username = parts.next().unwrap_or_default();
+    serde_json::json!({
+        "type": kind,
+        "channel": membership.channel.as_str(),
+        "user": UserRef { id, username },
+    })
+    .to_string()
+}
+
+/// Enters the channel; announces `join` if the user was not there yet.
+pub async fn join(
+    redis: &mut ConnectionManager,
+    keys: &RedisKeys,
+    membership: &Membership,
+    lease: Duration,
+) -> redis::RedisResult<()> {
+    let now = now_ms();
+    JOIN.key(keys.channel_presence(&membership.channel))
+        .key(keys.channel_presence_index(&membership.channel))
+        .key(keys.channel_live(&membership.channel))
+        .arg(membership.user_prefix())
+        .arg(now)
+        .arg(&membership.member)
+        .arg(now + millis(lease))
+        .arg(millis(lease) * 2)
+        .arg(event_frame("join", membership))
+        .invoke_async::<i64>(redis)
+        .await
+        .map(|_| ())
+}
+
+/// Leaves the channel; announces `leave` if that was the user's last connection.
+pub async fn leave(
+    redis: &mut ConnectionManager,
+    keys: &RedisKeys,
+    membership: &Membership,
+) -> redis::RedisResult<()> {
+    LEAVE
+        .key(keys.channel_presence(&membership.channel))
+        .key(keys.channel_presence_index(&membership.channel))
+        .key(keys.channel_live(&membership.channel))
+        .arg(membership.user_prefix())
+        .arg(now_ms())
+        .arg(&membership.member)
+        .arg(event_frame("leave", membership))
+        .invoke_async::<i64>(redis)
+        .await
+        .map(|_| ())
+}
+
+/// Extends the leases of this node's memberships.
+pub async fn renew(
+    redis: &mut ConnectionManager,
+    keys: &RedisKeys,
+    memberships: &[Membership],
+    lease: Duration,
+) -> redis::RedisResult<()> {
+    let expiry = now_ms() + millis(lease);
+    for chunk in memberships.chunks(500) {
+        let mut pipe = redis::pipe();
+        for m in chunk {
+            let presence = keys.channel_presence(&m.channel);
+            pipe.cmd("ZADD")
+                .arg(&presence)
+                .arg("XX")
+                .arg(expiry)
+                .arg(&m.member)
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&presence)
+                .arg(millis(lease) * 2)
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(keys.channel_presence_index(&m.channel))
+                .arg(millis(lease) * 2)
+                .ignore();
+        }
+        pipe.query_async::<()>(redis).await?;
+    }
+    Ok(())
+}
+
+/// Removes lapsed members of a channel (e.g. of a node that died) and
+/// announces `leave` for users who have no connection left.
+pub async fn sweep(
+    redis: &mut ConnectionManager,
+    keys: &RedisKeys,
+    channel: &ChannelName,
+) -> redis::RedisResult<u64> {
+    SWEEP
+        .key(keys.channel_presence(channel))
+        .key(keys.channel_presence_index(channel))
+        .key(keys.channel_live(channel))
+        .arg(now_ms())
+        .arg(serde_json::to_string(channel.as_str()).unwrap_or_default())
+        .invoke_async(redis)
+        .await
+}
+
+/// One present user.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub user: MemberUser,
+    /// How many of the user's connections are in the channel.
+    pub connections: u32,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct MemberUser {
+    pub id: String,
+    pub username: String,
+}
+
+/// Who is in the channel now (lapsed entries excluded), one entry per user.
+pub async fn members(
+    redis: &mut ConnectionManager,
+    keys: &RedisKeys,
+    channel: &ChannelName,
+) -> redis::RedisResult<Vec<Member>> {
+    let raw: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+        .arg(keys.channel_presence(channel))
+        .arg(format!("({}", now_ms()))
+        .arg("+inf")
+        .query_async(redis)
+        .await?;
+    let mut by_user: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for member in raw {
+        let mut parts = member.splitn(3, '|');
+        if let (Some(id), Some(name)) = (parts.next(), parts.next()) {
+            *by_user.entry((id.to_owned(), name.to_owned())).or_default() += 1;
+        }
+    }
+    Ok(by_user
+        .into_iter()
+        .map(|((id, username), connections)| Member {
+            user: MemberUser { id, username },
+            connections,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_and_events_are_well_formed() {
+        let user = Uuid::nil();
+        let m = Membership::new(
+            "public:a".parse().expect("channel"),
+            user,
+            "ann",
+            "node-a:7",
+        );
+        assert_eq!(m.member, format!("{user}|ann|node-a:7"));
+        assert_eq!(m.user_prefix(), format!("{user}|"));
+        let event: serde_json::Value =
+            serde_json::from_str(&event_frame("join", &m)).expect("json");
+        assert_eq!(
+            event,
+            serde_json::json!({"type":"join","channel":"public:a","user":{"id":user.to_string(),"username":"ann"}})
+        );
+    }
+}
