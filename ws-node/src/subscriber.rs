@@ -266,20 +266,20 @@ impl Subscriber {
                     return false;
                 }
                 if position.offset > cursor.offset + 1 {
-                    self.fill_gap(channel, &cursor, Some(position)).await;
+                    self.fill_live_gap(channel, &cursor, position).await;
                 }
                 true
             }
             // The channel had no history when we subscribed: this epoch is its first.
             None => {
                 if position.offset > 1 {
-                    self.fill_gap(channel, &cursor, Some(position)).await;
+                    self.fill_live_gap(channel, &cursor, position).await;
                 }
                 true
             }
             // A new epoch while we listened: Redis lost the history (flush, failover).
             Some(_) => {
-                self.announce_unrecoverable(channel);
+                self.announce_unrecoverable(channel, "new epoch");
                 true
             }
         }
@@ -287,75 +287,90 @@ impl Subscriber {
 
     /// Dispatches, from history, what came after `cursor` (and before `until`,
     /// the live message that revealed the gap, if any); returns the new cursor.
+    /// A gap history cannot cover is announced to the channel's members.
     async fn fill_gap(
         &mut self,
         channel: &str,
         cursor: &Cursor,
         until: Option<&StreamPosition>,
-    ) -> Cursor {
+    ) -> redis::RedisResult<Cursor> {
         let Ok(name) = channel.parse::<ChannelName>() else {
-            return cursor.clone();
+            return Ok(cursor.clone());
         };
-        let history = match shared::channel::history_since(
+        let history = shared::channel::history_since(
             &mut self.redis,
             &self.keys,
             &name,
             cursor.offset,
             MAX_GAP_FILL,
         )
-        .await
-        {
-            Ok(history) => history,
-            Err(e) => {
-                tracing::warn!(error = %e, channel, "could not read history to fill a gap");
-                self.announce_unrecoverable(channel);
-                return cursor.clone();
-            }
-        };
+        .await?;
         let Some(epoch) = history.epoch.clone() else {
             // No history at all now. If there was some before, it is lost.
             if cursor.epoch.is_some() {
-                self.announce_unrecoverable(channel);
+                self.announce_unrecoverable(channel, "the channel's history is gone");
             }
-            return Cursor::default();
+            return Ok(Cursor::default());
         };
         let same_epoch = cursor.epoch.as_deref().is_none_or(|e| e == epoch);
         if !same_epoch || !history.covers(&epoch, cursor.offset) {
-            self.announce_unrecoverable(channel);
-            return Cursor {
+            let reason = if same_epoch { "trimmed" } else { "new epoch" };
+            tracing::info!(channel, ?cursor, epoch, offset = history.offset, got = history.messages.len(), first = ?history.messages.first().map(|m| m.0), "gap not covered");
+            self.announce_unrecoverable(channel, reason);
+            return Ok(Cursor {
                 epoch: Some(epoch),
                 offset: history.offset,
-            };
+            });
         }
-        let position = StreamPosition {
-            epoch: epoch.clone(),
-            offset: 0,
-        };
         let mut last = cursor.offset;
         for (offset, data) in &history.messages {
             if until.is_some_and(|u| *offset >= u.offset) {
                 break;
             }
-            let frame = history_frame(
-                &name,
-                &StreamPosition {
-                    offset: *offset,
-                    ..position.clone()
-                },
-                data,
-            );
+            let position = StreamPosition {
+                epoch: epoch.clone(),
+                offset: *offset,
+            };
+            let frame = history_frame(&name, &position, data);
             self.deliver(channel, Some(*offset), &Utf8Bytes::from(frame));
             last = *offset;
         }
         metrics::counter!("ws_gap_fills_total").increment(1);
-        Cursor {
+        Ok(Cursor {
             epoch: Some(epoch),
             offset: last,
+        })
+    }
+
+    /// Fills a gap revealed by a live message. A failed history read is
+    /// retried briefly (the command connection may just be reconnecting); if
+    /// history stays unreadable the members are told rather than left unaware.
+    async fn fill_live_gap(&mut self, channel: &str, cursor: &Cursor, until: &StreamPosition) {
+        let mut attempt = 0;
+        loop {
+            match self.fill_gap(channel, cursor, Some(until)).await {
+                Ok(_) => return,
+                Err(e) if attempt < 3 => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, channel, attempt, "retrying a history read");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, channel, "could not read history to fill a gap");
+                    self.announce_unrecoverable(channel, "history unreadable");
+                    return;
+                }
+            }
         }
     }
 
     /// Tells a channel's local members that messages may be missing.
-    fn announce_unrecoverable(&self, channel: &str) {
+    fn announce_unrecoverable(&self, channel: &str, reason: &str) {
+        tracing::warn!(
+            channel,
+            reason,
+            "history cannot fill a gap; telling the channel's members"
+        );
         metrics::counter!("ws_unrecoverable_gaps_total").increment(1);
         let frame =
             serde_json::json!({ "type": "recovery", "channel": channel, "recovered": false })
@@ -419,7 +434,8 @@ impl Subscriber {
             .collect();
         let mut replayed = 0;
         for (channel, cursor) in cursors {
-            let next = self.fill_gap(&channel, &cursor, None).await;
+            // A read error aborts the recovery; the caller reconnects and tries again.
+            let next = self.fill_gap(&channel, &cursor, None).await?;
             replayed += next.offset.saturating_sub(cursor.offset);
             self.cursors.insert(channel, next);
         }

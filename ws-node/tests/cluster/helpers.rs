@@ -374,3 +374,128 @@ pub enum Event {
     Error(String),
     Timeout,
 }
+
+/// A ws-node run as a real process (for SIGKILL and SIGTERM), on its own port.
+pub struct NodeProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl NodeProcess {
+    pub async fn spawn(stack: &Stack, node_id: &str, env: &[(&str, &str)]) -> Self {
+        let port = testkit::free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ws-node"))
+            .env("REDIS_URL", &stack.redis_url)
+            .env("REDIS_PREFIX", &stack.prefix)
+            .env("WS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("NODE_ID", node_id)
+            .env("ALLOWED_ORIGINS", APP_ORIGIN)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn ws-node");
+        let node = Self { child, port };
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                && r.status() == 200
+            {
+                return node;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ws-node process did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Client {
+    /// Subscribes with `since` and returns the ack.
+    pub async fn subscribe_since(&mut self, channel: &str, epoch: &str, offset: u64) -> Value {
+        self.request(
+            json!({ "action": "subscribe", "channel": channel, "since": { "epoch": epoch, "offset": offset } }),
+            2_000_000,
+        )
+        .await
+    }
+}
+
+/// Follows one channel's numbered messages (`data.n`) for one client,
+/// remembering where it stands so it can resume with `since` after a reconnect.
+#[derive(Default, Debug)]
+pub struct Sequence {
+    pub received: Vec<u64>,
+    pub epoch: Option<String>,
+    pub offset: u64,
+    pub recovery_failures: u32,
+}
+
+impl Sequence {
+    /// Records a frame; returns true if it was a message.
+    pub fn record(&mut self, frame: &Value) -> bool {
+        match frame["type"].as_str() {
+            Some("message") => {
+                self.received
+                    .push(frame["data"]["n"].as_u64().expect("numbered message"));
+                self.epoch = frame["epoch"].as_str().map(str::to_owned);
+                self.offset = frame["offset"].as_u64().expect("offset");
+                true
+            }
+            Some("recovery") => {
+                self.recovery_failures += 1;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Asserts the numbers received are exactly `1..=n`, once each, in order.
+    pub fn assert_exactly(&self, n: u64, who: &str) {
+        let expected: Vec<u64> = (1..=n).collect();
+        if self.received != expected {
+            let dups = self.received.windows(2).filter(|w| w[1] <= w[0]).count();
+            let missing: Vec<u64> = expected
+                .iter()
+                .filter(|x| !self.received.contains(x))
+                .copied()
+                .take(10)
+                .collect();
+            panic!(
+                "{who}: got {} messages for {n}: {dups} out of order/duplicate, missing (first 10) {missing:?}",
+                self.received.len()
+            );
+        }
+    }
+}

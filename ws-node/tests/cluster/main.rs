@@ -3,8 +3,11 @@
 
 mod external_client;
 mod fanout;
+mod faults;
 mod handshake;
 mod helpers;
 mod limits;
 mod operations;
+mod presence_control;
 mod protocol;
+mod recovery;

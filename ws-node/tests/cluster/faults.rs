@@ -1,0 +1,516 @@
+//! Nothing lost under real faults: Redis subscriber connections killed, Redis
+//! killed and restarted (with and without persistence), a node killed with
+//! SIGKILL, a node drained with SIGTERM. Each test starts its own redis-server
+//! (never the machine's) or its own node processes.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+fn fast(c: &mut ws_node::config::Config) {
+    c.client_messages_per_sec = 100_000;
+    c.client_message_burst = 100_000;
+}
+
+/// Publishes `{"n": 1, 2, …}` on `channel` through a socket, one every `pace`,
+/// until told to stop; returns the numbers acknowledged and the number of
+/// publishes refused (which must be visible, never silent).
+fn start_publisher(
+    mut publisher: Client,
+    channel: &'static str,
+    pace: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(Vec<u64>, u64)> {
+    tokio::spawn(async move {
+        let (mut acked, mut refused) = (Vec::new(), 0);
+        let mut tick = tokio::time::interval(pace);
+        for n in 1.. {
+            tick.tick().await;
+            if *stop.borrow_and_update() {
+                break;
+            }
+            let reply = publisher
+                .request(
+                    json!({ "action": "publish", "channel": channel, "data": { "n": n } }),
+                    n,
+                )
+                .await;
+            match reply["type"].as_str() {
+                Some("ack") => acked.push(n),
+                Some("error") => refused += 1,
+                other => panic!("unexpected reply {other:?}"),
+            }
+        }
+        (acked, refused)
+    })
+}
+
+/// Reads numbered messages until `last` (once known) has arrived, resuming on
+/// `fallback` with `since` whenever the socket is lost.
+async fn follow(
+    stack: Arc<Stack>,
+    key: String,
+    mut client: Client,
+    fallback: String,
+    channel: &'static str,
+    last: watch::Receiver<Option<u64>>,
+) -> Sequence {
+    let mut sequence = Sequence::default();
+    let mut reconnects = 0;
+    let mut quiet = Duration::ZERO;
+    loop {
+        if let Some(last) = *last.borrow()
+            && sequence.received.last().is_some_and(|n| *n >= last)
+        {
+            return sequence;
+        }
+        // Short waits, so that learning the last number ends the loop promptly.
+        let wait = Duration::from_millis(250);
+        match client.next_event(wait).await {
+            Event::Frame(frame) => {
+                quiet = Duration::ZERO;
+                sequence.record(&frame);
+            }
+            lost @ (Event::Closed(_) | Event::Error(_)) => {
+                eprintln!("follower lost its socket: {lost:?}");
+                reconnects += 1;
+                assert!(reconnects < 5, "reconnecting in a loop");
+                let ticket = stack.ticket(&key).await;
+                client = Client::connect(&format!("{fallback}?ticket={ticket}"), &[])
+                    .await
+                    .expect("reconnect to a surviving node");
+                assert_eq!(client.recv().await["type"], "welcome");
+                let epoch = sequence
+                    .epoch
+                    .clone()
+                    .expect("saw messages before the fault");
+                let ack = client
+                    .subscribe_since(channel, &epoch, sequence.offset)
+                    .await;
+                assert_eq!(ack["recovered"], true, "recovery after a node loss: {ack}");
+            }
+            Event::Timeout => {
+                quiet += wait;
+                assert!(
+                    quiet < Duration::from_secs(20),
+                    "no message for 20 s; have {} (last {:?}), waiting for {:?}",
+                    sequence.received.len(),
+                    sequence.received.last(),
+                    *last.borrow()
+                );
+            }
+        }
+    }
+}
+
+async fn subscribed_clients(
+    stack: &Stack,
+    key: &str,
+    per_node: usize,
+    channel: &str,
+) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for node in 0..stack.nodes.len() {
+        for _ in 0..per_node {
+            let mut client = stack.connect(node, key).await;
+            client.subscribe(channel).await;
+            clients.push(client);
+        }
+    }
+    clients
+}
+
+#[tokio::test]
+async fn killing_every_subscriber_connection_mid_stream_loses_nothing() {
+    let redis = testkit::RedisServer::start();
+    let stack = Arc::new(
+        Stack::start_with(StackOptions {
+            nodes: 3,
+            redis_url: redis.url(),
+            customise_node: Box::new(fast),
+            ..StackOptions::default()
+        })
+        .await,
+    );
+    let user = stack.create_user("alice").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let (last_tx, last_rx) = watch::channel(None);
+    let followers: Vec<_> = subscribed_clients(&stack, &key, 2, "broadcast:seq")
+        .await
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(follow(
+                stack.clone(),
+                key.clone(),
+                c,
+                stack.nodes[0].ws_url(),
+                "broadcast:seq",
+                last_rx.clone(),
+            ))
+        })
+        .collect();
+
+    // Node A's publisher, at 500 messages a second (server channel: HTTP is the
+    // writer; to stay on a node, publish through the node's own Redis path).
+    let node = stack.nodes[0].state.clone();
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let publishing = tokio::spawn(async move {
+        let channel: shared::channel::ChannelName = "broadcast:seq".parse().expect("channel");
+        let history = node.namespaces.rule_for(&channel).and_then(|r| r.history);
+        let mut redis = node.redis.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        let mut n = 0;
+        while !*stop_rx.borrow_and_update() {
+            tick.tick().await;
+            n += 1;
+            let data = serde_json::value::RawValue::from_string(json!({ "n": n }).to_string())
+                .expect("json");
+            shared::channel::publish(&mut redis, &node.keys, &channel, &data, history, None)
+                .await
+                .expect("publishing never fails here: only subscriber connections are killed");
+        }
+        n
+    });
+
+    let killer = redis::Client::open(redis.url()).expect("client");
+    let mut admin = killer
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection");
+    let mut kills = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let killed: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut admin)
+            .await
+            .expect("client kill");
+        kills += killed;
+    }
+    stop_tx.send_replace(true);
+    let total = publishing.await.expect("publisher");
+    last_tx.send_replace(Some(total));
+    assert!(kills >= 9, "killed {kills} subscriber connections");
+    assert!(total >= 1500, "published {total} in 4 s");
+    for (i, follower) in followers.into_iter().enumerate() {
+        let sequence = follower.await.expect("follower");
+        sequence.assert_exactly(total, &format!("client {i}"));
+        assert_eq!(sequence.recovery_failures, 0);
+    }
+    eprintln!(
+        "CLIENT KILL TYPE pubsub: {kills} connections killed; {total} messages; 6 clients on 3 nodes each got all {total} exactly once, in order"
+    );
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_from_its_aof_loses_no_acknowledged_publish() {
+    let mut redis = testkit::RedisServer::start_durable();
+    let stack = Arc::new(
+        Stack::start_with(StackOptions {
+            nodes: 2,
+            redis_url: redis.url(),
+            customise_node: Box::new(fast),
+            ..StackOptions::default()
+        })
+        .await,
+    );
+    let user = stack.create_user("bob").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let clients = subscribed_clients(&stack, &key, 2, "public:durable").await;
+    let publisher = stack.connect(0, &key).await;
+    let (last_tx, last_rx) = watch::channel(None);
+    let followers: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(follow(
+                stack.clone(),
+                key.clone(),
+                c,
+                stack.nodes[1].ws_url(),
+                "public:durable",
+                last_rx.clone(),
+            ))
+        })
+        .collect();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let publishing = start_publisher(
+        publisher,
+        "public:durable",
+        Duration::from_millis(2),
+        stop_rx,
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.kill();
+    let outage = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    redis.restart();
+    let outage = outage.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop_tx.send_replace(true);
+    let (acked, refused) = publishing.await.expect("publisher");
+    let last_acked = *acked.last().expect("some publishes were acknowledged");
+    last_tx.send_replace(Some(last_acked));
+    assert!(refused > 0, "publishes during the outage must fail visibly");
+    let acked_after = acked.iter().filter(|n| **n > acked[0] + 400).count();
+    assert!(acked_after > 0, "publishing resumed after the restart");
+    for (i, follower) in followers.into_iter().enumerate() {
+        let sequence = follower.await.expect("follower");
+        assert!(
+            sequence.received.windows(2).all(|w| w[0] < w[1]),
+            "client {i}: duplicate or out of order"
+        );
+        let missing: Vec<_> = acked
+            .iter()
+            .filter(|n| sequence.received.binary_search(n).is_err())
+            .collect();
+        let gaps: Vec<_> = sequence
+            .received
+            .windows(2)
+            .filter(|w| w[1] != w[0] + 1)
+            .take(5)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "client {i} lost {} acknowledged publishes (first {:?}); received {} ({:?}..{:?}), gaps {gaps:?}, recovery notices {}",
+            missing.len(),
+            missing.first(),
+            sequence.received.len(),
+            sequence.received.first(),
+            sequence.received.last(),
+            sequence.recovery_failures
+        );
+        assert_eq!(
+            sequence.recovery_failures, 0,
+            "client {i}: the AOF kept the history, nothing is unrecoverable"
+        );
+    }
+    eprintln!(
+        "AOF redis SIGKILLed for {outage:?}: {} publishes acknowledged, {refused} refused during the outage; 4 clients on 2 nodes received every acknowledged one exactly once, in order",
+        acked.len()
+    );
+}
+
+#[tokio::test]
+async fn redis_restarted_without_persistence_makes_the_loss_explicit() {
+    let mut redis = testkit::RedisServer::start();
+    let stack = Stack::start_with(StackOptions {
+        nodes: 2,
+        redis_url: redis.url(),
+        customise_node: Box::new(fast),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("carol").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut clients = subscribed_clients(&stack, &key, 1, "public:volatile").await;
+    let mut publisher = stack.connect(0, &key).await;
+    let mut epoch = String::new();
+    for n in 1..=10u64 {
+        let ack = publisher
+            .request(
+                json!({ "action": "publish", "channel": "public:volatile", "data": { "n": n } }),
+                n,
+            )
+            .await;
+        epoch = ack["epoch"].as_str().expect("epoch").to_owned();
+    }
+    for client in &mut clients {
+        for n in 1..=10 {
+            assert_eq!(client.recv_message().await["data"]["n"], n);
+        }
+    }
+
+    redis.restart();
+    // Connected clients are told, explicitly, that this channel's history is gone.
+    for (i, client) in clients.iter_mut().enumerate() {
+        let notice = loop {
+            match client.next_event(Duration::from_secs(15)).await {
+                Event::Frame(f) if f["type"] == "recovery" => break f,
+                Event::Frame(_) => continue,
+                other => panic!("client {i}: {other:?}"),
+            }
+        };
+        assert_eq!(
+            notice,
+            json!({ "type": "recovery", "channel": "public:volatile", "recovered": false })
+        );
+    }
+    // A client coming back with `since` gets `recovered: false`.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut late = loop {
+        let response = stack
+            .http
+            .post(stack.auth("/v1/tickets"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("mint");
+        if response.status() == 201 {
+            let ticket: Value = response.json().await.expect("json");
+            let ticket = ticket["ticket"].as_str().expect("ticket").to_owned();
+            if let Ok(mut client) =
+                Client::connect(&format!("{}?ticket={ticket}", stack.nodes[1].ws_url()), &[]).await
+            {
+                assert_eq!(client.recv().await["type"], "welcome");
+                break client;
+            }
+        }
+        assert!(Instant::now() < deadline, "stack did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ack = late.subscribe_since("public:volatile", &epoch, 10).await;
+    assert_eq!(ack["recovered"], false, "{ack}");
+    // Delivery goes on, in a new epoch.
+    let ack = publisher
+        .request(
+            json!({ "action": "publish", "channel": "public:volatile", "data": { "n": 11 } }),
+            11,
+        )
+        .await;
+    assert_eq!(ack["offset"], 1);
+    assert_ne!(ack["epoch"], epoch.as_str());
+    for client in clients.iter_mut().chain(std::iter::once(&mut late)) {
+        assert_eq!(client.recv_message().await["data"]["n"], 11);
+    }
+}
+
+/// A node dies (SIGKILL) or drains (SIGTERM) while holding clients that are
+/// in the middle of a stream: they reconnect to a survivor with fresh tickets
+/// and `since`, and every client ends with every message exactly once.
+async fn node_loss(sigkill: bool) {
+    let stack = Arc::new(
+        Stack::start_with(StackOptions {
+            nodes: 1,
+            customise_node: Box::new(|c| {
+                fast(c);
+                c.connection_lease_secs = 3;
+            }),
+            ..StackOptions::default()
+        })
+        .await,
+    );
+    let user = stack.create_user("dan").await;
+    let ghost = stack.create_user("ghost").await;
+    let watcher_user = stack.create_user("watcher").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let ghost_key = stack.api_key(&ghost, "connect").await;
+    let watcher_key = stack.api_key(&watcher_user, "connect").await;
+    let mut victim = NodeProcess::spawn(
+        &stack,
+        "node-victim",
+        &[("CONNECTION_LEASE_SECS", "3"), ("DRAIN_TIMEOUT_SECS", "5")],
+    )
+    .await;
+    let survivor = stack.nodes[0].ws_url();
+
+    // A watcher on the survivor, and a ghost on the victim that never comes back.
+    let mut watcher = stack.connect(0, &watcher_key).await;
+    watcher.subscribe("public:stream").await;
+    let ticket = stack.ticket(&ghost_key).await;
+    let mut ghost_client = Client::connect(&format!("{}?ticket={ticket}", victim.ws_url()), &[])
+        .await
+        .expect("ghost");
+    assert_eq!(ghost_client.recv().await["type"], "welcome");
+    ghost_client.subscribe("public:stream").await;
+
+    let (last_tx, last_rx) = watch::channel(None);
+    let mut followers = Vec::new();
+    for _ in 0..4 {
+        let ticket = stack.ticket(&key).await;
+        let mut client = Client::connect(&format!("{}?ticket={ticket}", victim.ws_url()), &[])
+            .await
+            .expect("connect");
+        assert_eq!(client.recv().await["type"], "welcome");
+        client.subscribe("public:stream").await;
+        followers.push(tokio::spawn(follow(
+            stack.clone(),
+            key.clone(),
+            client,
+            survivor.clone(),
+            "public:stream",
+            last_rx.clone(),
+        )));
+    }
+    let publisher = stack.connect(0, &key).await;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let publishing = start_publisher(
+        publisher,
+        "public:stream",
+        Duration::from_millis(2),
+        stop_rx,
+    );
+
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let lost_at = Instant::now();
+    if sigkill {
+        victim.kill9();
+    } else {
+        victim.sigterm();
+        assert_eq!(ghost_client.expect_close().await, 1001);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while victim.child.try_wait().expect("wait").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "victim did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop_tx.send_replace(true);
+    let (acked, refused) = publishing.await.expect("publisher");
+    assert_eq!(refused, 0);
+    let total = *acked.last().expect("published");
+    last_tx.send_replace(Some(total));
+    for (i, follower) in followers.into_iter().enumerate() {
+        follower
+            .await
+            .expect("follower")
+            .assert_exactly(total, &format!("client {i}"));
+    }
+
+    // The ghost's presence goes away within the lease (3 s) plus a sweep.
+    let left = loop {
+        match watcher.next_event(Duration::from_secs(10)).await {
+            Event::Frame(f) if f["type"] == "leave" && f["user"]["username"] == "ghost" => {
+                break lost_at.elapsed();
+            }
+            Event::Frame(_) => continue,
+            other => panic!("no leave for the ghost: {other:?}"),
+        }
+    };
+    assert!(left < Duration::from_secs(6), "ghost left after {left:?}");
+    let reply = watcher
+        .request(
+            json!({ "action": "presence", "channel": "public:stream" }),
+            5,
+        )
+        .await;
+    let names: Vec<&str> = reply["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["user"]["username"].as_str())
+        .collect();
+    assert!(!names.contains(&"ghost"), "{names:?}");
+    eprintln!(
+        "node {} with 5 clients: {total} messages; 4 clients resumed on the survivor with `since` and got all exactly once; ghost presence gone after {left:?}",
+        if sigkill { "SIGKILLed" } else { "SIGTERMed" }
+    );
+}
+
+#[tokio::test]
+async fn a_node_killed_with_sigkill_loses_no_message_and_leaves_no_zombie_presence() {
+    node_loss(true).await;
+}
+
+#[tokio::test]
+async fn a_node_drained_with_sigterm_loses_no_message() {
+    node_loss(false).await;
+}

@@ -1,0 +1,187 @@
+//! Presence and the server control API.
+
+use crate::helpers::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn presence(client: &mut Client, channel: &str) -> Value {
+    let reply = client
+        .request(json!({ "action": "presence", "channel": channel }), 77)
+        .await;
+    assert_eq!(reply["type"], "presence", "{reply}");
+    reply["members"].clone()
+}
+
+#[tokio::test]
+async fn presence_counts_users_once_and_announces_joins_and_leaves() {
+    let stack = Stack::start(2).await;
+    let ann = stack.create_user("ann").await;
+    let ben = stack.create_user("ben").await;
+    let ann_key = stack.api_key(&ann, "connect").await;
+    let ben_key = stack.api_key(&ben, "connect").await;
+
+    let mut watcher = stack.connect(0, &ben_key).await;
+    watcher.subscribe("public:lobby").await;
+    assert_eq!(
+        watcher.recv().await["type"],
+        "join",
+        "ben sees himself arrive"
+    );
+
+    // Ann opens two tabs on two nodes: one join.
+    let mut tab1 = stack.connect(0, &ann_key).await;
+    tab1.subscribe("public:lobby").await;
+    let mut tab2 = stack.connect(1, &ann_key).await;
+    tab2.subscribe("public:lobby").await;
+    let joined = watcher.recv().await;
+    assert_eq!(joined["type"], "join");
+    assert_eq!(joined["user"]["username"], "ann");
+    assert!(
+        matches!(
+            watcher.next_event(Duration::from_millis(300)).await,
+            Event::Timeout
+        ),
+        "one join per user"
+    );
+
+    let members = presence(&mut watcher, "public:lobby").await;
+    assert_eq!(members, {
+        let mut expected = vec![
+            json!({ "user": { "id": ann.id.to_string(), "username": "ann" }, "connections": 2 }),
+            json!({ "user": { "id": ben.id.to_string(), "username": "ben" }, "connections": 1 }),
+        ];
+        expected.sort_by_key(|m| m["user"]["id"].as_str().unwrap_or_default().to_owned());
+        json!(expected)
+    });
+
+    // Closing one tab is not a leave; closing the second is.
+    drop(tab1);
+    assert!(matches!(
+        watcher.next_event(Duration::from_millis(500)).await,
+        Event::Timeout
+    ));
+    let reply = tab2
+        .request(
+            json!({ "action": "unsubscribe", "channel": "public:lobby" }),
+            1,
+        )
+        .await;
+    assert_eq!(reply["type"], "ack");
+    let left = watcher.recv().await;
+    assert_eq!(
+        (left["type"].as_str(), left["user"]["username"].as_str()),
+        (Some("leave"), Some("ann"))
+    );
+    let members = presence(&mut watcher, "public:lobby").await;
+    assert_eq!(members.as_array().map(Vec::len), Some(1));
+
+    let reply = watcher
+        .request(json!({ "action": "presence", "channel": "broadcast:x" }), 9)
+        .await;
+    assert_eq!(reply["code"], "presence_disabled");
+}
+
+#[tokio::test]
+async fn the_control_api_lists_and_disconnects_connections_across_nodes() {
+    let stack = Stack::start(2).await;
+    let target = stack.create_user("target").await;
+    let operator = stack.create_user("operator").await;
+    let target_key = stack.api_key(&target, "connect").await;
+    let admin_key = stack.api_key(&operator, "admin").await;
+    let weak_key = stack.api_key(&operator, "publish").await;
+
+    let mut on_a = stack.connect(0, &target_key).await;
+    on_a.subscribe("public:room").await;
+    let mut on_b = stack.connect(1, &target_key).await;
+    let mut on_b2 = stack.connect(1, &target_key).await;
+
+    let listed: Value = stack
+        .http
+        .get(stack.auth(&format!("/v1/users/{}/connections", target.id)))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let connections = listed["connections"].as_array().expect("list");
+    assert_eq!(connections.len(), 3, "{listed}");
+    let on_a_entry = connections
+        .iter()
+        .find(|c| c["node"] == "node-a")
+        .expect("node-a connection");
+    assert!(
+        on_a_entry["channels"]
+            .as_array()
+            .expect("channels")
+            .contains(&json!("public:room"))
+    );
+    assert!(on_a_entry["connected_at"].as_u64().expect("since") > 0);
+
+    let forbidden = stack
+        .http
+        .get(stack.auth(&format!("/v1/users/{}/connections", target.id)))
+        .bearer_auth(&weak_key)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(forbidden.status(), 403);
+
+    // One connection, by the id from its welcome frame.
+    let one = connections
+        .iter()
+        .find(|c| c["node"] == "node-b")
+        .expect("node-b connection")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let response = stack
+        .http
+        .post(stack.auth(&format!("/v1/connections/{one}/disconnect")))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .expect("disconnect");
+    assert_eq!(response.status(), 202);
+    let mut closed = 0;
+    for client in [&mut on_b, &mut on_b2] {
+        if let Event::Closed(Some((4003, _))) = client.next_event(Duration::from_millis(1500)).await
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1, "exactly the named connection closes");
+
+    // The whole user, everywhere.
+    let response = stack
+        .http
+        .post(stack.auth(&format!("/v1/users/{}/disconnect", target.id)))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .expect("disconnect");
+    assert_eq!(response.status(), 202);
+    assert_eq!(on_a.expect_close().await, 4003);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let listed: Value = stack
+            .http
+            .get(stack.auth(&format!("/v1/users/{}/connections", target.id)))
+            .bearer_auth(&admin_key)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        if listed["connections"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connections still listed: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

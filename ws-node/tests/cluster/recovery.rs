@@ -1,0 +1,214 @@
+//! History and recovery, idempotent publishing, re-validation, credential expiry.
+
+use crate::helpers::*;
+use serde_json::json;
+use std::time::Duration;
+
+fn fast_publisher(c: &mut ws_node::config::Config) {
+    c.client_messages_per_sec = 100_000;
+    c.client_message_burst = 100_000;
+}
+
+#[tokio::test]
+async fn subscribe_with_since_replays_the_gap_then_continues_live_without_gap_or_duplicate() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 2,
+        customise_node: Box::new(fast_publisher),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("alice").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut subscriber = stack.connect(1, &key).await;
+    subscriber.subscribe("public:feed").await;
+
+    // A publisher on the other node, numbering its messages, never pausing.
+    let mut publisher = stack.connect(0, &key).await;
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let publishing = tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            n += 1;
+            let ack = publisher
+                .request(
+                    json!({ "action": "publish", "channel": "public:feed", "data": { "n": n } }),
+                    n,
+                )
+                .await;
+            assert_eq!(ack["type"], "ack", "{ack}");
+            if stop_rx.try_recv().is_ok() {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+
+    let mut sequence = Sequence::default();
+    while sequence.received.len() < 20 {
+        sequence.record(&subscriber.recv_message().await);
+    }
+    // Drop off mid-stream, stay away a while, come back elsewhere with `since`.
+    drop(subscriber);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut back = stack.connect(0, &key).await;
+    let ack = back
+        .subscribe_since(
+            "public:feed",
+            sequence.epoch.as_deref().expect("epoch"),
+            sequence.offset,
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["recovered"], true, "{ack}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = stop_tx.send(());
+    let last = publishing.await.expect("publisher");
+    while sequence.received.last() != Some(&last) {
+        sequence.record(&back.recv_message().await);
+    }
+    sequence.assert_exactly(last, "recovering subscriber");
+}
+
+#[tokio::test]
+async fn a_gap_history_no_longer_covers_is_reported_not_hidden() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| {
+            fast_publisher(c);
+            c.channel_namespaces = Some(
+                r#"[{"name":"short","subscribe":"any","publish":"any","history":{"max_len":5,"max_age_secs":60}},
+                    {"name":"user","subscribe":"owner","publish":"server","history":{"max_len":5,"max_age_secs":60}}]"#
+                    .into(),
+            );
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("bob").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut client = stack.connect(0, &key).await;
+    // Trimming is approximate (whole stream nodes of ~100 entries), so publish
+    // well past what the history keeps.
+    let mut epoch = String::new();
+    for n in 1..=250u64 {
+        let ack = client
+            .request(
+                json!({ "action": "publish", "channel": "short:x", "data": { "n": n } }),
+                n,
+            )
+            .await;
+        epoch = ack["epoch"].as_str().expect("epoch").to_owned();
+    }
+    let mut late = stack.connect(0, &key).await;
+    let ack = late.subscribe_since("short:x", &epoch, 3).await;
+    assert_eq!(ack["recovered"], false, "{ack}");
+    assert_eq!(ack["epoch"], epoch.as_str());
+    assert_eq!(ack["offset"], 250, "the current position, to resync from");
+    let ack = late.subscribe_since("short:x", "another-epoch", 249).await;
+    assert_eq!(ack["recovered"], false, "{ack}");
+    let ack = late.subscribe_since("short:x", &epoch, 248).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(late.recv().await["data"]["n"], 249);
+    assert_eq!(late.recv().await["data"]["n"], 250);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_delivered_once() {
+    let stack = Stack::start(1).await;
+    let user = stack.create_user("carol").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut listener = stack.connect(0, &key).await;
+    listener.subscribe("broadcast:orders").await;
+    listener.subscribe("public:orders").await;
+    let mut publisher = stack.connect(0, &key).await;
+
+    // Over the socket...
+    let first = publisher
+        .request(json!({ "action": "publish", "channel": "public:orders", "data": 1, "idempotency_key": "order-1" }), 1)
+        .await;
+    let again = publisher
+        .request(json!({ "action": "publish", "channel": "public:orders", "data": 1, "idempotency_key": "order-1" }), 2)
+        .await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["offset"], first["offset"]);
+    assert_eq!(listener.recv_message().await["data"], 1);
+
+    // ...and over HTTP.
+    for _ in 0..3 {
+        let response = stack
+            .http
+            .post(stack.auth("/v1/publish"))
+            .bearer_auth(&key)
+            .json(&json!({ "channel": "broadcast:orders", "data": "once", "idempotency_key": "retry-me" }))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(response.status(), 202);
+    }
+    assert_eq!(listener.recv_message().await["data"], "once");
+    match listener.next_event(Duration::from_millis(300)).await {
+        Event::Timeout => {}
+        other => panic!("delivered twice: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn revalidation_closes_a_socket_whose_revocation_announcement_was_lost() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| c.revalidate_interval_secs = 1),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("dan").await;
+    let key = stack.api_key(&user, "connect").await;
+    let mut client = stack.connect(0, &key).await;
+    let key_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM api_keys")
+        .fetch_one(&stack.auth.db)
+        .await
+        .expect("id");
+    // Revoke the way auth-service does, minus the control message (as if it was lost).
+    let mut redis = stack.auth.redis.clone();
+    shared::control::mark_revoked(
+        &mut redis,
+        &stack.auth.keys,
+        &[shared::control::Revoked::Source(
+            shared::ticket::AuthSource::ApiKey { key_id },
+        )],
+    )
+    .await
+    .expect("mark");
+    let started = std::time::Instant::now();
+    assert_eq!(client.expect_close().await, 4003);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn a_socket_closes_when_its_session_reaches_its_absolute_expiry() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_auth: Box::new(|c| {
+            c.session_absolute_timeout_secs = 2;
+            c.session_idle_timeout_secs = 2;
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    stack.create_user("erin").await;
+    let cookie = stack.login("erin").await;
+    let mut client = Client::connect(
+        &stack.nodes[0].ws_url(),
+        &[("cookie", &cookie), ("origin", APP_ORIGIN)],
+    )
+    .await
+    .expect("cookie handshake");
+    assert_eq!(client.recv().await["type"], "welcome");
+    let code = loop {
+        match client.next_event(Duration::from_secs(5)).await {
+            Event::Frame(_) => continue,
+            Event::Closed(Some((code, _))) => break code,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(code, 4001);
+}
