@@ -1,6 +1,9 @@
 //! ws-node integration tests: several nodes and an auth-service against real
 //! Redis and Postgres, driven by real WebSocket clients.
 
+// Fault tests print what they injected and the counts they observed (for the record).
+#![allow(clippy::print_stderr)]
+
 mod external_client;
 mod fanout;
 mod faults;
