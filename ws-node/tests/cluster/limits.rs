@@ -142,3 +142,83 @@ async fn logout_and_key_revocation_close_live_sockets_on_every_node() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn revoke_all_and_disabling_a_user_close_their_sockets_everywhere() {
+    let stack = Stack::start(2).await;
+    let user = stack.create_user("frank").await;
+    let key = stack.api_key(&user, "connect").await;
+    let laptop = stack.login("frank").await;
+    let phone = stack.login("frank").await;
+    let mut sockets = Vec::new();
+    for (node, cookie) in [(0, &laptop), (1, &phone)] {
+        let mut client = Client::connect(
+            &stack.nodes[node].ws_url(),
+            &[("cookie", cookie), ("origin", APP_ORIGIN)],
+        )
+        .await
+        .expect("cookie handshake");
+        assert_eq!(client.recv().await["type"], "welcome");
+        sockets.push(client);
+    }
+    let mut key_socket = stack.connect(1, &key).await;
+
+    // Revoke-all ends every session's sockets, not the API key's.
+    let response = stack
+        .http
+        .post(stack.auth("/v1/sessions/revoke-all"))
+        .header("cookie", &laptop)
+        .header("origin", APP_ORIGIN)
+        .send()
+        .await
+        .expect("revoke-all");
+    assert_eq!(response.status(), 204);
+    for client in &mut sockets {
+        assert_eq!(client.expect_close().await, 4003);
+    }
+    assert_eq!(
+        key_socket.request(json!({ "action": "ping" }), 1).await["type"],
+        "ack"
+    );
+
+    // Disabling the user ends everything else.
+    let started = std::time::Instant::now();
+    auth_service::accounts::disable(&stack.auth, user.id)
+        .await
+        .expect("disable");
+    assert_eq!(key_socket.expect_close().await, 4003);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_upgrade_request_is_dropped() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| c.handshake_timeout_ms = 500),
+        ..StackOptions::default()
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(stack.nodes[0].addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    // The node answers 408 or simply closes; either way the socket ends soon.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("a stalled handshake was kept open"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
