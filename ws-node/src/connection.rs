@@ -199,7 +199,7 @@ struct Connection {
     /// `<node>:<id>`, as in the `welcome` frame.
     name: String,
     socket: WebSocket,
-    rx: mpsc::Receiver<Delivery>,
+    rx: mpsc::Receiver<Arc<Delivery>>,
     handle: ConnHandle,
     control: Arc<ConnControl>,
     principal: Principal,
@@ -245,24 +245,31 @@ impl Connection {
         }
         let draining = NodeState::drained(self.node.draining.clone());
         tokio::pin!(draining);
-        let mut heartbeat = tokio::time::interval(self.node.config.ping_interval());
-        heartbeat.reset();
+        // One timer per connection (each costs memory and a timer-wheel entry),
+        // reset to the earliest of: the next ping, the next re-validation, the
+        // credential's end.
+        let ping_interval = self.node.config.ping_interval();
+        let revalidate_interval = self.node.config.revalidate_interval();
+        let mut next_ping = Instant::now() + ping_interval;
+        // Re-validation at a random phase, so a node's sockets do not all check at once.
+        let mut next_check =
+            Instant::now() + revalidate_interval.mul_f64(rand::random_range(0.5..=1.0));
+        let expires = self
+            .principal
+            .expires_at
+            .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(shared::unix_now())));
+        let next_wake = |ping: Instant, check: Instant| {
+            expires.map_or(ping.min(check), |e| ping.min(check).min(e))
+        };
+        let timer = tokio::time::sleep_until(next_wake(next_ping, next_check).into());
+        tokio::pin!(timer);
         // When the last ping went out; a peer is only reaped after it had a ping to answer.
         let mut ping_sent: Option<Instant> = None;
-        // Re-validation at a random phase, so a node's sockets do not all check at once.
-        let period = self.node.config.revalidate_interval();
-        let mut revalidate = tokio::time::interval_at(
-            tokio::time::Instant::now() + period.mul_f64(rand::random_range(0.5..=1.0)),
-            period,
-        );
-        let expiry = credential_expiry(self.principal.expires_at);
-        tokio::pin!(expiry);
         loop {
             tokio::select! {
                 biased;
                 code = self.control.closed() => return (Some(code), close_reason(code)),
                 () = &mut draining => return (Some(close::GOING_AWAY), "node shutting down"),
-                () = &mut expiry => return (Some(close::UNAUTHORIZED), "credential expired"),
                 delivery = self.rx.recv() => {
                     let Some(delivery) = delivery else { return (None, "") };
                     let control = self.control.clone();
@@ -308,29 +315,38 @@ impl Connection {
                         }
                     }
                 }
-                _ = heartbeat.tick() => {
-                    let unanswered = ping_sent.is_some_and(|sent| self.last_heard < sent);
-                    if unanswered && self.last_heard.elapsed() > self.node.config.idle_timeout() {
-                        metrics::counter!("ws_idle_timeouts_total").increment(1);
-                        return (Some(close::GOING_AWAY), "idle timeout");
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if expires.is_some_and(|e| now >= e) {
+                        return (Some(close::UNAUTHORIZED), "credential expired");
                     }
-                    if !unanswered {
-                        ping_sent = Some(Instant::now());
+                    if now >= next_ping {
+                        next_ping = now + ping_interval;
+                        let unanswered = ping_sent.is_some_and(|sent| self.last_heard < sent);
+                        if unanswered && self.last_heard.elapsed() > self.node.config.idle_timeout() {
+                            metrics::counter!("ws_idle_timeouts_total").increment(1);
+                            return (Some(close::GOING_AWAY), "idle timeout");
+                        }
+                        if !unanswered {
+                            ping_sent = Some(now);
+                        }
+                        if let Err(stop) = self.send(Message::Ping(bytes::Bytes::new())).await {
+                            return stop;
+                        }
                     }
-                    if let Err(stop) = self.send(Message::Ping(bytes::Bytes::new())).await {
-                        return stop;
+                    if now >= next_check {
+                        next_check = now + revalidate_interval;
+                        // Catches a revocation whose control message was lost. If
+                        // Redis cannot answer, the socket stays: Redis blinking is
+                        // no reason to drop clients.
+                        let mut redis = self.node.redis.clone();
+                        let revoked = shared::control::is_revoked(&mut redis, &self.node.keys, self.principal.source, self.principal.user_id).await;
+                        if matches!(revoked, Ok(true)) {
+                            metrics::counter!("ws_revalidation_closes_total").increment(1);
+                            return (Some(close::FORBIDDEN), "credential revoked");
+                        }
                     }
-                }
-                _ = revalidate.tick() => {
-                    // Catches a revocation whose control message was lost. If
-                    // Redis cannot answer, the socket stays: Redis blinking is
-                    // no reason to drop clients.
-                    let mut redis = self.node.redis.clone();
-                    let revoked = shared::control::is_revoked(&mut redis, &self.node.keys, self.principal.source, self.principal.user_id).await;
-                    if matches!(revoked, Ok(true)) {
-                        metrics::counter!("ws_revalidation_closes_total").increment(1);
-                        return (Some(close::FORBIDDEN), "credential revoked");
-                    }
+                    timer.as_mut().reset(next_wake(next_ping, next_check).into());
                 }
             }
         }
@@ -347,12 +363,14 @@ impl Connection {
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn write_batch(&mut self, first: Delivery) -> Result<(), axum::Error> {
+    async fn write_batch(&mut self, first: Arc<Delivery>) -> Result<(), axum::Error> {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(delivery) = next.take() {
             if self.admit(&delivery) {
-                self.socket.feed(Message::Text(delivery.frame)).await?;
+                self.socket
+                    .feed(Message::Text(delivery.frame.clone()))
+                    .await?;
                 written += 1;
             }
             if written < MAX_BATCH {
@@ -721,17 +739,6 @@ impl Connection {
 
     fn guard_connected_at(&self) -> u64 {
         self.control.connected_at
-    }
-}
-
-/// Resolves when the credential ends (never, without an end).
-async fn credential_expiry(expires_at: Option<u64>) {
-    match expires_at {
-        Some(at) => {
-            let left = at.saturating_sub(shared::unix_now());
-            tokio::time::sleep(Duration::from_secs(left)).await;
-        }
-        None => std::future::pending().await,
     }
 }
 

@@ -25,9 +25,10 @@ pub type ConnId = u64;
 /// How long a join waits for Redis to confirm a new subscription.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One message on its way to one connection. The frame bytes are shared by all
-/// receivers (cloning is a reference-count increment).
-#[derive(Clone, Debug)]
+/// One message on its way to local connections. Created once per message and
+/// shared by every receiver (each queue slot holds one pointer), so fan-out to
+/// N connections costs N reference-count increments and idle queues stay small.
+#[derive(Debug)]
 pub struct Delivery {
     pub channel: Arc<str>,
     /// The message's history offset, when its channel keeps history.
@@ -95,7 +96,7 @@ impl ConnControl {
 #[derive(Clone, Debug)]
 pub struct ConnHandle {
     pub id: ConnId,
-    pub tx: mpsc::Sender<Delivery>,
+    pub tx: mpsc::Sender<Arc<Delivery>>,
     pub control: Arc<ConnControl>,
 }
 
@@ -254,16 +255,15 @@ impl Hub {
         let Some(entry) = channels.get(channel) else {
             return 0;
         };
-        let channel: Arc<str> = Arc::from(channel);
+        let delivery = Arc::new(Delivery {
+            channel: Arc::from(channel),
+            offset,
+            frame: frame.clone(),
+            resets,
+        });
         let mut delivered = 0;
         for member in &entry.members {
-            let delivery = Delivery {
-                channel: channel.clone(),
-                offset,
-                frame: frame.clone(),
-                resets,
-            };
-            match member.tx.try_send(delivery) {
+            match member.tx.try_send(delivery.clone()) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if member.control.requested_close().is_none() {

@@ -39,7 +39,9 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a probe or a (un)subscribe may take before the connection is deemed lost.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Capped low: after Redis comes back, every second spent reconnecting is a
+/// second of messages that must then come from (bounded) history.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub enum SubscriberCommand {

@@ -26,6 +26,8 @@ fn start_publisher(
     tokio::spawn(async move {
         let (mut acked, mut refused) = (Vec::new(), 0);
         let mut tick = tokio::time::interval(pace);
+        // A steady rate: no burst to catch up after slow (failing) publishes.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for n in 1.. {
             tick.tick().await;
             if *stop.borrow_and_update() {
@@ -161,6 +163,7 @@ async fn killing_every_subscriber_connection_mid_stream_loses_nothing() {
         let history = node.namespaces.rule_for(&channel).and_then(|r| r.history);
         let mut redis = node.redis.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n = 0;
         while !*stop_rx.borrow_and_update() {
             tick.tick().await;
