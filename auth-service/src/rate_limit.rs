@@ -5,27 +5,11 @@
 //! the `Retry-After` we answer with. Fixed windows allow a burst of up to twice
 //! the limit around a window edge, which is acceptable for abuse throttling and
 //! costs one round trip (a sliding log would cost memory per attempt).
+//! Needs Redis ≥ 7.0 (`PEXPIRE … NX`).
 
 use crate::error::{Error, Result};
 use redis::aio::ConnectionManager;
-use std::sync::LazyLock;
 use std::time::Duration;
-
-/// Increments a counter and starts its window on the first hit; returns the
-/// count and the window's remaining milliseconds.
-static HIT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local n = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
-end
-return {n, ttl}
-",
-    )
-});
 
 /// A limit of `max` events per `window`.
 #[derive(Clone, Copy, Debug)]
@@ -42,13 +26,24 @@ fn retry_after_secs(ttl_ms: i64) -> u64 {
     u64::try_from(ttl_ms).unwrap_or(1).div_ceil(1000).max(1)
 }
 
-/// Counts one event against `key`; refuses with 429 once the limit is exceeded.
-pub async fn hit(redis: &mut ConnectionManager, key: String, limit: Limit) -> Result<()> {
-    let (count, ttl_ms): (u64, i64) = HIT
-        .key(key)
-        .arg(window_ms(limit.window))
-        .invoke_async(redis)
-        .await?;
+/// Adds one counted event to `pipe`: `INCR`, then `PEXPIRE … NX` (which starts
+/// the window only on a counter that has none, so it also repairs a counter
+/// whose expiry was lost) and `PTTL`. Two replies: the count and the window's
+/// remaining milliseconds. No script, so it pipelines with other commands.
+pub fn add_hit(pipe: &mut redis::Pipeline, key: &str, window: Duration) {
+    pipe.cmd("INCR")
+        .arg(key)
+        .cmd("PEXPIRE")
+        .arg(key)
+        .arg(window_ms(window))
+        .arg("NX")
+        .ignore()
+        .cmd("PTTL")
+        .arg(key);
+}
+
+/// Turns the replies of [`add_hit`] into a decision: 429 once over the limit.
+pub fn judge(count: u64, ttl_ms: i64, limit: Limit) -> Result<()> {
     if count > limit.max {
         metrics::counter!("rate_limited_total").increment(1);
         return Err(Error::RateLimited {
@@ -64,13 +59,11 @@ pub async fn record(
     keys: &[String],
     window: Duration,
 ) -> Result<()> {
+    let mut pipe = redis::pipe();
     for key in keys {
-        let _: (u64, i64) = HIT
-            .key(key)
-            .arg(window_ms(window))
-            .invoke_async(redis)
-            .await?;
+        add_hit(&mut pipe, key, window);
     }
+    pipe.query_async::<()>(redis).await?;
     Ok(())
 }
 

@@ -91,12 +91,22 @@ pub async fn is_revoked(
     source: AuthSource,
     user_id: Uuid,
 ) -> redis::RedisResult<bool> {
-    let (by_source, by_user): (bool, bool) = redis::pipe()
-        .cmd("EXISTS")
+    let mut pipe = redis::pipe();
+    add_revocation_check(&mut pipe, keys, source, user_id);
+    let (by_source, by_user): (bool, bool) = pipe.query_async(conn).await?;
+    Ok(by_source || by_user)
+}
+
+/// Adds the revocation check to `pipe`: two replies, "credential revoked" and
+/// "user disabled"; either true means refuse.
+pub fn add_revocation_check(
+    pipe: &mut redis::Pipeline,
+    keys: &RedisKeys,
+    source: AuthSource,
+    user_id: Uuid,
+) {
+    pipe.cmd("EXISTS")
         .arg(Revoked::Source(source).key(keys))
         .cmd("EXISTS")
-        .arg(Revoked::User(user_id).key(keys))
-        .query_async(conn)
-        .await?;
-    Ok(by_source || by_user)
+        .arg(Revoked::User(user_id).key(keys));
 }

@@ -52,23 +52,31 @@ pub enum TicketError {
     Corrupt(#[from] serde_json::Error),
 }
 
-/// Stores `claims` under a fresh ticket and returns the ticket (shown to the client once).
-pub async fn mint_ticket(
-    conn: &mut impl redis::aio::ConnectionLike,
+/// Mints a ticket: adds the `SET` that stores `claims` under a fresh ticket to
+/// `pipe` (its reply is ignored, so minting shares a round trip with rate
+/// limiting) and returns the ticket, to be shown to the client once.
+pub fn add_ticket(
+    pipe: &mut redis::Pipeline,
     keys: &RedisKeys,
     claims: &TicketClaims,
     ttl: Duration,
 ) -> Result<Secret, TicketError> {
     let ticket = random_token();
     let record = serde_json::to_string(claims)?;
-    redis::cmd("SET")
+    pipe.cmd("SET")
         .arg(keys.ticket(&TokenHash::of(&ticket)))
         .arg(record)
         .arg("PX")
         .arg(ttl_millis(ttl))
-        .query_async::<()>(conn)
-        .await?;
+        .ignore();
     Ok(Secret::new(ticket))
+}
+
+/// Deletes a stored ticket (a ticket minted in a pipeline that turned out to be over a limit).
+pub fn add_ticket_removal(pipe: &mut redis::Pipeline, keys: &RedisKeys, ticket: &Secret) {
+    pipe.cmd("DEL")
+        .arg(keys.ticket(&TokenHash::of(ticket.expose())))
+        .ignore();
 }
 
 /// Clamps a TTL into 1 ms ..= [`MAX_TICKET_TTL`].
@@ -87,6 +95,24 @@ pub async fn consume_ticket(
     keys: &RedisKeys,
     ticket: &str,
 ) -> Result<Option<TicketClaims>, TicketError> {
+    let Some(claims) = take_ticket(conn, keys, ticket).await? else {
+        return Ok(None);
+    };
+    if crate::control::is_revoked(conn, keys, claims.source, claims.user_id).await? {
+        return Ok(None);
+    }
+    Ok(Some(claims))
+}
+
+/// The atomic half of [`consume_ticket`]: `GETDEL` of the hashed ticket. The
+/// caller **must** still check the revocation markers
+/// ([`crate::control::add_revocation_check`]); ws-node does so in the same
+/// pipeline as the rest of its admission, saving a round trip per handshake.
+pub async fn take_ticket(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    ticket: &str,
+) -> Result<Option<TicketClaims>, TicketError> {
     if !looks_like_token(ticket) {
         return Ok(None);
     }
@@ -94,14 +120,7 @@ pub async fn consume_ticket(
         .arg(keys.ticket(&TokenHash::of(ticket)))
         .query_async(conn)
         .await?;
-    let Some(record) = record else {
-        return Ok(None);
-    };
-    let claims: TicketClaims = serde_json::from_str(&record)?;
-    if crate::control::is_revoked(conn, keys, claims.source, claims.user_id).await? {
-        return Ok(None);
-    }
-    Ok(Some(claims))
+    Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
 }
 
 #[cfg(test)]

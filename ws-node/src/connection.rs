@@ -86,29 +86,20 @@ pub async fn run_unauthenticated(
         }
     };
     drop(slot);
-    let id = node.new_connection_id();
-    let name = node.connection_name(id);
-    let mut redis = node.redis.clone();
-    match crate::limits::acquire_user_slot(
-        &mut redis,
-        &node.keys,
-        principal.user_id,
-        &name,
-        node.config.max_connections_per_user,
-        node.config.connection_lease(),
-    )
-    .await
-    {
-        Ok(true) => run(node, socket, id, principal).await,
-        Ok(false) => {
+    match handshake::admit(&node, &principal).await {
+        Ok(id) => run(node, socket, id, principal).await,
+        Err(crate::error::Error::TooManyConnections) => {
             close_socket(
                 &mut socket,
                 close::RATE_LIMITED,
                 "too many connections for this user",
             )
-            .await
+            .await;
         }
-        Err(_) => close_socket(&mut socket, close::TRY_AGAIN_LATER, "redis unavailable").await,
+        Err(crate::error::Error::Unavailable(_)) => {
+            close_socket(&mut socket, close::TRY_AGAIN_LATER, "redis unavailable").await;
+        }
+        Err(_) => close_socket(&mut socket, close::UNAUTHORIZED, "invalid ticket").await,
     }
 }
 
@@ -172,26 +163,67 @@ impl Drop for Registration {
         self.node.hub.unregister(self.id);
         self.node.forget_presence(&self.presence);
         let node = self.node.clone();
-        let (user_id, name) = (self.user_id, self.node.connection_name(self.id));
         let presence = std::mem::take(&mut self.presence);
+        let name = self.node.connection_name(self.id);
+        let user_id = self.user_id;
         tokio::spawn(async move {
             let mut redis = node.redis.clone();
             for membership in &presence {
                 let _ = presence::leave(&mut redis, &node.keys, membership).await;
             }
-            let released =
-                crate::limits::release_user_slot(&mut redis, &node.keys, user_id, &name).await;
-            let forgotten = redis::cmd("DEL")
-                .arg(node.keys.connection_info(&name))
-                .query_async::<()>(&mut redis)
-                .await;
-            if released.is_err() || forgotten.is_err() {
-                tracing::debug!(
-                    "could not clear a closed connection's entries; their leases will expire"
-                );
-            }
+            forget_connection(node, user_id, name);
         });
     }
+}
+
+/// Removes a connection's cluster-wide traces (per-user slot, directory entry),
+/// in the background. If Redis cannot be reached they lapse with their lease.
+pub fn forget_connection(node: NodeState, user_id: Uuid, name: String) {
+    tokio::spawn(async move {
+        let mut redis = node.redis.clone();
+        let forgotten: redis::RedisResult<()> = redis::pipe()
+            .cmd("ZREM")
+            .arg(node.keys.user_connections(user_id))
+            .arg(&name)
+            .ignore()
+            .cmd("DEL")
+            .arg(node.keys.connection_info(&name))
+            .ignore()
+            .query_async(&mut redis)
+            .await;
+        if let Err(e) = forgotten {
+            tracing::debug!(error = %e, "could not clear a closed connection's entries; their leases will expire");
+        }
+    });
+}
+
+/// Adds the `HSET` + `PEXPIRE` that write a connection's directory entry (what
+/// the control API lists) to `pipe`; no replies.
+pub fn add_directory_entry(
+    pipe: &mut redis::Pipeline,
+    node: &NodeState,
+    name: &str,
+    user_id: Uuid,
+    connected_at: u64,
+    channels: &[&str],
+) {
+    let key = node.keys.connection_info(name);
+    let lease_ms = u64::try_from(node.config.connection_lease().as_millis()).unwrap_or(u64::MAX);
+    pipe.cmd("HSET")
+        .arg(&key)
+        .arg("node")
+        .arg(&*node.node_id)
+        .arg("user_id")
+        .arg(user_id.to_string())
+        .arg("connected_at")
+        .arg(connected_at)
+        .arg("channels")
+        .arg(serde_json::to_string(channels).unwrap_or_default())
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&key)
+        .arg(lease_ms)
+        .ignore();
 }
 
 struct Connection {
@@ -230,7 +262,6 @@ impl Connection {
             return (Some(close::TRY_AGAIN_LATER), "cannot subscribe right now");
         }
         self.guard.channels.insert(own_channel.as_str().to_owned());
-        self.publish_directory_entry().await;
         let welcome = ServerFrame::Welcome {
             connection_id: &self.name,
             user: UserInfo {
@@ -705,40 +736,24 @@ impl Connection {
         }
     }
 
-    /// Writes this connection's entry in the cluster-wide directory (what the
-    /// control API lists). Best effort: the directory is informational.
+    /// Rewrites this connection's directory entry after its channels changed.
+    /// Best effort: the directory is informational.
     async fn publish_directory_entry(&mut self) {
-        let mut channels: Vec<&String> = self.guard.channels.iter().collect();
-        channels.sort();
-        let key = self.node.keys.connection_info(&self.name);
-        let lease_ms =
-            u64::try_from(self.node.config.connection_lease().as_millis()).unwrap_or(u64::MAX);
+        let mut channels: Vec<&str> = self.guard.channels.iter().map(String::as_str).collect();
+        channels.sort_unstable();
+        let mut pipe = redis::pipe();
+        add_directory_entry(
+            &mut pipe,
+            &self.node,
+            &self.name,
+            self.principal.user_id,
+            self.control.connected_at,
+            &channels,
+        );
         let mut redis = self.node.redis.clone();
-        let written: redis::RedisResult<()> = redis::pipe()
-            .cmd("HSET")
-            .arg(&key)
-            .arg("node")
-            .arg(&*self.node.node_id)
-            .arg("user_id")
-            .arg(self.principal.user_id.to_string())
-            .arg("connected_at")
-            .arg(self.guard_connected_at())
-            .arg("channels")
-            .arg(serde_json::to_string(&channels).unwrap_or_default())
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(lease_ms)
-            .ignore()
-            .query_async(&mut redis)
-            .await;
-        if let Err(e) = written {
+        if let Err(e) = pipe.query_async::<()>(&mut redis).await {
             tracing::debug!(error = %e, "could not update the connection directory");
         }
-    }
-
-    fn guard_connected_at(&self) -> u64 {
-        self.control.connected_at
     }
 }
 

@@ -16,6 +16,7 @@
 
 use crate::connection::{self, Principal};
 use crate::error::Error;
+use crate::hub::ConnId;
 use crate::limits::PendingRefusal;
 use crate::state::NodeState;
 use axum::extract::ws::WebSocketUpgrade;
@@ -118,29 +119,56 @@ fn configure(ws: WebSocketUpgrade, config: &crate::config::Config) -> WebSocketU
         .max_frame_size(config.max_message_bytes)
 }
 
-/// Admits an authenticated principal: per-user cap, then the upgrade.
+/// Admits an authenticated principal, then upgrades.
 async fn accept(
     node: &NodeState,
     ws: WebSocketUpgrade,
     principal: Principal,
 ) -> Result<Response, Error> {
-    let id = node.new_connection_id();
-    let name = node.connection_name(id);
-    let mut redis = node.redis.clone();
-    let admitted = crate::limits::acquire_user_slot(
-        &mut redis,
-        &node.keys,
-        principal.user_id,
-        &name,
-        node.config.max_connections_per_user,
-        node.config.connection_lease(),
-    )
-    .await?;
-    if !admitted {
-        return Err(Error::TooManyConnections);
-    }
+    let id = admit(node, &principal).await?;
     let node = node.clone();
     Ok(ws.on_upgrade(move |socket| connection::run(node, socket, id, principal)))
+}
+
+/// The last checks before a principal gets a socket, in one Redis round trip:
+/// the credential has not been revoked since the ticket was minted, and the user
+/// is under the cluster-wide connection cap. It also registers the connection
+/// (per-user slot, directory entry); a refusal undoes that.
+pub async fn admit(node: &NodeState, principal: &Principal) -> Result<ConnId, Error> {
+    let id = node.new_connection_id();
+    let name = node.connection_name(id);
+    let lease = node.config.connection_lease();
+    let mut pipe = redis::pipe();
+    shared::control::add_revocation_check(
+        &mut pipe,
+        &node.keys,
+        principal.source,
+        principal.user_id,
+    );
+    crate::limits::add_slot_acquisition(&mut pipe, &node.keys, principal.user_id, &name, lease);
+    let own_channel = shared::channel::ChannelName::for_user(principal.user_id);
+    connection::add_directory_entry(
+        &mut pipe,
+        node,
+        &name,
+        principal.user_id,
+        shared::unix_now(),
+        &[own_channel.as_str()],
+    );
+    let mut redis = node.redis.clone();
+    let (revoked, disabled, connections): (bool, bool, u64) = pipe.query_async(&mut redis).await?;
+    let refusal = if revoked || disabled {
+        Some(Error::InvalidTicket)
+    } else if connections > u64::from(node.config.max_connections_per_user) {
+        Some(Error::TooManyConnections)
+    } else {
+        None
+    };
+    if let Some(refusal) = refusal {
+        connection::forget_connection(node.clone(), principal.user_id, name);
+        return Err(refusal);
+    }
+    Ok(id)
 }
 
 /// Consumes a ticket (atomically, once across all nodes) and checks its binding.
@@ -150,7 +178,8 @@ pub async fn consume(
     origin: Option<&str>,
 ) -> Result<Principal, Error> {
     let mut redis = node.redis.clone();
-    let claims = shared::ticket::consume_ticket(&mut redis, &node.keys, ticket)
+    // Only the atomic take here: the revocation check rides in `admit`'s round trip.
+    let claims = shared::ticket::take_ticket(&mut redis, &node.keys, ticket)
         .await
         .map_err(|e| match e {
             shared::ticket::TicketError::Redis(e) => Error::Unavailable(e),

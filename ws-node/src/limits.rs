@@ -4,7 +4,7 @@ use redis::aio::ConnectionManager;
 use shared::keys::RedisKeys;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -106,22 +106,6 @@ impl Drop for PendingSlot {
     }
 }
 
-/// Takes a place in the user's cluster-wide connection set if it has fewer than
-/// `cap` live entries. KEYS: the user's set. ARGV: now (ms), lease (ms), cap, member.
-static ACQUIRE_SLOT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-",
-    )
-});
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -132,40 +116,38 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Registers a connection against its user's cap (its entry lapses after
-/// `lease` unless renewed, so a dead node's slots free themselves); `false`
-/// if the user is at the cap.
-pub async fn acquire_user_slot(
-    redis: &mut ConnectionManager,
+/// Adds a connection to its user's cluster-wide connection set (its entry
+/// lapses after `lease` unless renewed, so a dead node's entries free
+/// themselves), dropping lapsed entries first. One reply: how many live
+/// connections the user has now, this one included; over the cap, the caller
+/// refuses and releases the place. Add-then-count needs no script, so it shares
+/// the handshake's single round trip; two racing handshakes at the cap may both
+/// be refused, never both admitted.
+pub fn add_slot_acquisition(
+    pipe: &mut redis::Pipeline,
     keys: &RedisKeys,
     user_id: Uuid,
     member: &str,
-    cap: u32,
     lease: Duration,
-) -> redis::RedisResult<bool> {
-    let acquired: i64 = ACQUIRE_SLOT
-        .key(keys.user_connections(user_id))
-        .arg(now_ms())
+) {
+    let key = keys.user_connections(user_id);
+    let now = now_ms();
+    pipe.cmd("ZREMRANGEBYSCORE")
+        .arg(&key)
+        .arg("-inf")
+        .arg(now)
+        .ignore()
+        .cmd("ZADD")
+        .arg(&key)
+        .arg(now + millis(lease))
+        .arg(member)
+        .ignore()
+        .cmd("ZCARD")
+        .arg(&key)
+        .cmd("PEXPIRE")
+        .arg(&key)
         .arg(millis(lease))
-        .arg(cap)
-        .arg(member)
-        .invoke_async(redis)
-        .await?;
-    Ok(acquired == 1)
-}
-
-/// Releases a connection's place.
-pub async fn release_user_slot(
-    redis: &mut ConnectionManager,
-    keys: &RedisKeys,
-    user_id: Uuid,
-    member: &str,
-) -> redis::RedisResult<()> {
-    redis::cmd("ZREM")
-        .arg(keys.user_connections(user_id))
-        .arg(member)
-        .query_async(redis)
-        .await
+        .ignore();
 }
 
 /// Extends the leases of live connections and their directory entries (one

@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 pub fn router(state: NodeState) -> Router {
@@ -25,7 +25,10 @@ pub fn router(state: NodeState) -> Router {
                     let uri = req.uri().path_and_query().map_or("", |pq| pq.as_str());
                     tracing::info_span!("http", method = %req.method(), uri = %shared::redact::redact_uri(uri))
                 })
-                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                // A 503 from /readyz during start-up or a Redis outage is an
+                // answer, not a failure of the server; real problems log themselves.
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .with_state(state)
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 use shared::keys::RateBucket;
 use shared::scope::{Scope, Scopes};
-use shared::ticket::{AuthSource, TicketClaims, mint_ticket};
+use shared::ticket::{AuthSource, TicketClaims, add_ticket, add_ticket_removal};
 use std::time::Duration;
 
 /// Optional body: narrow the ticket's scopes below the credential's.
@@ -82,8 +82,6 @@ pub async fn mint(
             ));
         }
     };
-    let mut redis = state.redis.clone();
-    rate_limit::hit(&mut redis, counter, Limit { max: limit, window }).await?;
     let claims = TicketClaims {
         user_id: caller.user_id(),
         username: caller.username().to_owned(),
@@ -93,12 +91,20 @@ pub async fn mint(
         issued_at: shared::unix_now(),
         credential_expires_at,
     };
-    let ticket = mint_ticket(&mut redis, &state.keys, &claims, config.ticket_ttl())
-        .await
-        .map_err(|e| match e {
-            shared::ticket::TicketError::Redis(e) => Error::Redis(e),
-            other => Error::Internal(other.into()),
-        })?;
+    // Count the mint and store the ticket in one round trip. Over the limit,
+    // the stored ticket is deleted again; it was never shown to anyone.
+    let mut pipe = redis::pipe();
+    rate_limit::add_hit(&mut pipe, &counter, window);
+    let ticket = add_ticket(&mut pipe, &state.keys, &claims, config.ticket_ttl())
+        .map_err(|e| Error::Internal(e.into()))?;
+    let mut redis = state.redis.clone();
+    let (count, ttl_ms): (u64, i64) = pipe.query_async(&mut redis).await?;
+    if let Err(refused) = rate_limit::judge(count, ttl_ms, Limit { max: limit, window }) {
+        let mut cleanup = redis::pipe();
+        add_ticket_removal(&mut cleanup, &state.keys, &ticket);
+        cleanup.query_async::<()>(&mut redis).await?;
+        return Err(refused);
+    }
     let kind = match source {
         AuthSource::Session { .. } => "session",
         AuthSource::ApiKey { .. } => "api_key",
