@@ -1,0 +1,252 @@
+//! The client side of the public interfaces, as a real client uses them:
+//! mint a ticket with an API key over HTTP, open a WebSocket with it (from a
+//! chosen 127.0.0.x source address), read `welcome`, speak the JSON frames.
+
+use anyhow::{Context as _, bail};
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// How long one frame exchange during setup (welcome, subscribe ack) may take.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Wall-clock time in nanoseconds: what payloads carry, so a receiver in
+/// another process on the same machine can compute the delivery latency.
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// An HTTP client for the auth-service: keep-alive, no proxy (loopback only),
+/// bounded in time.
+pub fn http_client(max_idle_per_host: usize) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(max_idle_per_host)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")
+}
+
+#[derive(Deserialize)]
+struct TicketResponse {
+    ticket: String,
+}
+
+/// `POST /v1/tickets` with an API key: one single-use ticket.
+pub async fn mint_ticket(
+    http: &reqwest::Client,
+    auth_url: &str,
+    api_key: &str,
+) -> anyhow::Result<String> {
+    let response = http
+        .post(format!("{auth_url}/v1/tickets"))
+        .bearer_auth(api_key)
+        .send()
+        .await
+        .context("minting a ticket")?;
+    let status = response.status();
+    if status != reqwest::StatusCode::CREATED {
+        let body = response.text().await.unwrap_or_default();
+        bail!("minting a ticket: HTTP {status}: {}", truncate(&body, 200));
+    }
+    Ok(response
+        .json::<TicketResponse>()
+        .await
+        .context("parsing the ticket response")?
+        .ticket)
+}
+
+/// Small buffers, as a thin client would use: what matters is the server's
+/// memory, and the worker must fit 14 000 sockets.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+/// Opens `ws://<node>/ws?ticket=…` from `source` (port chosen by the kernel)
+/// and completes the upgrade. `welcome` is not read here.
+pub async fn connect(node: SocketAddr, ticket: &str, source: IpAddr) -> anyhow::Result<Ws> {
+    let socket = if node.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .context("creating a socket")?;
+    // Lets the kernel reuse ports still in TIME_WAIT from an earlier scenario.
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .with_context(|| format!("binding to source address {source}"))?;
+    let stream = socket
+        .connect(node)
+        .await
+        .with_context(|| format!("connecting to {node} from {source}"))?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{node}/ws?ticket={ticket}");
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
+            .await
+            .with_context(|| format!("WebSocket upgrade at {node}"))?;
+    Ok(ws)
+}
+
+/// A frame from the node, with only the fields the bench looks at.
+#[derive(Deserialize)]
+pub struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default)]
+    pub id: Option<u64>,
+    #[serde(default, borrow)]
+    pub code: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub message: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub data: Option<Payload>,
+}
+
+/// What the bench publishes as `data`: the send time and a sequence number.
+#[derive(Deserialize, Clone, Copy, Debug)]
+pub struct Payload {
+    pub t: u64,
+    pub seq: u64,
+}
+
+/// The payload of a delivery (`message` frame), or `None` for other frames.
+///
+/// This is the workers' hot path (hundreds of thousands of frames a second on
+/// a machine the servers share), so the frame the node builds,
+/// `{"type":"message",…,"data":{"t":…,"seq":…}}`, is scanned directly; anything
+/// else falls back to a real JSON parse.
+pub fn parse_delivery(text: &str) -> Option<Payload> {
+    const START: &str = r#"{"type":"message""#;
+    const DATA: &str = r#""data":{"t":"#;
+    if !text.starts_with(START) {
+        return None;
+    }
+    let fast = || {
+        let rest = &text[text.rfind(DATA)? + DATA.len()..];
+        let (t, rest) = leading_u64(rest)?;
+        let (seq, rest) = leading_u64(rest.strip_prefix(r#","seq":"#)?)?;
+        (rest == "}}").then_some(Payload { t, seq })
+    };
+    fast().or_else(|| {
+        serde_json::from_str::<Frame<'_>>(text)
+            .ok()
+            .filter(|f| f.kind == "message")
+            .and_then(|f| f.data)
+    })
+}
+
+/// The decimal number at the start of `s`, and what follows it.
+fn leading_u64(s: &str) -> Option<(u64, &str)> {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    Some((s[..end].parse().ok()?, &s[end..]))
+}
+
+/// A `publish` frame carrying `{"t": <now>, "seq": seq}`; `t` is taken as
+/// late as possible, right before the frame is written.
+pub fn publish_frame(id: u64, channel: &str, seq: u64) -> String {
+    format!(
+        r#"{{"action":"publish","id":{id},"channel":"{channel}","data":{{"t":{},"seq":{seq}}}}}"#,
+        unix_nanos()
+    )
+}
+
+/// Waits for the next text frame (answering nothing else), bounded in time.
+async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
+    let read = async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    bail!("closed by the node (code {code:?})");
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(anyhow::Error::new(e).context("reading a frame")),
+                None => bail!("connection closed"),
+            }
+        }
+    };
+    tokio::time::timeout(FRAME_TIMEOUT, read)
+        .await
+        .context("timed out waiting for a frame")?
+}
+
+/// Reads the `welcome` frame that completes an authenticated connection.
+pub async fn expect_welcome(ws: &mut Ws) -> anyhow::Result<()> {
+    let text = next_text(ws).await?;
+    let frame: Frame<'_> = serde_json::from_str(&text).context("parsing the first frame")?;
+    if frame.kind != "welcome" {
+        bail!("expected welcome, got {}", truncate(&text, 200));
+    }
+    Ok(())
+}
+
+/// Subscribes to `channel` and waits for the `ack` of request `id`.
+pub async fn subscribe(ws: &mut Ws, channel: &str, id: u64) -> anyhow::Result<()> {
+    let frame = format!(r#"{{"action":"subscribe","id":{id},"channel":"{channel}"}}"#);
+    ws.send(Message::text(frame)).await.context("subscribing")?;
+    loop {
+        let text = next_text(ws).await?;
+        let frame: Frame<'_> = serde_json::from_str(&text).context("parsing a reply")?;
+        match (&*frame.kind, frame.id) {
+            ("ack", Some(got)) if got == id => return Ok(()),
+            ("error", Some(got)) if got == id => bail!(
+                "subscribe refused: {} {}",
+                frame.code.unwrap_or_default(),
+                frame.message.unwrap_or_default()
+            ),
+            _ => {}
+        }
+    }
+}
+
+pub fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_delivery_and_builds_a_publish() {
+        let text = r#"{"type":"message","channel":"public:x","epoch":"e1","offset":7,"data":{"t":123,"seq":4}}"#;
+        let frame: Frame<'_> = serde_json::from_str(text).expect("parses");
+        assert_eq!(frame.kind, "message");
+        let data = frame.data.expect("data");
+        assert_eq!((data.t, data.seq), (123, 4));
+
+        let fast = parse_delivery(text).expect("a delivery");
+        assert_eq!((fast.t, fast.seq), (123, 4));
+        // Same frame, other field order or spacing: the slow path still reads it.
+        let odd = r#"{"type":"message","data":{"seq":4, "t":123},"channel":"public:x"}"#;
+        let slow = parse_delivery(odd).expect("a delivery");
+        assert_eq!((slow.t, slow.seq), (123, 4));
+        assert!(parse_delivery(r#"{"type":"ack","id":1}"#).is_none());
+
+        let publish = publish_frame(9, "public:x", 4);
+        let value: serde_json::Value = serde_json::from_str(&publish).expect("valid JSON");
+        assert_eq!(value["data"]["seq"], 4);
+        assert_eq!(value["id"], 9);
+        assert!(value["data"]["t"].as_u64().expect("t") > 0);
+    }
+}

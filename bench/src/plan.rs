@@ -1,0 +1,282 @@
+//! How big each scenario is at each size. `--full` uses the sizes the targets
+//! are stated for; `--quick` and `--smoke` shrink counts and windows (their
+//! figures are indicative only) but keep the shape: several nodes, several
+//! worker processes, the same code paths.
+
+use serde::Serialize;
+
+/// The run's size, as chosen on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Size {
+    Smoke,
+    Quick,
+    Full,
+}
+
+/// Sockets one client worker process opens at most: the per-process open-file
+/// limit is 20 000 and a worker also needs a few for HTTP, pipes and the runtime.
+pub const MAX_SOCKETS_PER_WORKER: usize = 14_000;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HandshakePlan {
+    pub connections: usize,
+    pub nodes: usize,
+    pub workers: usize,
+    /// Handshakes in flight per worker.
+    pub concurrency: usize,
+}
+
+/// A publisher on node 0 at `rate` msg/s for `seconds`, subscribers on `sub_nodes`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FanoutPlan {
+    pub label: String,
+    pub subscribers: usize,
+    /// Nodes started for the scenario; the publisher uses node 0.
+    pub nodes: usize,
+    /// Which nodes the subscribers spread over (round-robin).
+    pub sub_nodes: Vec<usize>,
+    pub rate: u64,
+    pub seconds: u64,
+    pub workers: usize,
+    pub targets: FanoutTargets,
+}
+
+/// What a fan-out or latency scenario is held to (the full-size targets).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FanoutTargets {
+    pub min_deliveries_per_sec: Option<f64>,
+    pub zero_lost: bool,
+    pub max_p50_ms: Option<f64>,
+    pub max_p99_ms: Option<f64>,
+}
+
+impl FanoutPlan {
+    pub fn messages(&self) -> u64 {
+        self.rate * self.seconds
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct IdlePlan {
+    pub per_node: usize,
+    pub nodes: usize,
+    /// Seconds over which idle CPU is measured.
+    pub window_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MintPlan {
+    pub seconds: u64,
+    /// Concurrent requests (connections) of the load generator.
+    pub concurrency: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StormPlan {
+    /// Logins in flight at once, throughout the storm.
+    pub logins: usize,
+    pub seconds: u64,
+    pub mint_concurrency: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub size: Size,
+    pub handshake: HandshakePlan,
+    pub fanout: Vec<FanoutPlan>,
+    pub latency: Vec<FanoutPlan>,
+    pub idle: IdlePlan,
+    pub mint: MintPlan,
+    pub login_storm: StormPlan,
+}
+
+fn workers_for(sockets: usize, at_least: usize) -> usize {
+    sockets.div_ceil(MAX_SOCKETS_PER_WORKER).max(at_least)
+}
+
+fn fanout(
+    label: &str,
+    subscribers: usize,
+    rate: u64,
+    seconds: u64,
+    min_deliveries_per_sec: f64,
+) -> FanoutPlan {
+    FanoutPlan {
+        label: label.into(),
+        subscribers,
+        nodes: 2,
+        sub_nodes: vec![0, 1],
+        rate,
+        seconds,
+        // Parsing deliveries is the clients' heaviest work: give them two processes.
+        workers: workers_for(subscribers, 2.min(subscribers)),
+        targets: FanoutTargets {
+            min_deliveries_per_sec: Some(min_deliveries_per_sec),
+            zero_lost: true,
+            ..FanoutTargets::default()
+        },
+    }
+}
+
+/// One subscriber (or `subscribers`) on node B, the publisher on node A.
+fn latency(
+    label: &str,
+    subscribers: usize,
+    rate: u64,
+    seconds: u64,
+    max_p50_ms: Option<f64>,
+    max_p99_ms: f64,
+) -> FanoutPlan {
+    FanoutPlan {
+        sub_nodes: vec![1],
+        targets: FanoutTargets {
+            max_p50_ms,
+            max_p99_ms: Some(max_p99_ms),
+            ..FanoutTargets::default()
+        },
+        ..fanout(label, subscribers, rate, seconds, 0.0)
+    }
+}
+
+// The targets, whatever the size (smaller sizes are indicative only).
+const FANOUT_SMALL_TARGET: f64 = 1_500_000.0;
+const FANOUT_LARGE_TARGET: f64 = 700_000.0;
+const LATENCY_ONE_P50_MS: f64 = 0.3;
+const LATENCY_ONE_P99_MS: f64 = 1.0;
+const LATENCY_MANY_P99_MS: f64 = 30.0;
+
+fn latency_one(seconds: u64, rate: u64) -> FanoutPlan {
+    latency(
+        "latency-1",
+        1,
+        rate,
+        seconds,
+        Some(LATENCY_ONE_P50_MS),
+        LATENCY_ONE_P99_MS,
+    )
+}
+
+fn latency_many(label: &str, subscribers: usize, rate: u64, seconds: u64) -> FanoutPlan {
+    latency(label, subscribers, rate, seconds, None, LATENCY_MANY_P99_MS)
+}
+
+impl Plan {
+    pub fn new(size: Size) -> Self {
+        match size {
+            Size::Full => Self {
+                size,
+                handshake: HandshakePlan {
+                    connections: 24_000,
+                    nodes: 2,
+                    workers: 4,
+                    concurrency: 128,
+                },
+                fanout: vec![
+                    // 2 000 × 1 000 msg/s offers 2 M deliveries/s (target 1.5 M).
+                    fanout("fanout-2000", 2_000, 1_000, 20, FANOUT_SMALL_TARGET),
+                    // 18 000 × 50 msg/s offers 900 k deliveries/s (target 700 k).
+                    fanout("fanout-18000", 18_000, 50, 20, FANOUT_LARGE_TARGET),
+                ],
+                latency: vec![
+                    latency_one(20, 1_000),
+                    latency_many("latency-2000", 2_000, 100, 20),
+                ],
+                idle: IdlePlan {
+                    per_node: 18_000,
+                    nodes: 3,
+                    window_secs: 30,
+                },
+                mint: MintPlan {
+                    seconds: 20,
+                    concurrency: 64,
+                },
+                login_storm: StormPlan {
+                    logins: 200,
+                    seconds: 20,
+                    mint_concurrency: 32,
+                },
+            },
+            Size::Quick => Self {
+                size,
+                handshake: HandshakePlan {
+                    connections: 4_000,
+                    nodes: 2,
+                    workers: 2,
+                    concurrency: 64,
+                },
+                fanout: vec![
+                    fanout("fanout-2000", 2_000, 1_000, 3, FANOUT_SMALL_TARGET),
+                    fanout("fanout-4000", 4_000, 50, 3, FANOUT_LARGE_TARGET),
+                ],
+                latency: vec![
+                    latency_one(4, 1_000),
+                    latency_many("latency-2000", 2_000, 100, 4),
+                ],
+                idle: IdlePlan {
+                    per_node: 2_000,
+                    nodes: 3,
+                    window_secs: 5,
+                },
+                mint: MintPlan {
+                    seconds: 5,
+                    concurrency: 64,
+                },
+                login_storm: StormPlan {
+                    logins: 200,
+                    seconds: 6,
+                    mint_concurrency: 32,
+                },
+            },
+            Size::Smoke => Self {
+                size,
+                handshake: HandshakePlan {
+                    connections: 200,
+                    nodes: 2,
+                    workers: 2,
+                    concurrency: 16,
+                },
+                fanout: vec![
+                    fanout("fanout-200", 200, 100, 2, FANOUT_SMALL_TARGET),
+                    fanout("fanout-300", 300, 20, 2, FANOUT_LARGE_TARGET),
+                ],
+                latency: vec![latency_one(2, 200), latency_many("latency-100", 100, 50, 2)],
+                idle: IdlePlan {
+                    per_node: 100,
+                    nodes: 3,
+                    window_secs: 2,
+                },
+                mint: MintPlan {
+                    seconds: 2,
+                    concurrency: 8,
+                },
+                login_storm: StormPlan {
+                    logins: 20,
+                    seconds: 3,
+                    mint_concurrency: 8,
+                },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_worker_exceeds_the_socket_budget() {
+        for size in [Size::Smoke, Size::Quick, Size::Full] {
+            let plan = Plan::new(size);
+            for f in plan.fanout.iter().chain(&plan.latency) {
+                assert!(f.subscribers.div_ceil(f.workers) <= MAX_SOCKETS_PER_WORKER);
+                assert!(f.sub_nodes.iter().all(|&n| n < f.nodes));
+            }
+            let h = &plan.handshake;
+            assert!(h.connections.div_ceil(h.workers) <= MAX_SOCKETS_PER_WORKER);
+            // A ws-node process must stay under its own 20 000 open files.
+            assert!(plan.idle.per_node <= 18_000);
+            assert!(h.connections.div_ceil(h.nodes) <= 18_000);
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The scenarios and the `run` command that strings them together: start the
+//! stack, run each scenario (each on freshly started nodes, bounded in time,
+//! its failure recorded rather than fatal), stop everything, write the report.
+
+pub mod fanout;
+pub mod handshake;
+pub mod idle;
+pub mod mint;
+
+use crate::RunArgs;
+use crate::plan::{Plan, Size};
+use crate::report::{Report, ScenarioReport};
+use crate::say;
+use crate::stack::Stack;
+use anyhow::Context as _;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScenarioKind {
+    Handshake,
+    Fanout,
+    Latency,
+    Idle,
+    Mint,
+    LoginStorm,
+}
+
+const ALL: [ScenarioKind; 6] = [
+    ScenarioKind::Handshake,
+    ScenarioKind::Fanout,
+    ScenarioKind::Latency,
+    ScenarioKind::Idle,
+    ScenarioKind::Mint,
+    ScenarioKind::LoginStorm,
+];
+
+/// The workspace the bench was built from: for `git` and the default `--bin-dir`.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// This executable's directory if the services were built next to it (a
+/// release build of the workspace), else the workspace's `target/release`.
+fn default_bin_dir() -> PathBuf {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .filter(|dir| dir.join("auth-service").is_file() && dir.join("ws-node").is_file());
+    beside.unwrap_or_else(|| workspace_root().join("target").join("release"))
+}
+
+/// The longest one scenario may take before it is abandoned.
+fn scenario_limit(size: Size) -> Duration {
+    Duration::from_secs(match size {
+        Size::Smoke => 90,
+        Size::Quick => 180,
+        Size::Full => 900,
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `tessera-bench run`. `Ok(true)` when every scenario produced its figures
+/// (whether or not they met their targets).
+pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let size = if args.quick {
+        Size::Quick
+    } else if args.smoke {
+        Size::Smoke
+    } else {
+        Size::Full
+    };
+    let plan = Plan::new(size);
+    let kinds: Vec<ScenarioKind> = if args.only.is_empty() {
+        ALL.to_vec()
+    } else {
+        ALL.into_iter().filter(|k| args.only.contains(k)).collect()
+    };
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
+    let log_dir = args.out.join("logs");
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+    // The parent holds the publisher's and HTTP clients' sockets.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let command_line = std::env::args()
+        .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+        .collect::<Vec<_>>()
+        .join(" ");
+    say(format!(
+        "size {size:?}, scenarios {kinds:?}, binaries from {}",
+        bin_dir.display()
+    ));
+
+    let busy_before = crate::proc::machine_busy_percent(Duration::from_secs(1)).await;
+    if busy_before > 25.0 {
+        say(format!(
+            "warning: the CPUs were {busy_before:.0} % busy before the run; figures will be low"
+        ));
+    }
+    let started = Instant::now();
+    let mut stack = Stack::new(
+        bin_dir,
+        log_dir,
+        args.postgres_url.clone(),
+        args.redis_url.clone(),
+        args.auth_env.clone(),
+        args.node_env.clone(),
+    )?;
+    let mut reports = Vec::new();
+    let outcome = tokio::select! {
+        result = run_scenarios(&mut stack, &plan, &kinds, &args, &mut reports) => result,
+        () = interrupted() => Err(anyhow::anyhow!("interrupted")),
+    };
+    say("stopping the stack");
+    stack.shutdown().await;
+
+    let report = Report {
+        size,
+        command_line,
+        machine: crate::proc::machine_info(&workspace_root(), busy_before),
+        stack: stack.info(),
+        total_seconds: started.elapsed().as_secs_f64(),
+        scenarios: reports,
+    };
+    report.write(&args.out)?;
+    print_summary(&report, &args.out);
+    outcome?;
+    Ok(report.scenarios.iter().all(|s| s.error.is_none()))
+}
+
+#[allow(clippy::print_stdout)]
+fn print_summary(report: &Report, out: &Path) {
+    println!("\n{}", report.summary_table());
+    println!(
+        "Report written to {} and {}",
+        out.join("report.md").display(),
+        out.join("report.json").display()
+    );
+}
+
+/// Runs one scenario body with a time limit; its error, if any, goes into its report.
+async fn scenario<F>(
+    name: &str,
+    limit: Duration,
+    mut report: ScenarioReport,
+    body: F,
+) -> ScenarioReport
+where
+    F: AsyncFnOnce(&mut ScenarioReport) -> anyhow::Result<()>,
+{
+    say(format!("scenario {name}: starting"));
+    let began = Instant::now();
+    let result = tokio::time::timeout(limit, body(&mut report)).await;
+    report.seconds = began.elapsed().as_secs_f64();
+    match result {
+        Ok(Ok(())) => say(format!("scenario {name}: done in {:.1} s", report.seconds)),
+        Ok(Err(e)) => {
+            say(format!("scenario {name} failed: {e:#}"));
+            report.error = Some(format!("{e:#}"));
+        }
+        Err(_) => {
+            say(format!("scenario {name} timed out after {limit:?}"));
+            report.error = Some(format!("timed out after {limit:?}"));
+        }
+    }
+    report
+}
+
+async fn run_scenarios(
+    stack: &mut Stack,
+    plan: &Plan,
+    kinds: &[ScenarioKind],
+    args: &RunArgs,
+    reports: &mut Vec<ScenarioReport>,
+) -> anyhow::Result<()> {
+    stack.start().await?;
+    let limit = scenario_limit(plan.size);
+    for kind in kinds {
+        match kind {
+            ScenarioKind::Handshake => {
+                let p = &plan.handshake;
+                let r = ScenarioReport::new("handshake", p);
+                reports.push(
+                    scenario("handshake", limit, r, async |r| {
+                        handshake::run(stack, p, r).await
+                    })
+                    .await,
+                );
+            }
+            ScenarioKind::Fanout | ScenarioKind::Latency => {
+                let plans = if *kind == ScenarioKind::Fanout {
+                    &plan.fanout
+                } else {
+                    &plan.latency
+                };
+                for p in plans {
+                    let r = ScenarioReport::new(&p.label, p);
+                    reports.push(
+                        scenario(&p.label, limit, r, async |r| fanout::run(stack, p, r).await)
+                            .await,
+                    );
+                }
+            }
+            ScenarioKind::Idle => {
+                let p = &plan.idle;
+                let r = ScenarioReport::new("idle", p);
+                reports
+                    .push(scenario("idle", limit, r, async |r| idle::run(stack, p, r).await).await);
+            }
+            ScenarioKind::Mint => {
+                let p = &plan.mint;
+                let r = ScenarioReport::new("mint", p);
+                reports.push(
+                    scenario("mint", limit, r, async |r| {
+                        mint::run(stack, p, args.mint_client, &args.out, r).await
+                    })
+                    .await,
+                );
+            }
+            ScenarioKind::LoginStorm => {
+                let p = &plan.login_storm;
+                let r = ScenarioReport::new("login-storm", p);
+                reports.push(
+                    scenario("login-storm", limit, r, async |r| {
+                        mint::login_storm(stack, p, args.mint_client, &args.out, r).await
+                    })
+                    .await,
+                );
+            }
+        }
+    }
+    Ok(())
+}
