@@ -7,11 +7,10 @@
 //! [`QUEUE_TIMEOUT`] and then get 503 instead of piling up without bound.
 
 use crate::error::{Error, Result};
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use shared::secret::Secret;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -26,60 +25,105 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 const M_COST_KIB: u32 = 19_456;
 const T_COST: u32 = 2;
 const P_COST: u32 = 1;
+const OUTPUT_LEN: usize = 32;
+const SALT_LEN: usize = 16;
 
 #[derive(Clone)]
 pub struct PasswordHasher {
-    argon: Argon2<'static>,
+    params: Params,
     slots: Arc<Semaphore>,
+    memory: Arc<MemoryPool>,
     /// Verified against when the user does not exist, so that an unknown user
     /// costs the same time as a wrong password and usernames cannot be probed.
     dummy_hash: Arc<str>,
 }
 
+/// Argon2's 19 MiB of working memory, allocated once per hashing slot and
+/// reused. Allocating and freeing it per login makes glibc raise its mmap
+/// threshold and then serve these blocks from fragmenting heap arenas: under a
+/// login storm the process grew by hundreds of MiB. With the pool, memory for
+/// hashing is exactly `HASH_CONCURRENCY` × 19 MiB, however many logins queue.
+#[derive(Default)]
+struct MemoryPool {
+    free: Mutex<Vec<Vec<Block>>>,
+}
+
+impl MemoryPool {
+    fn take(&self, blocks: usize) -> Vec<Block> {
+        let reused = self
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+            .filter(|m| m.len() == blocks);
+        reused.unwrap_or_else(|| vec![Block::default(); blocks])
+    }
+
+    fn give_back(&self, memory: Vec<Block>) {
+        self.free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(memory);
+    }
+
+    /// Computes an argon2 hash into `out` with pooled working memory.
+    fn hash_into(
+        &self,
+        algorithm: Algorithm,
+        version: Version,
+        params: Params,
+        password: &[u8],
+        salt: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
+        let mut memory = self.take(params.block_count());
+        let result = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+            password,
+            salt,
+            out,
+            &mut memory[..],
+        );
+        self.give_back(memory);
+        result.map_err(|e| Error::Internal(anyhow::anyhow!("argon2: {e}")))
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(anyhow::anyhow!("password hash: {e}"))
+}
+
 impl PasswordHasher {
     pub fn new(concurrency: usize) -> anyhow::Result<Self> {
-        let params = Params::new(M_COST_KIB, T_COST, P_COST, None)
+        let params = Params::new(M_COST_KIB, T_COST, P_COST, Some(OUTPUT_LEN))
             .map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?;
-        let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let dummy_hash = argon
-            .hash_password(shared::secret::random_token().as_bytes())
-            .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
-            .to_string();
+        let memory = Arc::new(MemoryPool::default());
+        let dummy_hash = hash_phc(&memory, &params, shared::secret::random_token().as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(Self {
-            argon,
+            params,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            memory,
             dummy_hash: dummy_hash.into(),
         })
     }
 
     /// Hashes a new password into a PHC string (`$argon2id$v=19$m=19456,t=2,p=1$…`).
     pub async fn hash(&self, password: &Secret) -> Result<String> {
-        let argon = self.argon.clone();
-        let password = password.clone();
-        self.run_blocking(move || {
-            argon
-                .hash_password(password.expose().as_bytes())
-                .map(|h| h.to_string())
-                .map_err(|e| Error::Internal(anyhow::anyhow!("argon2: {e}")))
-        })
-        .await
+        let (memory, params, password) =
+            (self.memory.clone(), self.params.clone(), password.clone());
+        self.run_blocking(move || hash_phc(&memory, &params, password.expose().as_bytes()))
+            .await
     }
 
     /// Checks `password` against `stored` (a PHC string), or against the dummy
     /// hash when there is no stored hash, which always fails but takes as long.
     pub async fn verify(&self, password: &Secret, stored: Option<String>) -> Result<bool> {
-        let argon = self.argon.clone();
+        let memory = self.memory.clone();
         let password = password.clone();
         let exists = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let matched = self
-            .run_blocking(move || {
-                let parsed = PasswordHash::new(&phc)
-                    .map_err(|e| Error::Internal(anyhow::anyhow!("stored hash: {e}")))?;
-                Ok(argon
-                    .verify_password(password.expose().as_bytes(), &parsed)
-                    .is_ok())
-            })
+            .run_blocking(move || verify_phc(&memory, &phc, password.expose().as_bytes()))
             .await?;
         Ok(exists && matched)
     }
@@ -105,6 +149,57 @@ impl PasswordHasher {
     }
 }
 
+/// Hashes with a fresh random salt into a PHC string.
+fn hash_phc(memory: &MemoryPool, params: &Params, password: &[u8]) -> Result<String> {
+    let salt_bytes: [u8; SALT_LEN] = rand::random();
+    let salt = Salt::new(&salt_bytes).map_err(internal)?;
+    let mut out = [0u8; OUTPUT_LEN];
+    memory.hash_into(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        params.clone(),
+        password,
+        &salt_bytes,
+        &mut out,
+    )?;
+    Ok(PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(internal)?,
+        salt: Some(salt),
+        hash: Some(Output::new(&out).map_err(internal)?),
+    }
+    .to_string())
+}
+
+/// Recomputes the hash with the PHC string's own algorithm, version, params
+/// and salt, and compares in constant time.
+fn verify_phc(memory: &MemoryPool, phc: &str, password: &[u8]) -> Result<bool> {
+    let parsed = PasswordHash::new(phc).map_err(internal)?;
+    let algorithm = Algorithm::try_from(parsed.algorithm.as_str()).map_err(internal)?;
+    let version = parsed
+        .version
+        .map(Version::try_from)
+        .transpose()
+        .map_err(internal)?
+        .unwrap_or_default();
+    let params = Params::try_from(&parsed).map_err(internal)?;
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return Err(internal("stored hash lacks a salt or an output"));
+    };
+    let mut out = vec![0u8; expected.len()];
+    memory.hash_into(
+        algorithm,
+        version,
+        params,
+        password,
+        salt.as_ref(),
+        &mut out,
+    )?;
+    // `Output`'s equality is constant-time.
+    Ok(Output::new(&out).map_err(internal)? == *expected)
+}
+
 /// Checks a new password's length (on the bytes for the maximum, so the limit
 /// is what the hash function actually sees).
 pub fn validate_new_password(password: &str) -> Result<(), &'static str> {
@@ -127,10 +222,40 @@ mod tests {
         let pw = Secret::new("correct horse battery".into());
         let phc = hasher.hash(&pw).await.expect("hash");
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        // Interoperable: the argon2 crate's own verifier accepts our hashes.
+        use argon2::password_hash::PasswordVerifier as _;
+        assert!(
+            argon2::Argon2::default()
+                .verify_password(pw.expose().as_bytes(), phc.as_str())
+                .is_ok()
+        );
         assert!(hasher.verify(&pw, Some(phc.clone())).await.expect("verify"));
         let wrong = Secret::new("wrong".into());
         assert!(!hasher.verify(&wrong, Some(phc)).await.expect("verify"));
         assert!(!hasher.verify(&pw, None).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn verifies_hashes_made_elsewhere_with_other_parameters() {
+        use argon2::password_hash::PasswordHasher as _;
+        let hasher = PasswordHasher::new(1).expect("hasher");
+        let other = argon2::Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8192, 3, 1, None).expect("params"),
+        );
+        let phc = other
+            .hash_password(b"s3cret-enough")
+            .expect("hash")
+            .to_string();
+        let pw = Secret::new("s3cret-enough".into());
+        assert!(hasher.verify(&pw, Some(phc.clone())).await.expect("verify"));
+        assert!(
+            !hasher
+                .verify(&Secret::new("nope".into()), Some(phc))
+                .await
+                .expect("verify")
+        );
     }
 
     #[test]
