@@ -94,6 +94,15 @@ pub struct Config {
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,
 
+    /// Under heavy fan-out, sockets write on a shared tick of this many
+    /// milliseconds (many messages per syscall) instead of per message. 0: never.
+    #[arg(long, env = "WRITE_COALESCE_MS", default_value_t = 5)]
+    pub write_coalesce_ms: u64,
+
+    /// Deliveries per second (node-wide) above which write coalescing turns on.
+    #[arg(long, env = "WRITE_COALESCE_ABOVE", default_value_t = 20_000)]
+    pub write_coalesce_above: u64,
+
     /// Seconds a connection's cluster-wide entries (per-user slot, directory,
     /// presence) live without renewal; a dead node's entries vanish within this.
     #[arg(long, env = "CONNECTION_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]

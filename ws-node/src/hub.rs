@@ -116,6 +116,8 @@ pub enum JoinError {
 }
 
 pub struct Hub {
+    /// Deliveries queued since the coalescing ticker last looked.
+    delivered: AtomicU64,
     channels: RwLock<HashMap<String, ChannelEntry>>,
     connections: RwLock<HashMap<ConnId, ConnHandle>>,
     commands: mpsc::UnboundedSender<SubscriberCommand>,
@@ -137,6 +139,7 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 impl Hub {
     pub fn new(commands: mpsc::UnboundedSender<SubscriberCommand>) -> Self {
         Self {
+            delivered: AtomicU64::new(0),
             channels: RwLock::new(HashMap::new()),
             connections: RwLock::new(HashMap::new()),
             commands,
@@ -275,7 +278,13 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        self.delivered.fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
+    }
+
+    /// Deliveries queued since the last call (for the node's load estimate).
+    pub fn take_delivered(&self) -> u64 {
+        self.delivered.swap(0, Ordering::Relaxed)
     }
 
     /// Asks one local connection to close; returns 1 if it exists, else 0.

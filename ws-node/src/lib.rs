@@ -41,6 +41,7 @@ pub struct Application {
     state: NodeState,
     draining: watch::Sender<bool>,
     subscriber: subscriber::Subscriber,
+    flush_tick: watch::Sender<u64>,
 }
 
 impl Application {
@@ -57,6 +58,7 @@ impl Application {
         let hub = Arc::new(Hub::new(commands_tx));
         let (subscribed_tx, subscribed_rx) = watch::channel(false);
         let (draining_tx, draining_rx) = watch::channel(false);
+        let (tick_tx, tick_rx) = watch::channel(0u64);
         let node_id: Arc<str> = config.node_id().into();
         let namespaces = Arc::new(config.namespaces()?);
         let subscriber = subscriber::Subscriber {
@@ -76,6 +78,7 @@ impl Application {
             redis,
             hub,
             namespaces,
+            coalescing: Arc::new(state::Coalescing::new(tick_rx)),
             presence: Arc::default(),
             origins: Arc::new(config.origin_allowlist()?),
             pending_auth: Arc::default(),
@@ -90,6 +93,7 @@ impl Application {
             state,
             draining: draining_tx,
             subscriber,
+            flush_tick: tick_tx,
         })
     }
 
@@ -115,10 +119,12 @@ impl Application {
             state,
             draining,
             subscriber,
+            flush_tick,
         } = self;
         let addr = listener.local_addr()?;
         let subscriber_task = tokio::spawn(subscriber.run());
         let maintenance = tokio::spawn(renew_connection_leases(state.clone()));
+        let coalescing = tokio::spawn(drive_write_coalescing(state.clone(), flush_tick));
         let router = routes::router(state.clone());
         let accept = tokio::spawn(server::accept_loop(
             listener,
@@ -144,8 +150,28 @@ impl Application {
         }
         subscriber_task.abort();
         maintenance.abort();
+        coalescing.abort();
         tracing::info!(elapsed = ?started.elapsed(), "ws-node stopped");
         Ok(())
+    }
+}
+
+/// Measures the node's delivery rate every tick, turns write coalescing on or
+/// off, and ticks (always: a connection that saw it on must not wait forever).
+async fn drive_write_coalescing(state: NodeState, tick: watch::Sender<u64>) {
+    let period_ms = state.config.write_coalesce_ms;
+    if period_ms == 0 {
+        return;
+    }
+    let period = Duration::from_millis(period_ms);
+    let threshold = state.config.write_coalesce_above.saturating_mul(period_ms) / 1000;
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let delivered = state.hub.take_delivered();
+        state.coalescing.set(delivered > threshold);
+        tick.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
