@@ -43,7 +43,7 @@ impl AppState {
         // Activity is written to Postgres at most this often per session and
         // process; a quarter of the idle timeout keeps the Postgres fallback accurate.
         let touch_interval = Duration::from_secs((idle / 4).clamp(1, 60));
-        Ok(Self {
+        Ok(Self::new(state::AppStateInner {
             keys: config.redis_keys()?,
             origins: Arc::new(config.origin_allowlist()?),
             namespaces: Arc::new(config.namespaces()?),
@@ -59,7 +59,7 @@ impl AppState {
             config: Arc::new(config),
             db,
             redis,
-        })
+        }))
     }
 }
 

@@ -11,13 +11,6 @@ use crate::error::{Error, Result};
 use redis::aio::ConnectionManager;
 use std::time::Duration;
 
-/// A limit of `max` events per `window`.
-#[derive(Clone, Copy, Debug)]
-pub struct Limit {
-    pub max: u64,
-    pub window: Duration,
-}
-
 fn window_ms(window: Duration) -> u64 {
     u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -26,10 +19,10 @@ fn retry_after_secs(ttl_ms: i64) -> u64 {
     u64::try_from(ttl_ms).unwrap_or(1).div_ceil(1000).max(1)
 }
 
-/// Adds one counted event to `pipe`: `INCR`, then `PEXPIRE … NX` (which starts
-/// the window only on a counter that has none, so it also repairs a counter
-/// whose expiry was lost) and `PTTL`. Two replies: the count and the window's
-/// remaining milliseconds. No script, so it pipelines with other commands.
+/// Adds one counted event to `pipe`: `INCR`, then `PEXPIRE … NX`, which starts
+/// the window only on a counter that has none (so it also repairs a counter
+/// whose expiry was lost). One reply: the count. No script, so it pipelines
+/// with other commands.
 pub fn add_hit(pipe: &mut redis::Pipeline, key: &str, window: Duration) {
     pipe.cmd("INCR")
         .arg(key)
@@ -37,20 +30,21 @@ pub fn add_hit(pipe: &mut redis::Pipeline, key: &str, window: Duration) {
         .arg(key)
         .arg(window_ms(window))
         .arg("NX")
-        .ignore()
-        .cmd("PTTL")
-        .arg(key);
+        .ignore();
 }
 
-/// Turns the replies of [`add_hit`] into a decision: 429 once over the limit.
-pub fn judge(count: u64, ttl_ms: i64, limit: Limit) -> Result<()> {
-    if count > limit.max {
-        metrics::counter!("rate_limited_total").increment(1);
-        return Err(Error::RateLimited {
-            retry_after_secs: retry_after_secs(ttl_ms),
-        });
+/// The 429 for a counter over its limit, with `Retry-After` from the
+/// counter's remaining window (read only now, off the hot path).
+pub async fn refusal(redis: &mut ConnectionManager, key: &str) -> Error {
+    metrics::counter!("rate_limited_total").increment(1);
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(key)
+        .query_async(redis)
+        .await
+        .unwrap_or(1000);
+    Error::RateLimited {
+        retry_after_secs: retry_after_secs(ttl_ms),
     }
-    Ok(())
 }
 
 /// Counts one event against each key without refusing (e.g. a failed login).

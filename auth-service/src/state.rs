@@ -11,9 +11,25 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// Shared by all requests; every field is cheap to clone (handles and `Arc`s).
+/// Shared by all requests. Extractors clone it per request, so it is one
+/// `Arc` (a single reference-count increment) around the fields.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl AppState {
+    pub fn new(inner: AppStateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+pub struct AppStateInner {
     pub config: Arc<Config>,
     pub db: PgPool,
     /// One multiplexed, self-reconnecting connection shared by all requests.

@@ -278,7 +278,8 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        self.delivered.fetch_add(delivered as u64, Ordering::Relaxed);
+        self.delivered
+            .fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
     }
 

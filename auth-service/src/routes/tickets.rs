@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::extract::{Caller, RawBody, parse_json};
-use crate::rate_limit::{self, Limit};
+use crate::rate_limit;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -98,12 +98,12 @@ pub async fn mint(
     let ticket = add_ticket(&mut pipe, &state.keys, &claims, config.ticket_ttl())
         .map_err(|e| Error::Internal(e.into()))?;
     let mut redis = state.redis.clone();
-    let (count, ttl_ms): (u64, i64) = pipe.query_async(&mut redis).await?;
-    if let Err(refused) = rate_limit::judge(count, ttl_ms, Limit { max: limit, window }) {
+    let (count,): (u64,) = pipe.query_async(&mut redis).await?;
+    if count > limit {
         let mut cleanup = redis::pipe();
         add_ticket_removal(&mut cleanup, &state.keys, &ticket);
         cleanup.query_async::<()>(&mut redis).await?;
-        return Err(refused);
+        return Err(rate_limit::refusal(&mut redis, &counter).await);
     }
     let kind = match source {
         AuthSource::Session { .. } => "session",
