@@ -335,7 +335,10 @@ impl Connection {
                 frame = self.socket.recv() => {
                     self.last_heard = Instant::now();
                     match frame {
-                        Some(Ok(Message::Text(text))) => match self.on_text(&text).await {
+                        // Boxed: handling a request awaits Redis through deep
+                        // futures; inline they would sit in every idle
+                        // connection's task, boxed only while a request runs.
+                        Some(Ok(Message::Text(text))) => match Box::pin(self.on_text(&text)).await {
                             Ok(replies) => {
                                 for reply in replies {
                                     if let Err(stop) = self.send(Message::Text(reply.into())).await {
@@ -813,11 +816,22 @@ fn is_too_big(e: &axum::Error) -> bool {
     false
 }
 
-/// Sends a close frame (bounded in time: a peer that does not read gets dropped).
+/// Closes the WebSocket properly: sends the close frame, then reads (and
+/// discards) until the peer's close reply, all within [`CLOSE_TIMEOUT`]. Just
+/// dropping the socket would make the kernel answer with a reset if the peer
+/// still had data in flight, and a reset can destroy the close frame (and its
+/// code, which tells the client what to do) before the client reads it.
 async fn close_socket(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
     let frame = Message::Close(Some(CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     }));
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(frame)).await;
+    if !matches!(
+        tokio::time::timeout_at(deadline, socket.send(frame)).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.recv()).await {}
 }

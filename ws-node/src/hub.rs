@@ -101,12 +101,48 @@ pub struct ConnHandle {
 }
 
 struct ChannelEntry {
-    members: Vec<ConnHandle>,
+    members: Members,
     /// Distinguishes this entry from an earlier one of the same channel that was
     /// removed and re-created while its Redis commands were still in flight.
     generation: u64,
     /// True once Redis confirmed the subscription made for this entry.
     subscribed: watch::Sender<bool>,
+}
+
+/// A channel's local members: a vector (fast to iterate on every message) with
+/// an index by connection id, so joining and leaving cost O(1) even for
+/// channels with tens of thousands of members.
+#[derive(Default)]
+struct Members {
+    list: Vec<ConnHandle>,
+    position: HashMap<ConnId, usize>,
+}
+
+impl Members {
+    fn insert(&mut self, conn: &ConnHandle) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.position.entry(conn.id) {
+            slot.insert(self.list.len());
+            self.list.push(conn.clone());
+        }
+    }
+
+    fn remove(&mut self, id: ConnId) {
+        let Some(index) = self.position.remove(&id) else {
+            return;
+        };
+        self.list.swap_remove(index);
+        if let Some(moved) = self.list.get(index) {
+            self.position.insert(moved.id, index);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &ConnHandle> {
+        self.list.iter()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,14 +221,12 @@ impl Hub {
                         generation,
                     });
                     ChannelEntry {
-                        members: Vec::new(),
+                        members: Members::default(),
                         generation,
                         subscribed: watch::channel(false).0,
                     }
                 });
-            if !entry.members.iter().any(|m| m.id == conn.id) {
-                entry.members.push(conn.clone());
-            }
+            entry.members.insert(conn);
             entry.subscribed.subscribe()
         };
         match tokio::time::timeout(JOIN_TIMEOUT, subscribed.wait_for(|s| *s)).await {
@@ -210,7 +244,7 @@ impl Hub {
         let Some(entry) = channels.get_mut(channel) else {
             return;
         };
-        entry.members.retain(|m| m.id != id);
+        entry.members.remove(id);
         if entry.members.is_empty() {
             channels.remove(channel);
             let _ = self.commands.send(SubscriberCommand::Unsubscribe {
@@ -265,7 +299,7 @@ impl Hub {
             resets,
         });
         let mut delivered = 0;
-        for member in &entry.members {
+        for member in entry.members.iter() {
             match member.tx.try_send(delivery.clone()) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -308,5 +342,47 @@ impl Hub {
             }
         }
         closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(id: ConnId) -> ConnHandle {
+        let (tx, _rx) = mpsc::channel(1);
+        ConnHandle {
+            id,
+            tx,
+            control: Arc::new(ConnControl::new(
+                Uuid::nil(),
+                AuthSource::ApiKey {
+                    key_id: Uuid::nil(),
+                },
+            )),
+        }
+    }
+
+    #[test]
+    fn members_join_and_leave_in_constant_time_and_stay_consistent() {
+        let mut members = Members::default();
+        for id in 0..5 {
+            members.insert(&handle(id));
+        }
+        members.insert(&handle(2));
+        assert_eq!(members.list.len(), 5, "joining twice is one membership");
+        members.remove(1);
+        members.remove(1);
+        members.remove(4);
+        let mut ids: Vec<ConnId> = members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, [0, 2, 3]);
+        for (i, m) in members.list.iter().enumerate() {
+            assert_eq!(members.position[&m.id], i);
+        }
+        for id in [0, 2, 3] {
+            members.remove(id);
+        }
+        assert!(members.is_empty());
     }
 }

@@ -62,7 +62,7 @@ impl Application {
         let node_id: Arc<str> = config.node_id().into();
         let namespaces = Arc::new(config.namespaces()?);
         let subscriber = subscriber::Subscriber {
-            client: redis::Client::open(config.redis_url.as_str())?,
+            client: shared::redis_conn::client(&config.redis_url)?,
             redis: redis.clone(),
             keys: keys.clone(),
             namespaces: namespaces.clone(),

@@ -3,12 +3,6 @@
 use clap::Parser as _;
 use std::process::ExitCode;
 
-/// mimalloc instead of the system allocator: request handling allocates many
-/// small, short-lived objects across threads, where glibc's malloc showed up
-/// at ~10 % of CPU in profiles.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = ws_node::config::Config::parse();
