@@ -100,7 +100,7 @@ pub struct Config {
     pub write_coalesce_ms: u64,
 
     /// Deliveries per second (node-wide) above which write coalescing turns on.
-    #[arg(long, env = "WRITE_COALESCE_ABOVE", default_value_t = 20_000)]
+    #[arg(long, env = "WRITE_COALESCE_ABOVE", default_value_t = 250_000)]
     pub write_coalesce_above: u64,
 
     /// Seconds a connection's cluster-wide entries (per-user slot, directory,

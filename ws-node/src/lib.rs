@@ -167,10 +167,14 @@ async fn drive_write_coalescing(state: NodeState, tick: watch::Sender<u64>) {
     let threshold = state.config.write_coalesce_above.saturating_mul(period_ms) / 1000;
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Deliveries per tick, smoothed over ~20 ticks: fan-out comes in bursts (a
+    // message to N members at once), and one burst must not flip the mode.
+    let mut per_tick = 0.0_f64;
     loop {
         interval.tick().await;
-        let delivered = state.hub.take_delivered();
-        state.coalescing.set(delivered > threshold);
+        let delivered = state.hub.take_delivered() as f64;
+        per_tick += (delivered - per_tick) * 0.05;
+        state.coalescing.set(per_tick > threshold as f64);
         tick.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
