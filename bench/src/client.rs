@@ -137,11 +137,13 @@ pub fn parse_delivery(text: &str) -> Option<Payload> {
     if !text.starts_with(START) {
         return None;
     }
+    // Read backwards from the end, `…"data":{"t":T,"seq":S}}`: no substring
+    // search, no UTF-8 work, just bytes.
     let fast = || {
-        let rest = &text[text.rfind(DATA)? + DATA.len()..];
-        let (t, rest) = leading_u64(rest)?;
-        let (seq, rest) = leading_u64(rest.strip_prefix(r#","seq":"#)?)?;
-        (rest == "}}").then_some(Payload { t, seq })
+        let rest = text.strip_suffix("}}")?;
+        let (rest, seq) = trailing_u64(rest)?;
+        let (rest, t) = trailing_u64(rest.strip_suffix(r#","seq":"#)?)?;
+        rest.ends_with(DATA).then_some(Payload { t, seq })
     };
     fast().or_else(|| {
         serde_json::from_str::<Frame<'_>>(text)
@@ -151,10 +153,17 @@ pub fn parse_delivery(text: &str) -> Option<Payload> {
     })
 }
 
-/// The decimal number at the start of `s`, and what follows it.
-fn leading_u64(s: &str) -> Option<(u64, &str)> {
-    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    Some((s[..end].parse().ok()?, &s[end..]))
+/// The decimal number at the end of `s`, and what precedes it.
+fn trailing_u64(s: &str) -> Option<(&str, u64)> {
+    let bytes = s.as_bytes();
+    let start = bytes.iter().rposition(|b| !b.is_ascii_digit()).map_or(0, |i| i + 1);
+    if start == bytes.len() || bytes.len() - start > 19 {
+        return None;
+    }
+    let value = bytes[start..]
+        .iter()
+        .fold(0u64, |n, b| n * 10 + u64::from(b - b'0'));
+    Some((&s[..start], value))
 }
 
 /// A `publish` frame carrying `{"t": <now>, "seq": seq}`; `t` is taken as

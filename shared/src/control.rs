@@ -110,3 +110,50 @@ pub fn add_revocation_check(
         .cmd("EXISTS")
         .arg(Revoked::User(user_id).key(keys));
 }
+
+/// Which of `sources` are revoked (one pipeline).
+pub async fn revoked_among_sources(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    sources: &[AuthSource],
+) -> redis::RedisResult<Vec<AuthSource>> {
+    let markers: Vec<Revoked> = sources.iter().copied().map(Revoked::Source).collect();
+    let found = exist(conn, keys, &markers).await?;
+    Ok(sources
+        .iter()
+        .zip(found)
+        .filter(|(_, f)| *f)
+        .map(|(s, _)| *s)
+        .collect())
+}
+
+/// Which of `users` are disabled (one pipeline).
+pub async fn revoked_among_users(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    users: &[Uuid],
+) -> redis::RedisResult<Vec<Uuid>> {
+    let markers: Vec<Revoked> = users.iter().copied().map(Revoked::User).collect();
+    let found = exist(conn, keys, &markers).await?;
+    Ok(users
+        .iter()
+        .zip(found)
+        .filter(|(_, f)| *f)
+        .map(|(u, _)| *u)
+        .collect())
+}
+
+async fn exist(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    markers: &[Revoked],
+) -> redis::RedisResult<Vec<bool>> {
+    if markers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for marker in markers {
+        pipe.cmd("EXISTS").arg(marker.key(keys));
+    }
+    pipe.query_async(conn).await
+}

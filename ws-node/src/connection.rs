@@ -277,22 +277,17 @@ impl Connection {
         let draining = NodeState::drained(self.node.draining.clone());
         tokio::pin!(draining);
         // One timer per connection (each costs memory and a timer-wheel entry),
-        // reset to the earliest of: the next ping, the next re-validation, the
-        // credential's end.
+        // reset to the earliest of: the next ping, the credential's end.
+        // (Re-validation against revocations runs node-wide, in one pipeline;
+        // see `revalidate_connections` in lib.rs.)
         let ping_interval = self.node.config.ping_interval();
-        let revalidate_interval = self.node.config.revalidate_interval();
         let mut next_ping = Instant::now() + ping_interval;
-        // Re-validation at a random phase, so a node's sockets do not all check at once.
-        let mut next_check =
-            Instant::now() + revalidate_interval.mul_f64(rand::random_range(0.5..=1.0));
         let expires = self
             .principal
             .expires_at
             .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(shared::unix_now())));
-        let next_wake = |ping: Instant, check: Instant| {
-            expires.map_or(ping.min(check), |e| ping.min(check).min(e))
-        };
-        let timer = tokio::time::sleep_until(next_wake(next_ping, next_check).into());
+        let next_wake = |ping: Instant| expires.map_or(ping, |e| ping.min(e));
+        let timer = tokio::time::sleep_until(next_wake(next_ping).into());
         tokio::pin!(timer);
         // When the last ping went out; a peer is only reaped after it had a ping to answer.
         let mut ping_sent: Option<Instant> = None;
@@ -384,19 +379,7 @@ impl Connection {
                             return stop;
                         }
                     }
-                    if now >= next_check {
-                        next_check = now + revalidate_interval;
-                        // Catches a revocation whose control message was lost. If
-                        // Redis cannot answer, the socket stays: Redis blinking is
-                        // no reason to drop clients.
-                        let mut redis = self.node.redis.clone();
-                        let revoked = shared::control::is_revoked(&mut redis, &self.node.keys, self.principal.source, self.principal.user_id).await;
-                        if matches!(revoked, Ok(true)) {
-                            metrics::counter!("ws_revalidation_closes_total").increment(1);
-                            return (Some(close::FORBIDDEN), "credential revoked");
-                        }
-                    }
-                    timer.as_mut().reset(next_wake(next_ping, next_check).into());
+                    timer.as_mut().reset(next_wake(next_ping).into());
                 }
             }
         }

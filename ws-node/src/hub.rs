@@ -194,6 +194,14 @@ impl Hub {
         }
     }
 
+    /// Every local connection's credential and user.
+    pub fn connection_credentials(&self) -> Vec<(ConnId, AuthSource, Uuid)> {
+        read(&self.connections)
+            .values()
+            .map(|c| (c.id, c.control.source, c.control.user_id))
+            .collect()
+    }
+
     /// Every local connection with its user.
     pub fn connection_users(&self) -> Vec<(ConnId, Uuid)> {
         read(&self.connections)

@@ -125,6 +125,7 @@ impl Application {
         let subscriber_task = tokio::spawn(subscriber.run());
         let maintenance = tokio::spawn(renew_connection_leases(state.clone()));
         let coalescing = tokio::spawn(drive_write_coalescing(state.clone(), flush_tick));
+        let revalidation = tokio::spawn(revalidate_connections(state.clone()));
         let router = routes::router(state.clone());
         let accept = tokio::spawn(server::accept_loop(
             listener,
@@ -151,8 +152,62 @@ impl Application {
         subscriber_task.abort();
         maintenance.abort();
         coalescing.abort();
+        revalidation.abort();
         tracing::info!(elapsed = ?started.elapsed(), "ws-node stopped");
         Ok(())
+    }
+}
+
+/// Re-checks every local socket's credential against the revocation markers,
+/// catching a revocation whose announcement on the control channel was lost.
+/// Node-wide and deduplicated: one pipeline per round for all distinct
+/// credentials and users, instead of a Redis round trip per socket. If Redis
+/// cannot answer, nothing is closed: Redis blinking is no reason to drop clients.
+async fn revalidate_connections(state: NodeState) {
+    use std::collections::HashSet;
+    let mut tick = tokio::time::interval(state.config.revalidate_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let connections = state.hub.connection_credentials();
+        let sources: Vec<_> = connections
+            .iter()
+            .map(|(_, s, _)| *s)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let users: Vec<_> = connections
+            .iter()
+            .map(|(_, _, u)| *u)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut revoked_sources = HashSet::new();
+        let mut revoked_users = HashSet::new();
+        let mut redis = state.redis.clone();
+        let mut failed = false;
+        for chunk in sources.chunks(500) {
+            match shared::control::revoked_among_sources(&mut redis, &state.keys, chunk).await {
+                Ok(revoked) => revoked_sources.extend(revoked),
+                Err(_) => failed = true,
+            }
+        }
+        for chunk in users.chunks(500) {
+            match shared::control::revoked_among_users(&mut redis, &state.keys, chunk).await {
+                Ok(revoked) => revoked_users.extend(revoked),
+                Err(_) => failed = true,
+            }
+        }
+        if failed {
+            tracing::debug!("re-validation could not reach Redis; will try next round");
+        }
+        for (id, source, user) in connections {
+            if revoked_sources.contains(&source) || revoked_users.contains(&user) {
+                metrics::counter!("ws_revalidation_closes_total").increment(1);
+                state.hub.close_connection(id, protocol::close::FORBIDDEN);
+            }
+        }
     }
 }
 
