@@ -12,4 +12,10 @@ cd "$(dirname "$0")/.."
 target_dir="${CARGO_TARGET_DIR:-target}"
 cargo build --release -p auth-service -p ws-node -p bench
 bash scripts/ensure-services.sh
+# The mint scenarios use wrk (a lean C load generator) when it is installed, so
+# that the server rather than the client gets the CPU; else a Rust client.
+if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1; } ||
+    echo "bench.sh: could not install wrk; the mint scenarios use the Rust client" >&2
+fi
 exec "$target_dir/release/tessera-bench" run "$@"

@@ -170,7 +170,7 @@ impl Plan {
                     connections: 24_000,
                     nodes: 2,
                     workers: 4,
-                    concurrency: 128,
+                    concurrency: 32,
                 },
                 fanout: vec![
                     // 2 000 × 1 000 msg/s offers 2 M deliveries/s (target 1.5 M).
