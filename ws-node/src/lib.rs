@@ -72,7 +72,7 @@ impl Application {
             ready: subscribed_tx,
             cursors: Default::default(),
         };
-        let state = NodeState {
+        let state = NodeState::new(state::NodeStateInner {
             node_id,
             keys,
             redis,
@@ -87,7 +87,7 @@ impl Application {
             next_connection: Arc::new(AtomicU64::new(1)),
             metrics: shared::telemetry::prometheus(),
             config: Arc::new(config),
-        };
+        });
         Ok(Self {
             listener,
             state,

@@ -13,9 +13,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
-/// Shared by the handshake handler and all connections; cheap to clone.
+/// Shared by the handshake handler and all connections. Every connection task
+/// holds clones, so it is one `Arc` around the fields: 8 bytes and one
+/// reference-count increment per clone, where a struct of a dozen handles
+/// cost ~200 bytes per copy (a measurable share of an idle connection).
 #[derive(Clone)]
-pub struct NodeState {
+pub struct NodeState(Arc<NodeStateInner>);
+
+impl NodeState {
+    pub fn new(inner: NodeStateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for NodeState {
+    type Target = NodeStateInner;
+    fn deref(&self) -> &NodeStateInner {
+        &self.0
+    }
+}
+
+pub struct NodeStateInner {
     pub config: Arc<Config>,
     pub node_id: Arc<str>,
     pub keys: RedisKeys,
