@@ -68,6 +68,11 @@ pub struct Config {
     #[arg(long, env = "HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,
 
+    /// Nice value of the password-hashing threads (0–19): higher lets request
+    /// handling preempt hashing sooner when both want a core.
+    #[arg(long, env = "HASH_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub hash_nice: i32,
+
     /// Failed logins allowed per account within the failure window.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 10)]
     pub login_max_failures_per_account: u64,

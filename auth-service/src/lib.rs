@@ -47,7 +47,7 @@ impl AppState {
             keys: config.redis_keys()?,
             origins: Arc::new(config.origin_allowlist()?),
             namespaces: Arc::new(config.namespaces()?),
-            passwords: password::PasswordHasher::new(config.hash_concurrency())?,
+            passwords: password::PasswordHasher::new(config.hash_concurrency(), config.hash_nice)?,
             api_keys: Arc::new(api_keys::ApiKeyVerifier::new(Duration::from_millis(
                 config.api_key_cache_ms,
             ))),

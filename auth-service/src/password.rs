@@ -1,10 +1,12 @@
 //! Password hashing with argon2id at the OWASP floor (m = 19 MiB, t = 2, p = 1).
 //!
-//! Hashing is CPU- and memory-heavy on purpose, so it runs on the blocking pool
-//! behind a semaphore: at most `HASH_CONCURRENCY` hashes at once, which bounds
-//! memory (19 MiB each) and keeps the async workers free for cheap requests
-//! such as ticket minting during a login storm. Waiters queue for at most
-//! [`QUEUE_TIMEOUT`] and then get 503 instead of piling up without bound.
+//! Hashing is CPU- and memory-heavy on purpose, so it runs on `HASH_CONCURRENCY`
+//! dedicated threads behind a semaphore, which bounds memory (19 MiB each) and
+//! keeps the async workers free for cheap requests such as ticket minting
+//! during a login storm. The hashing threads run at a lower CPU priority
+//! (`HASH_NICE`): when both compete for a core, the scheduler lets a request
+//! preempt a hash rather than make it wait out a time slice. Waiters queue for
+//! at most [`QUEUE_TIMEOUT`] and then get 503 instead of piling up without bound.
 
 use crate::error::{Error, Result};
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
@@ -32,6 +34,7 @@ const SALT_LEN: usize = 16;
 pub struct PasswordHasher {
     params: Params,
     slots: Arc<Semaphore>,
+    threads: Arc<HashThreads>,
     memory: Arc<MemoryPool>,
     /// Verified against when the user does not exist, so that an unknown user
     /// costs the same time as a wrong password and usernames cannot be probed.
@@ -88,12 +91,51 @@ impl MemoryPool {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads that do nothing but hash, at a raised nice value (set once per
+/// thread: a thread may lower its priority but not raise it back, so pool
+/// threads shared with other blocking work could not be used). They exit when
+/// the last `PasswordHasher` clone is dropped.
+struct HashThreads {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl HashThreads {
+    fn start(count: usize, nice: i32) -> anyhow::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..count {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    // On Linux the nice value is per thread; `None` is this one.
+                    if let Err(e) = rustix::process::setpriority_process(None, nice) {
+                        tracing::warn!(error = %e, nice, "could not lower the hashing thread's priority");
+                    }
+                    loop {
+                        let job = queue
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(Self { jobs })
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::Internal(anyhow::anyhow!("password hash: {e}"))
 }
 
 impl PasswordHasher {
-    pub fn new(concurrency: usize) -> anyhow::Result<Self> {
+    pub fn new(concurrency: usize, nice: i32) -> anyhow::Result<Self> {
         let params = Params::new(M_COST_KIB, T_COST, P_COST, Some(OUTPUT_LEN))
             .map_err(|e| anyhow::anyhow!("argon2 params: {e}"))?;
         let memory = Arc::new(MemoryPool::default());
@@ -102,6 +144,7 @@ impl PasswordHasher {
         Ok(Self {
             params,
             slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            threads: Arc::new(HashThreads::start(concurrency.max(1), nice)?),
             memory,
             dummy_hash: dummy_hash.into(),
         })
@@ -137,15 +180,19 @@ impl PasswordHasher {
             .map_err(|_| Error::Busy("too many logins at once; retry shortly"))?
             .map_err(|e| Error::Internal(e.into()))?;
         metrics::gauge!("password_hashes_in_progress").increment(1.0);
-        let result = tokio::task::spawn_blocking(move || {
-            let result = work();
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            // A panicking hash must not take its thread down with it.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
             drop(permit);
-            result
-        })
-        .await
-        .map_err(|e| Error::Internal(e.into()));
+            let _ = done.send(result);
+        });
+        let result = match self.threads.jobs.send(job) {
+            Ok(()) => result.await.map_err(internal),
+            Err(_) => Err(internal("the hashing threads are gone")),
+        };
         metrics::gauge!("password_hashes_in_progress").decrement(1.0);
-        result?
+        result?.map_err(|_| internal("argon2 panicked"))?
     }
 }
 
@@ -218,7 +265,7 @@ mod tests {
 
     #[tokio::test]
     async fn hash_then_verify() {
-        let hasher = PasswordHasher::new(2).expect("hasher");
+        let hasher = PasswordHasher::new(2, 0).expect("hasher");
         let pw = Secret::new("correct horse battery".into());
         let phc = hasher.hash(&pw).await.expect("hash");
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
@@ -238,7 +285,7 @@ mod tests {
     #[tokio::test]
     async fn verifies_hashes_made_elsewhere_with_other_parameters() {
         use argon2::password_hash::PasswordHasher as _;
-        let hasher = PasswordHasher::new(1).expect("hasher");
+        let hasher = PasswordHasher::new(1, 0).expect("hasher");
         let other = argon2::Argon2::new(
             Algorithm::Argon2id,
             Version::V0x13,
