@@ -305,6 +305,34 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn hashing_threads_run_at_the_configured_nice_value() {
+        let hasher = PasswordHasher::new(2, 7).expect("hasher");
+        hasher
+            .hash(&Secret::new("correct horse battery".into()))
+            .await
+            .expect("hash");
+        // /proc/self/task/<tid>/stat: the nice value is field 19, the 17th after "(comm)".
+        let mut nice_values = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").expect("/proc") {
+            let dir = task.expect("task").path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if comm.trim().starts_with("argon2-") {
+                let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+                let after_comm = &stat[stat.rfind(')').expect("comm") + 1..];
+                let nice: i32 = after_comm
+                    .split_whitespace()
+                    .nth(16)
+                    .expect("nice")
+                    .parse()
+                    .expect("number");
+                nice_values.push(nice);
+            }
+        }
+        assert!(nice_values.len() >= 2, "{nice_values:?}");
+        assert!(nice_values.contains(&7), "{nice_values:?}");
+    }
+
     #[test]
     fn new_password_rules() {
         assert!(validate_new_password("short").is_err());
