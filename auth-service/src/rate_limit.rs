@@ -47,39 +47,32 @@ pub async fn refusal(redis: &mut ConnectionManager, key: &str) -> Error {
     }
 }
 
-/// Counts one event against each key without refusing (e.g. a failed login).
-pub async fn record(
+/// Counts one attempt against each counter *before* the work it guards, and
+/// refuses with 429 if any is now over its limit. Counting first is what makes
+/// the limit hold under concurrency: attempts racing in parallel each see the
+/// others' counts (a check-then-count-on-failure would let a burst of guesses
+/// all pass the check while their hashes are still being computed).
+pub async fn count_attempt(
     redis: &mut ConnectionManager,
-    keys: &[String],
+    counters: &[(String, u64)],
     window: Duration,
 ) -> Result<()> {
     let mut pipe = redis::pipe();
-    for key in keys {
+    for (key, _) in counters {
         add_hit(&mut pipe, key, window);
     }
-    pipe.query_async::<()>(redis).await?;
+    let counts: Vec<u64> = pipe.query_async(redis).await?;
+    for ((key, max), count) in counters.iter().zip(counts) {
+        if count > *max {
+            return Err(refusal(redis, key).await);
+        }
+    }
     Ok(())
 }
 
-/// Refuses with 429 if any counter has already reached its limit; counts nothing.
-pub async fn check(redis: &mut ConnectionManager, checks: &[(String, u64)]) -> Result<()> {
-    let mut pipe = redis::pipe();
-    for (key, _) in checks {
-        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
-    }
-    let replies: Vec<redis::Value> = pipe.query_async(redis).await?;
-    for ((_, max), reply) in checks.iter().zip(replies.chunks(2)) {
-        let count: Option<u64> =
-            redis::from_redis_value_ref(&reply[0]).map_err(redis::RedisError::from)?;
-        let ttl_ms: i64 =
-            redis::from_redis_value_ref(&reply[1]).map_err(redis::RedisError::from)?;
-        if count.unwrap_or(0) >= *max {
-            metrics::counter!("rate_limited_total").increment(1);
-            return Err(Error::RateLimited {
-                retry_after_secs: retry_after_secs(ttl_ms),
-            });
-        }
-    }
+/// Takes back one counted attempt (it turned out not to be a failure).
+pub async fn uncount(redis: &mut ConnectionManager, key: &str) -> Result<()> {
+    redis::cmd("DECR").arg(key).query_async::<()>(redis).await?;
     Ok(())
 }
 

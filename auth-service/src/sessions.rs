@@ -135,41 +135,54 @@ fn note_activity(state: &AppState, session_id: Uuid) {
 }
 
 /// Revokes one session everywhere: Postgres, the Redis cache, its outstanding
-/// tickets, and (through the control channel) its open sockets.
+/// tickets, and (through the control channel) its open sockets. Returns
+/// whether it was live until now. Idempotent: the Redis side is redone even
+/// for a session Postgres already has as revoked, so a revocation whose Redis
+/// half failed (503) completes when retried.
 pub async fn revoke(state: &AppState, user_id: Uuid, session_id: Uuid) -> Result<bool> {
-    let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
-        "UPDATE sessions SET revoked_at = now()
-         WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL
-         RETURNING token_hash",
+    let row: Option<(Vec<u8>, bool)> = sqlx::query_as(
+        "UPDATE sessions s SET revoked_at = COALESCE(s.revoked_at, now())
+         FROM sessions before
+         WHERE s.id = $1 AND s.user_id = $2 AND before.id = s.id
+         RETURNING s.token_hash, before.revoked_at IS NULL",
     )
     .bind(session_id)
     .bind(user_id)
-    .fetch_all(&state.db)
+    .fetch_optional(&state.db)
     .await?;
-    let revoked = !hashes.is_empty();
-    forget(state, &hashes, &[session_id]).await?;
-    Ok(revoked)
+    let Some((hash, was_live)) = row else {
+        return Ok(false);
+    };
+    forget(state, &[hash], &[session_id]).await?;
+    Ok(was_live)
 }
 
-/// Revokes every live session of a user; returns how many there were.
+/// Revokes every live session of a user; returns how many there were. The
+/// Redis side covers every unexpired session of the user, revoked now or
+/// before, so retrying after a Redis failure completes it (as [`revoke`]).
 pub async fn revoke_all_for_user(state: &AppState, user_id: Uuid) -> Result<usize> {
+    let revoked = sqlx::query(
+        "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(&state.db)
+    .await?
+    .rows_affected();
     let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
-        "UPDATE sessions SET revoked_at = now()
-         WHERE user_id = $1 AND revoked_at IS NULL
-         RETURNING id, token_hash",
+        "SELECT id, token_hash FROM sessions WHERE user_id = $1 AND expires_at > now()",
     )
     .bind(user_id)
     .fetch_all(&state.db)
     .await?;
     let (ids, hashes): (Vec<Uuid>, Vec<Vec<u8>>) = rows.into_iter().unzip();
     forget(state, &hashes, &ids).await?;
-    Ok(ids.len())
+    Ok(usize::try_from(revoked).unwrap_or(usize::MAX))
 }
 
-/// The Redis side of revocation. Postgres already says "revoked", so if Redis
-/// is unreachable the caller gets 503 and may retry; nothing is half-revoked in
-/// a way that lets the session work (the cache entry, if any, is refused on
-/// re-validation once Redis returns and expires by its idle TTL at the latest).
+/// The Redis side of revocation: evict the cached sessions, mark them revoked
+/// (tickets already minted from them are refused at the handshake) and tell
+/// every ws-node to close their sockets. Postgres already says "revoked"; if
+/// Redis is unreachable the caller gets 503 and retrying completes this.
 async fn forget(state: &AppState, hashes: &[Vec<u8>], session_ids: &[Uuid]) -> Result<()> {
     if session_ids.is_empty() {
         return Ok(());

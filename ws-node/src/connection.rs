@@ -54,15 +54,23 @@ pub async fn run_unauthenticated(
 ) {
     let deadline = tokio::time::sleep(node.config.auth_timeout());
     tokio::pin!(deadline);
+    let draining = NodeState::drained(node.draining.clone());
+    tokio::pin!(draining);
     let principal = loop {
         tokio::select! {
             () = &mut deadline => {
                 return close_socket(&mut socket, close::AUTH_TIMEOUT, "no auth frame in time").await;
             }
+            () = &mut draining => {
+                return close_socket(&mut socket, close::GOING_AWAY, "server shutting down").await;
+            }
             frame = socket.recv() => {
                 let text = match frame {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Err(e)) if is_too_big(&e) => {
+                        return close_socket(&mut socket, close::TOO_BIG, "message too big").await;
+                    }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(Message::Binary(_))) => {
                         return close_socket(&mut socket, close::UNAUTHORIZED, "expected an auth frame").await;
@@ -166,35 +174,63 @@ impl Drop for Registration {
         let presence = std::mem::take(&mut self.presence);
         let name = self.node.connection_name(self.id);
         let user_id = self.user_id;
+        let cleanup = node.cleanups.start();
         tokio::spawn(async move {
             let mut redis = node.redis.clone();
             for membership in &presence {
                 let _ = presence::leave(&mut redis, &node.keys, membership).await;
             }
-            forget_connection(node, user_id, name);
+            forget_connection(node, user_id, name).await;
+            drop(cleanup);
         });
     }
 }
 
-/// Removes a connection's cluster-wide traces (per-user slot, directory entry),
-/// in the background. If Redis cannot be reached they lapse with their lease.
-pub fn forget_connection(node: NodeState, user_id: Uuid, name: String) {
-    tokio::spawn(async move {
-        let mut redis = node.redis.clone();
-        let forgotten: redis::RedisResult<()> = redis::pipe()
-            .cmd("ZREM")
-            .arg(node.keys.user_connections(user_id))
-            .arg(&name)
-            .ignore()
-            .cmd("DEL")
-            .arg(node.keys.connection_info(&name))
-            .ignore()
-            .query_async(&mut redis)
-            .await;
-        if let Err(e) = forgotten {
-            tracing::debug!(error = %e, "could not clear a closed connection's entries; their leases will expire");
-        }
-    });
+/// Removes a connection's cluster-wide traces (per-user slot, directory entry).
+/// If Redis cannot be reached they lapse with their lease.
+pub async fn forget_connection(node: NodeState, user_id: Uuid, name: String) {
+    let mut redis = node.redis.clone();
+    let forgotten: redis::RedisResult<()> = redis::pipe()
+        .cmd("ZREM")
+        .arg(node.keys.user_connections(user_id))
+        .arg(&name)
+        .ignore()
+        .cmd("DEL")
+        .arg(node.keys.connection_info(&name))
+        .ignore()
+        .query_async(&mut redis)
+        .await;
+    if let Err(e) = forgotten {
+        tracing::debug!(error = %e, "could not clear a closed connection's entries; their leases will expire");
+    }
+}
+
+/// Writes again the per-user slots and directory entries of live connections
+/// whose entries Redis lost (see [`crate::limits::renew_user_slots`]).
+pub async fn restore_connection_entries(node: &NodeState, lost: &[(ConnId, Uuid)]) {
+    let ids: Vec<ConnId> = lost.iter().map(|(id, _)| *id).collect();
+    let details = node.hub.connection_details(&ids);
+    let lease = node.config.connection_lease();
+    let mut pipe = redis::pipe();
+    for (id, user_id) in lost {
+        // Gone since the renewal's snapshot: nothing to restore.
+        let Some((connected_at, channels)) = details.get(id) else {
+            continue;
+        };
+        let name = node.connection_name(*id);
+        let mut channels: Vec<&str> = channels.iter().map(String::as_str).collect();
+        channels.sort_unstable();
+        crate::limits::add_slot_restoration(&mut pipe, &node.keys, *user_id, &name, lease);
+        add_directory_entry(&mut pipe, node, &name, *user_id, *connected_at, &channels);
+    }
+    let mut redis = node.redis.clone();
+    match pipe.query_async::<()>(&mut redis).await {
+        Ok(()) => tracing::info!(
+            restored = details.len(),
+            "restored connection entries that redis had lost"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not restore lost connection entries"),
+    }
 }
 
 /// Adds the `HSET` + `PEXPIRE` that write a connection's directory entry (what
@@ -583,6 +619,11 @@ impl Connection {
         {
             Ok(history) => history,
             Err(_) => {
+                // Not subscribed half-way: the client retries the whole
+                // subscribe-with-`since`, and a channel it had already is kept.
+                if !already {
+                    self.leave_channel(&channel).await;
+                }
                 return vec![protocol::error(
                     id,
                     "unavailable",
@@ -626,6 +667,13 @@ impl Connection {
                 "a connection always receives its own user channel",
             );
         }
+        self.leave_channel(channel).await;
+        protocol::ack(id)
+    }
+
+    /// Leaves `channel` (a no-op if not a member): the hub, the directory
+    /// entry and presence.
+    async fn leave_channel(&mut self, channel: &ChannelName) {
         if self.guard.channels.remove(channel.as_str()) {
             self.node.hub.leave(channel.as_str(), self.handle.id);
             self.floors.remove(channel.as_str());
@@ -644,7 +692,6 @@ impl Connection {
                 }
             }
         }
-        protocol::ack(id)
     }
 
     async fn publish(

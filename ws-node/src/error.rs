@@ -27,6 +27,8 @@ pub enum Error {
     TooManyPending,
     #[error("the node is shutting down; connect to another")]
     Draining,
+    #[error("the node's Redis subscription is down; retry later")]
+    NotSubscribed,
     #[error("the node cannot reach Redis; retry later")]
     Unavailable(#[from] redis::RedisError),
 }
@@ -43,7 +45,9 @@ impl Error {
             Self::TooManyConnections => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
             Self::TooManyPending => (StatusCode::TOO_MANY_REQUESTS, "too_many_pending"),
             Self::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
-            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::NotSubscribed | Self::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
         }
     }
 

@@ -62,6 +62,11 @@ async fn authenticate(
     if node.is_draining() {
         return Err(Error::Draining);
     }
+    // Without a live subscription the socket could receive nothing (its user
+    // channel cannot be joined): refuse now, before a ticket is spent.
+    if !*node.subscribed.borrow() {
+        return Err(Error::NotSubscribed);
+    }
     let origin = headers
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
@@ -167,7 +172,7 @@ pub async fn admit(node: &NodeState, principal: &Principal) -> Result<ConnId, Er
         None
     };
     if let Some(refusal) = refusal {
-        connection::forget_connection(node.clone(), principal.user_id, name);
+        connection::forget_connection(node.clone(), principal.user_id, name).await;
         return Err(refusal);
     }
     Ok(id)

@@ -210,6 +210,28 @@ impl Hub {
             .collect()
     }
 
+    /// For each of `ids` still connected: when it connected and the channels
+    /// it is a member of (one pass over the channels; a rare, repair-only path).
+    pub fn connection_details(&self, ids: &[ConnId]) -> HashMap<ConnId, (u64, Vec<String>)> {
+        let mut details: HashMap<ConnId, (u64, Vec<String>)> = {
+            let connections = read(&self.connections);
+            ids.iter()
+                .filter_map(|id| {
+                    let conn = connections.get(id)?;
+                    Some((*id, (conn.control.connected_at, Vec::new())))
+                })
+                .collect()
+        };
+        for (name, entry) in read(&self.channels).iter() {
+            for member in entry.members.iter() {
+                if let Some((_, channels)) = details.get_mut(&member.id) {
+                    channels.push(name.clone());
+                }
+            }
+        }
+        details
+    }
+
     pub fn connection_count(&self) -> usize {
         read(&self.connections).len()
     }
@@ -323,6 +345,29 @@ impl Hub {
         self.delivered
             .fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
+    }
+
+    /// Waits until every member of `channel` has room for `room` more
+    /// deliveries (at most half its queue), or `patience` runs out. Replaying
+    /// history pushes thousands of messages at once; pacing it by the slowest
+    /// member that still drains keeps a healthy client from being taken for a
+    /// slow consumer (4008). One that cannot drain in `patience` is slow.
+    pub async fn wait_for_room(&self, channel: &str, room: usize, patience: Duration) {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let cramped = read(&self.channels).get(channel).is_some_and(|entry| {
+                entry.members.iter().any(|m| {
+                    let wanted = room.min(m.tx.max_capacity() / 2).max(1);
+                    m.tx.capacity() < wanted
+                        && !m.tx.is_closed()
+                        && m.control.requested_close().is_none()
+                })
+            });
+            if !cramped || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Deliveries queued since the last call (for the node's load estimate).

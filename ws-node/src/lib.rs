@@ -80,6 +80,7 @@ impl Application {
             namespaces,
             coalescing: Arc::new(state::Coalescing::new(tick_rx)),
             presence: Arc::default(),
+            cleanups: Arc::default(),
             origins: Arc::new(config.origin_allowlist()?),
             pending_auth: Arc::default(),
             subscribed: subscribed_rx,
@@ -142,12 +143,21 @@ impl Application {
         draining.send_replace(true);
         let _ = accept.await;
         let deadline = state.config.drain_timeout();
-        while state.hub.connection_count() > 0 && started.elapsed() < deadline {
+        // Sockets (authenticated or still waiting for their `auth` frame), then
+        // the removal of their slots, directory entries and presence.
+        let busy = || {
+            state.hub.connection_count() + state.pending_auth.count() + state.cleanups.in_flight()
+        };
+        while busy() > 0 && started.elapsed() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = state.hub.connection_count();
-        if left > 0 {
-            tracing::warn!(left, "drain timeout reached with sockets still open");
+        let left = state.hub.connection_count() + state.pending_auth.count();
+        if busy() > 0 {
+            tracing::warn!(
+                left,
+                cleanups = state.cleanups.in_flight(),
+                "drain timeout reached with sockets or cleanups outstanding"
+            );
         }
         subscriber_task.abort();
         maintenance.abort();
@@ -244,20 +254,31 @@ async fn renew_connection_leases(state: NodeState) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let connections: Vec<_> = state
-            .hub
-            .connection_users()
-            .into_iter()
-            .map(|(id, user_id)| (user_id, state.connection_name(id)))
+        let users = state.hub.connection_users();
+        let connections: Vec<_> = users
+            .iter()
+            .map(|(id, user_id)| (*user_id, state.connection_name(*id)))
             .collect();
         let memberships = state.presence_memberships();
         let mut redis = state.redis.clone();
-        if let Err(e) = limits::renew_user_slots(&mut redis, &state.keys, &connections, lease).await
-        {
-            tracing::warn!(error = %e, "could not renew connection leases");
+        match limits::renew_user_slots(&mut redis, &state.keys, &connections, lease).await {
+            Ok(lost) if !lost.is_empty() => {
+                let lost: Vec<_> = lost.into_iter().map(|i| users[i]).collect();
+                connection::restore_connection_entries(&state, &lost).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not renew connection leases"),
         }
-        if let Err(e) = presence::renew(&mut redis, &state.keys, &memberships, lease).await {
-            tracing::warn!(error = %e, "could not renew presence");
+        match presence::renew(&mut redis, &state.keys, &memberships, lease).await {
+            Ok(lost) => {
+                for membership in lost.iter().filter(|m| state.has_presence(m)) {
+                    if let Err(e) = presence::join(&mut redis, &state.keys, membership, lease).await
+                    {
+                        tracing::warn!(error = %e, "could not restore presence");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew presence"),
         }
         let channels: std::collections::BTreeSet<_> =
             memberships.into_iter().map(|m| m.channel).collect();

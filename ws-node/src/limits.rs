@@ -62,6 +62,15 @@ pub enum PendingRefusal {
 }
 
 impl PendingAuth {
+    /// Sockets waiting for their `auth` frame.
+    pub fn count(&self) -> usize {
+        self.by_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .sum()
+    }
+
     pub fn try_acquire(
         self: &Arc<Self>,
         ip: IpAddr,
@@ -151,33 +160,63 @@ pub fn add_slot_acquisition(
 }
 
 /// Extends the leases of live connections and their directory entries (one
-/// pipeline per thousand).
+/// pipeline per thousand). Returns the indices into `members` whose slot or
+/// directory entry was gone (Redis lost its data, or was away longer than a
+/// lease): the caller writes those again, so the per-user cap and the
+/// directory heal instead of silently under-counting.
 pub async fn renew_user_slots(
     redis: &mut ConnectionManager,
     keys: &RedisKeys,
     members: &[(Uuid, String)],
     lease: Duration,
-) -> redis::RedisResult<()> {
+) -> redis::RedisResult<Vec<usize>> {
     let expires = now_ms() + millis(lease);
-    for chunk in members.chunks(1000) {
+    let mut missing = Vec::new();
+    for (chunk_index, chunk) in members.chunks(1000).enumerate() {
         let mut pipe = redis::pipe();
         for (user_id, member) in chunk {
             let key = keys.user_connections(*user_id);
+            // XX: never re-create the slot of a connection that closed after
+            // the caller's snapshot; CH: the reply says whether it existed.
             pipe.cmd("ZADD")
                 .arg(&key)
                 .arg("XX")
+                .arg("CH")
                 .arg(expires)
-                .arg(member)
-                .ignore();
+                .arg(member);
             pipe.cmd("PEXPIRE").arg(&key).arg(millis(lease)).ignore();
             pipe.cmd("PEXPIRE")
                 .arg(keys.connection_info(member))
-                .arg(millis(lease))
-                .ignore();
+                .arg(millis(lease));
         }
-        pipe.query_async::<()>(redis).await?;
+        let replies: Vec<i64> = pipe.query_async(redis).await?;
+        for (i, pair) in replies.chunks(2).enumerate() {
+            if pair.contains(&0) {
+                missing.push(chunk_index * 1000 + i);
+            }
+        }
     }
-    Ok(())
+    Ok(missing)
+}
+
+/// Re-creates a live connection's per-user slot (after Redis lost it).
+pub fn add_slot_restoration(
+    pipe: &mut redis::Pipeline,
+    keys: &RedisKeys,
+    user_id: Uuid,
+    member: &str,
+    lease: Duration,
+) {
+    let key = keys.user_connections(user_id);
+    pipe.cmd("ZADD")
+        .arg(&key)
+        .arg(now_ms() + millis(lease))
+        .arg(member)
+        .ignore()
+        .cmd("PEXPIRE")
+        .arg(&key)
+        .arg(millis(lease))
+        .ignore();
 }
 
 #[cfg(test)]

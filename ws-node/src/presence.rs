@@ -176,24 +176,29 @@ pub async fn leave(
         .map(|_| ())
 }
 
-/// Extends the leases of this node's memberships.
+/// Extends the leases of this node's memberships. Returns those that were
+/// gone from Redis (it lost its data, or was away longer than a lease): the
+/// caller joins them again, which also tells the channel they are back.
 pub async fn renew(
     redis: &mut ConnectionManager,
     keys: &RedisKeys,
     memberships: &[Membership],
     lease: Duration,
-) -> redis::RedisResult<()> {
+) -> redis::RedisResult<Vec<Membership>> {
     let expiry = now_ms() + millis(lease);
+    let mut missing = Vec::new();
     for chunk in memberships.chunks(500) {
         let mut pipe = redis::pipe();
         for m in chunk {
             let presence = keys.channel_presence(&m.channel);
+            // XX: a member that left after the caller's snapshot stays gone;
+            // CH: the reply says whether the member was still there.
             pipe.cmd("ZADD")
                 .arg(&presence)
                 .arg("XX")
+                .arg("CH")
                 .arg(expiry)
-                .arg(&m.member)
-                .ignore();
+                .arg(&m.member);
             pipe.cmd("PEXPIRE")
                 .arg(&presence)
                 .arg(millis(lease) * 2)
@@ -203,9 +208,16 @@ pub async fn renew(
                 .arg(millis(lease) * 2)
                 .ignore();
         }
-        pipe.query_async::<()>(redis).await?;
+        let renewed: Vec<i64> = pipe.query_async(redis).await?;
+        missing.extend(
+            chunk
+                .iter()
+                .zip(renewed)
+                .filter(|(_, renewed)| *renewed == 0)
+                .map(|(m, _)| m.clone()),
+        );
     }
-    Ok(())
+    Ok(missing)
 }
 
 /// Removes lapsed members of a channel (e.g. of a node that died) and

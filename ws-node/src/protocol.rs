@@ -15,8 +15,6 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The node is going away (shutdown, idle timeout): reconnect, possibly elsewhere.
     pub const GOING_AWAY: u16 = 1001;
-    /// Policy violation (e.g. a binary frame where only text is spoken).
-    pub const POLICY: u16 = 1008;
     /// A message was larger than the limit.
     pub const TOO_BIG: u16 = 1009;
     /// The node cannot serve right now (Redis unreachable): retry with backoff.

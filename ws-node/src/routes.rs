@@ -37,12 +37,20 @@ async fn healthz(State(node): State<NodeState>) -> Response {
     axum::Json(json!({ "status": "ok", "node": &*node.node_id })).into_response()
 }
 
-/// Ready only while the Redis subscription is live and the node is not draining:
-/// a node that cannot hear other nodes' messages must not take clients.
+/// Ready only while the Redis subscription is live, the command connection
+/// (tickets, publishing) answers, and the node is not draining: a node that
+/// cannot hear other nodes' messages or check a ticket must not take clients.
 async fn readyz(State(node): State<NodeState>) -> Response {
     let subscribed = *node.subscribed.borrow();
     let draining = node.is_draining();
-    let ready = subscribed && !draining;
+    let mut redis = node.redis.clone();
+    let commands = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        redis::cmd("PING").query_async::<()>(&mut redis),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    let ready = subscribed && commands && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -55,6 +63,7 @@ async fn readyz(State(node): State<NodeState>) -> Response {
             "node": &*node.node_id,
             "checks": {
                 "redis_subscription": if subscribed { "ok" } else { "down" },
+                "redis_commands": if commands { "ok" } else { "down" },
                 "draining": draining,
             },
             "connections": node.hub.connection_count(),

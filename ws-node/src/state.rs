@@ -52,6 +52,9 @@ pub struct NodeStateInner {
     pub coalescing: Arc<Coalescing>,
     /// This node's presence memberships, renewed and swept periodically.
     pub presence: Arc<Mutex<HashSet<Membership>>>,
+    /// Closed connections whose cluster-wide traces are still being removed;
+    /// the drain waits for them, so a restart leaves no stale slot or presence.
+    pub cleanups: Arc<Cleanups>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
@@ -84,6 +87,30 @@ impl Coalescing {
     }
 }
 
+/// Counts background cleanups in flight.
+#[derive(Default)]
+pub struct Cleanups(std::sync::atomic::AtomicUsize);
+
+/// One cleanup in flight; dropping it marks it done.
+pub struct CleanupGuard(Arc<Cleanups>);
+
+impl Cleanups {
+    pub fn start(self: &Arc<Self>) -> CleanupGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        CleanupGuard(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl NodeState {
     pub fn is_ready(&self) -> bool {
         *self.subscribed.borrow() && !self.is_draining()
@@ -107,6 +134,11 @@ impl NodeState {
         for m in memberships {
             set.remove(m);
         }
+    }
+
+    /// Whether `membership` is still one of this node's.
+    pub fn has_presence(&self, membership: &Membership) -> bool {
+        self.presence_set().contains(membership)
     }
 
     /// A snapshot of this node's presence memberships.

@@ -74,6 +74,12 @@ pub struct Cursor {
 
 /// The most messages replayed to fill one gap; a larger gap is reported as not recovered.
 const MAX_GAP_FILL: u64 = 10_000;
+/// Replayed messages are queued to members this many at a time, each batch
+/// once every member has room for it (see [`Hub::wait_for_room`]).
+const REPLAY_BATCH: usize = 256;
+/// How long a replay waits for a member to make room before treating it as a
+/// slow consumer.
+const REPLAY_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Subscriber {
     /// Runs until the process ends: connect, serve, and on loss reconnect.
@@ -83,10 +89,6 @@ impl Subscriber {
             match self.connect().await {
                 Ok((sink, stream)) => {
                     backoff = BACKOFF_MIN;
-                    if let Err(e) = self.recover_all().await {
-                        tracing::warn!(error = %e, "could not replay history after reconnecting");
-                        continue;
-                    }
                     self.ready.send_replace(true);
                     tracing::info!("redis subscription live");
                     let reason = self.serve(sink, stream).await;
@@ -98,21 +100,28 @@ impl Subscriber {
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot subscribe to redis");
                 }
             }
-            // Full jitter: a fleet of nodes that lost Redis together does not reconnect in lockstep.
+            // Jitter (50–100 % of the backoff): a fleet of nodes that lost
+            // Redis together does not reconnect in lockstep.
             let sleep = backoff.mul_f64(rand::random_range(0.5..=1.0));
             tokio::time::sleep(sleep).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
-    /// Opens the connection and subscribes to the control channel and every
-    /// channel that currently has local members.
+    /// Opens the connection, subscribes to the control channel and every
+    /// channel that currently has local members, and replays what those
+    /// channels missed while the node was not subscribed.
+    ///
+    /// Cursors of channels new to the subscriber are read *before* the
+    /// SUBSCRIBE (as in [`Self::apply`]): a message published in between is
+    /// then a gap that history fills, never mistaken for a duplicate.
     async fn connect(&mut self) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
         let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub())
             .await
             .map_err(|_| timeout_error("connect"))??;
         let (mut sink, stream) = pubsub.split();
         let channels = self.hub.channels();
+        self.prepare_cursors(&channels).await?;
         let mut names: Vec<String> = channels.iter().map(|(c, _)| self.live_name(c)).collect();
         names.push(self.keys.control());
         for chunk in names.chunks(1000) {
@@ -120,6 +129,7 @@ impl Subscriber {
                 .await
                 .map_err(|_| timeout_error("subscribe"))??;
         }
+        self.replay_missed().await?;
         for (channel, generation) in channels {
             self.hub.mark_subscribed(&channel, generation);
         }
@@ -325,9 +335,14 @@ impl Subscriber {
             });
         }
         let mut last = cursor.offset;
-        for (offset, data) in &history.messages {
+        for (i, (offset, data)) in history.messages.iter().enumerate() {
             if until.is_some_and(|u| *offset >= u.offset) {
                 break;
+            }
+            if i % REPLAY_BATCH == 0 {
+                self.hub
+                    .wait_for_room(channel, REPLAY_BATCH, REPLAY_PATIENCE)
+                    .await;
             }
             let position = StreamPosition {
                 epoch: epoch.clone(),
@@ -417,18 +432,20 @@ impl Subscriber {
         Ok(())
     }
 
-    /// After a reconnect: forget channels nobody here listens to any more,
-    /// start cursors for new ones, and replay what every other channel missed.
-    async fn recover_all(&mut self) -> redis::RedisResult<()> {
-        let live: HashMap<String, u64> = self.hub.channels().into_iter().collect();
-        self.cursors.retain(|channel, _| live.contains_key(channel));
-        let fresh: Vec<String> = live
-            .keys()
-            .filter(|c| !self.cursors.contains_key(*c))
-            .cloned()
-            .collect();
-        let fresh: Vec<&str> = fresh.iter().map(String::as_str).collect();
-        self.start_cursors(&fresh).await?;
+    /// Before (re)subscribing: forget channels nobody here listens to any
+    /// more and start cursors for channels new to the subscriber.
+    async fn prepare_cursors(&mut self, channels: &[(String, u64)]) -> redis::RedisResult<()> {
+        let live: HashMap<&str, u64> = channels.iter().map(|(c, g)| (c.as_str(), *g)).collect();
+        self.cursors
+            .retain(|channel, _| live.contains_key(channel.as_str()));
+        let fresh: Vec<&str> = live.keys().copied().collect();
+        self.start_cursors(&fresh).await
+    }
+
+    /// After (re)subscribing: replays, per channel, what was published since
+    /// its cursor. A read error aborts; the caller reconnects (with backoff)
+    /// and tries again, and the cursors make the retry resume where this left.
+    async fn replay_missed(&mut self) -> redis::RedisResult<()> {
         let cursors: Vec<(String, Cursor)> = self
             .cursors
             .iter()
@@ -436,7 +453,6 @@ impl Subscriber {
             .collect();
         let mut replayed = 0;
         for (channel, cursor) in cursors {
-            // A read error aborts the recovery; the caller reconnects and tries again.
             let next = self.fill_gap(&channel, &cursor, None).await?;
             replayed += next.offset.saturating_sub(cursor.offset);
             self.cursors.insert(channel, next);

@@ -29,7 +29,8 @@ pub struct LoginRequest {
 ///
 /// Unknown user, wrong password and disabled user get the same 401 with the
 /// same body, after the same argon2 work. Failures are counted per account and
-/// per IP in Redis; over the limit, 429 before any hashing.
+/// per IP in Redis (each attempt counted before hashing, taken back if it
+/// succeeds); over the limit, 429 before any hashing.
 pub async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -62,7 +63,10 @@ pub async fn login(
         counters.push((key.clone(), config.login_max_failures_per_account));
     }
     let mut redis = state.redis.clone();
-    rate_limit::check(&mut redis, &counters).await?;
+    let window = Duration::from_secs(config.login_failure_window_secs);
+    // Counted as a failure up front (taken back on success), so parallel
+    // guesses cannot all slip past the limit while they wait to be hashed.
+    rate_limit::count_attempt(&mut redis, &counters, window).await?;
 
     let user = match &username {
         Some(name) => accounts::find_by_username(&state.db, name).await?,
@@ -72,19 +76,13 @@ pub async fn login(
     let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
     let matched = state.passwords.verify(&password, stored_hash).await?;
     let Some(user) = user.filter(|_| matched) else {
-        let keys: Vec<String> = counters.into_iter().map(|(k, _)| k).collect();
-        rate_limit::record(
-            &mut redis,
-            &keys,
-            Duration::from_secs(config.login_failure_window_secs),
-        )
-        .await?;
         metrics::counter!("logins_total", "outcome" => "failed").increment(1);
         return Err(Error::Unauthenticated {
             code: "invalid_credentials",
             message: "invalid username or password",
         });
     };
+    rate_limit::uncount(&mut redis, &counters[0].0).await?;
     if let Some(key) = account_counter {
         rate_limit::reset(&mut redis, key).await?;
     }

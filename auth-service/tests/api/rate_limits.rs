@@ -117,3 +117,24 @@ async fn ticket_minting_is_limited_per_key_and_per_user() {
         "rate_limited"
     );
 }
+
+#[tokio::test]
+async fn parallel_guesses_cannot_exceed_the_failure_limit() {
+    let app = TestApp::spawn_with(|c| c.login_max_failures_per_account = 3).await;
+    app.create_user("mallory").await;
+    let attempts = (0..12).map(|_| app.login("mallory", "wrong"));
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.status())
+        .collect();
+    let hashed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((hashed, refused), (3, 9), "{statuses:?}");
+}

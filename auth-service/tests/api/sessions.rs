@@ -316,3 +316,36 @@ async fn absolute_timeout_ends_a_session_however_active() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn a_revocation_whose_redis_half_failed_completes_when_retried() {
+    let app = TestApp::spawn().await;
+    app.create_user("ivan").await;
+    let cookie = app.login_cookie("ivan").await;
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &cookie).await.status(),
+        StatusCode::OK
+    );
+    // The state a logout leaves when Postgres committed and Redis then failed:
+    // revoked in Postgres, still cached in Redis.
+    sqlx::query("UPDATE sessions SET revoked_at = now()")
+        .execute(&app.state.db)
+        .await
+        .expect("revoke in postgres only");
+    let logout = || {
+        app.http
+            .post(app.url("/v1/logout"))
+            .header("cookie", &cookie)
+            .header("origin", APP_ORIGIN)
+            .send()
+    };
+    assert_eq!(
+        logout().await.expect("logout").status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &cookie).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "the retried logout evicted the cached session"
+    );
+}

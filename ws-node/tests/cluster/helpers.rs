@@ -460,6 +460,8 @@ pub struct Sequence {
     pub epoch: Option<String>,
     pub offset: u64,
     pub recovery_failures: u32,
+    /// Times the client lost its socket and resumed elsewhere with `since`.
+    pub reconnects: u32,
 }
 
 impl Sequence {

@@ -122,17 +122,25 @@ async fn logout_and_key_revocation_close_live_sockets_on_every_node() {
         "ack"
     );
 
-    // ...until the key is revoked.
+    // ...until the key is revoked, over HTTP by its owner. A ticket minted
+    // from the key before that stays outstanding, and must be refused (one
+    // per node: a refused ticket is spent all the same).
+    let outstanding = [stack.ticket(&key).await, stack.ticket(&key).await];
     let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM api_keys")
         .fetch_one(&stack.auth.db)
         .await
         .expect("id");
+    let owner = stack.login("carol").await;
     let started = std::time::Instant::now();
-    assert!(
-        auth_service::api_keys::revoke_everywhere(&stack.auth, id, None)
-            .await
-            .expect("revoke")
-    );
+    let response = stack
+        .http
+        .delete(stack.auth(&format!("/v1/api-keys/{id}")))
+        .header("cookie", &owner)
+        .header("origin", APP_ORIGIN)
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(response.status(), 204);
     for client in &mut key_sockets {
         assert_eq!(client.expect_close().await, 4003);
     }
@@ -141,6 +149,17 @@ async fn logout_and_key_revocation_close_live_sockets_on_every_node() {
         "{:?}",
         started.elapsed()
     );
+    for (node, ticket) in outstanding.iter().enumerate() {
+        let Err(refused) = Client::connect(
+            &format!("{}?ticket={ticket}", stack.nodes[node].ws_url()),
+            &[],
+        )
+        .await
+        else {
+            panic!("node {node} accepted a ticket of a revoked key");
+        };
+        assert_eq!(refused.status, 401, "node {node}: {}", refused.code);
+    }
 }
 
 #[tokio::test]
@@ -161,9 +180,10 @@ async fn revoke_all_and_disabling_a_user_close_their_sockets_everywhere() {
         assert_eq!(client.recv().await["type"], "welcome");
         sockets.push(client);
     }
-    let mut key_socket = stack.connect(1, &key).await;
+    let mut key_sockets = vec![stack.connect(0, &key).await, stack.connect(1, &key).await];
 
     // Revoke-all ends every session's sockets, not the API key's.
+    let started = std::time::Instant::now();
     let response = stack
         .http
         .post(stack.auth("/v1/sessions/revoke-all"))
@@ -176,18 +196,32 @@ async fn revoke_all_and_disabling_a_user_close_their_sockets_everywhere() {
     for client in &mut sockets {
         assert_eq!(client.expect_close().await, 4003);
     }
-    assert_eq!(
-        key_socket.request(json!({ "action": "ping" }), 1).await["type"],
-        "ack"
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
     );
+    for client in &mut key_sockets {
+        assert_eq!(
+            client.request(json!({ "action": "ping" }), 1).await["type"],
+            "ack"
+        );
+    }
 
-    // Disabling the user ends everything else.
+    // Disabling the user (what `auth-service user disable` runs) ends
+    // everything else, on both nodes.
     let started = std::time::Instant::now();
     auth_service::accounts::disable(&stack.auth, user.id)
         .await
         .expect("disable");
-    assert_eq!(key_socket.expect_close().await, 4003);
-    assert!(started.elapsed() < Duration::from_secs(1));
+    for client in &mut key_sockets {
+        assert_eq!(client.expect_close().await, 4003);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

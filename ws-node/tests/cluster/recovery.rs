@@ -113,6 +113,54 @@ async fn a_gap_history_no_longer_covers_is_reported_not_hidden() {
 }
 
 #[tokio::test]
+async fn history_older_than_its_age_limit_is_not_replayed() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| {
+            fast_publisher(c);
+            c.channel_namespaces = Some(
+                r#"[{"name":"brief","subscribe":"any","publish":"any","history":{"max_len":10000,"max_age_secs":1}},
+                    {"name":"user","subscribe":"owner","publish":"server"}]"#
+                    .into(),
+            );
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("erin").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut client = stack.connect(0, &key).await;
+    let publish = |n: u64| json!({ "action": "publish", "channel": "brief:x", "data": { "n": n } });
+
+    // A busy channel: entries past the age limit are trimmed as new ones
+    // arrive (in whole stream nodes of ~100 entries, so publish several).
+    let mut epoch = String::new();
+    for n in 1..=250u64 {
+        epoch = client.request(publish(n), n).await["epoch"]
+            .as_str()
+            .expect("epoch")
+            .to_owned();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(client.request(publish(251), 251).await["offset"], 251);
+    let mut late = stack.connect(0, &key).await;
+    let ack = late.subscribe_since("brief:x", &epoch, 0).await;
+    assert_eq!(ack["recovered"], false, "aged-out entries: {ack}");
+    let ack = late.subscribe_since("brief:x", &epoch, 250).await;
+    assert_eq!(ack["recovered"], true, "a recent entry: {ack}");
+    assert_eq!(late.recv().await["data"]["n"], 251);
+
+    // An idle channel: its whole history lapses once its newest entry is too old.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut later = stack.connect(0, &key).await;
+    let ack = later.subscribe_since("brief:x", &epoch, 250).await;
+    assert_eq!(
+        ack["recovered"], false,
+        "an idle channel's aged history: {ack}"
+    );
+}
+
+#[tokio::test]
 async fn an_idempotency_key_is_delivered_once() {
     let stack = Stack::start(1).await;
     let user = stack.create_user("carol").await;
