@@ -32,6 +32,24 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   pg_isready -q -h 127.0.0.1 -p 5432 || { log "PostgreSQL is not answering on 127.0.0.1:5432"; exit 1; }
 fi
 
+# A fresh Debian cluster asks for a password on TCP; the local defaults
+# (postgres://postgres@127.0.0.1:5432) expect loopback trust, as on a developer
+# machine. Only if a password-less connection is refused, and only for the
+# loopback addresses, trust is added at the top of pg_hba.conf.
+if [ -z "${TEST_DATABASE_URL:-}" ] && ! psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -w -Atc 'select 1' >/dev/null 2>&1; then
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)
+  hba="/etc/postgresql/$version/main/pg_hba.conf"
+  if [ -n "$version" ] && [ -f "$hba" ]; then
+    log "allowing password-less loopback connections to PostgreSQL ($hba)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main reload || $SUDO pg_ctlcluster "$version" main reload
+    sleep 0.5
+  fi
+  psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -w -Atc 'select 1' >/dev/null 2>&1 \
+    || { log "cannot connect to PostgreSQL as postgres@127.0.0.1 without a password; set TEST_DATABASE_URL / DATABASE_URL"; exit 1; }
+fi
+
 # --- Redis -------------------------------------------------------------------
 if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server

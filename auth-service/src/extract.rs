@@ -83,6 +83,21 @@ fn json_error(e: serde_json::Error) -> Error {
     }
 }
 
+/// A path parameter, with a malformed one (e.g. not UTF-8 after decoding)
+/// answered in our error format: 400 `invalid_path`, not axum's plain text.
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|e| Error::bad_request("invalid_path", e.body_text()))
+    }
+}
+
 /// The client's IP: the socket peer, or the last `X-Forwarded-For` hop when
 /// `TRUST_PROXY_HEADERS` is on (the entry our own proxy appended).
 pub struct ClientIp(pub IpAddr);

@@ -198,10 +198,12 @@ pub async fn consume(
 
 fn principal_from_ticket(claims: TicketClaims, origin: Option<&str>) -> Result<Principal, Error> {
     // A ticket minted with a cookie carries the minting page's origin; only
-    // that origin may use it (a stolen ticket is useless to another site).
-    if let Some(minted_for) = &claims.origin
-        && origin != Some(minted_for.as_str())
-    {
+    // that origin may use it (a stolen ticket is useless to another site). One
+    // minted with a cookie but without an Origin (not a browser: curl, a
+    // script) is usable only without one, never from some page.
+    let cookie_minted = matches!(claims.source, AuthSource::Session { .. });
+    let bound = claims.origin.as_deref();
+    if (bound.is_some() || cookie_minted) && origin != bound {
         return Err(Error::OriginMismatch);
     }
     if !claims.scopes.contains(Scope::Connect) {
@@ -297,10 +299,24 @@ mod tests {
             principal_from_ticket(claims.clone(), None),
             Err(Error::OriginMismatch)
         ));
-        let unbound = TicketClaims {
+        // Minted with the cookie but no Origin (curl): usable without one only.
+        let originless = TicketClaims {
             origin: None,
+            ..claims.clone()
+        };
+        assert!(matches!(
+            principal_from_ticket(originless.clone(), Some("https://anywhere.example")),
+            Err(Error::OriginMismatch)
+        ));
+        assert!(principal_from_ticket(originless, None).is_ok());
+        // An API key's ticket is not bound to an origin.
+        let from_key = TicketClaims {
+            origin: None,
+            source: AuthSource::ApiKey {
+                key_id: uuid::Uuid::nil(),
+            },
             ..claims
         };
-        assert!(principal_from_ticket(unbound, Some("https://anywhere.example")).is_ok());
+        assert!(principal_from_ticket(from_key, Some("https://anywhere.example")).is_ok());
     }
 }

@@ -3,10 +3,10 @@
 use crate::accounts;
 use crate::api_keys;
 use crate::error::{Error, Result};
-use crate::extract::{ApiJson, SessionUser};
+use crate::extract::{ApiJson, ApiPath, SessionUser};
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -65,7 +65,7 @@ pub async fn list(State(state): State<AppState>, user: SessionUser) -> Result<im
 pub async fn revoke(
     State(state): State<AppState>,
     user: SessionUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse> {
     let id: Uuid = id.parse().map_err(|_| Error::NotFound("no such API key"))?;
     if !api_keys::revoke_everywhere(&state, id, Some(user.session.user_id)).await? {

@@ -4,10 +4,10 @@
 //! and the control channel carries it to every ws-node.
 
 use crate::error::{Error, Result};
-use crate::extract::ApiKeyUser;
+use crate::extract::{ApiKeyUser, ApiPath};
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::json;
@@ -34,7 +34,7 @@ fn user_id(raw: &str) -> Result<Uuid> {
 pub async fn list_connections(
     State(state): State<AppState>,
     ApiKeyUser(key): ApiKeyUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse> {
     require_admin(&key)?;
     let user_id = user_id(&id)?;
@@ -49,7 +49,7 @@ pub async fn list_connections(
 pub async fn disconnect_user(
     State(state): State<AppState>,
     ApiKeyUser(key): ApiKeyUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse> {
     require_admin(&key)?;
     let user_id = user_id(&id)?;
@@ -67,7 +67,7 @@ pub async fn disconnect_user(
 pub async fn disconnect_connection(
     State(state): State<AppState>,
     ApiKeyUser(key): ApiKeyUser,
-    Path(connection_id): Path<String>,
+    ApiPath(connection_id): ApiPath<String>,
 ) -> Result<impl IntoResponse> {
     require_admin(&key)?;
     if connection_id.len() > 200 || !connection_id.contains(':') {

@@ -2,13 +2,13 @@
 
 use crate::accounts::{self, Username};
 use crate::error::{Error, Result};
-use crate::extract::{ApiJson, Caller, ClientIp, SessionUser, session_cookie_value};
+use crate::extract::{ApiJson, ApiPath, Caller, ClientIp, SessionUser, session_cookie_value};
 use crate::password::MAX_PASSWORD_BYTES;
 use crate::rate_limit;
 use crate::sessions::{self, ClientInfo};
 use crate::state::AppState;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse};
 use serde::Deserialize;
@@ -172,7 +172,7 @@ pub async fn revoke_all(
 pub async fn revoke_one(
     State(state): State<AppState>,
     user: SessionUser,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse> {
     let id: Uuid = id.parse().map_err(|_| Error::NotFound("no such session"))?;
     if !sessions::revoke(&state, user.session.user_id, id).await? {

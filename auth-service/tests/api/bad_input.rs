@@ -16,6 +16,8 @@ async fn malformed_requests_get_clear_json_errors() {
         request
     };
     let json = Some("application/json");
+    let cookie = app.login_cookie("alice").await;
+    let admin_key = app.api_key(&user, "admin").await;
 
     let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
         (
@@ -103,6 +105,21 @@ async fn malformed_requests_get_clear_json_errors() {
             app.http.delete(app.url("/v1/api-keys/not-a-uuid")),
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
+        ),
+        (
+            app.http
+                .delete(app.url("/v1/api-keys/%FF%FE"))
+                .header("cookie", &cookie)
+                .header("origin", APP_ORIGIN),
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
+        ),
+        (
+            app.http
+                .get(app.url("/v1/users/%FF/connections"))
+                .bearer_auth(&admin_key),
+            StatusCode::BAD_REQUEST,
+            "invalid_path",
         ),
         (
             app.http
