@@ -113,13 +113,11 @@ async fn authenticate(
     Ok(ws.on_upgrade(move |socket| connection::run_unauthenticated(node, socket, origin, slot)))
 }
 
-/// The socket settings of DESIGN §5 and §7: a small read buffer (tungstenite's
-/// default is 128 KiB; DESIGN measured 4 KiB at ≈ 6 KiB per idle connection;
-/// 1 KiB measured ≈ 1.5 KiB less per connection here, and client frames are
-/// small — a larger one just takes more reads), bounded write buffering, the
-/// message size limit; no permessage-deflate (never negotiated).
+/// The socket settings of DESIGN §5 and §7: a small read buffer
+/// (`WS_READ_BUFFER_BYTES`; tungstenite's default is 128 KiB), bounded write
+/// buffering, the message size limit; no permessage-deflate (never negotiated).
 fn configure(ws: WebSocketUpgrade, config: &crate::config::Config) -> WebSocketUpgrade {
-    ws.read_buffer_size(1024)
+    ws.read_buffer_size(usize::try_from(config.ws_read_buffer_bytes).unwrap_or(4096))
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(config.max_message_bytes * 4)
         .max_message_size(config.max_message_bytes)
