@@ -102,7 +102,7 @@ pub struct Config {
 
     /// Under heavy fan-out, sockets write on a shared tick of this many
     /// milliseconds (many messages per syscall) instead of per message. 0: never.
-    #[arg(long, env = "WRITE_COALESCE_MS", default_value_t = 5)]
+    #[arg(long, env = "WRITE_COALESCE_MS", default_value_t = 20)]
     pub write_coalesce_ms: u64,
 
     /// Deliveries per second (node-wide) above which write coalescing turns on.
