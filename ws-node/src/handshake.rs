@@ -131,8 +131,42 @@ async fn accept(
     principal: Principal,
 ) -> Result<Response, Error> {
     let id = admit(node, &principal).await?;
-    let node = node.clone();
-    Ok(ws.on_upgrade(move |socket| connection::run(node, socket, id, principal)))
+    let admitted = Admitted {
+        node: node.clone(),
+        id,
+        user_id: principal.user_id,
+        upgraded: false,
+    };
+    Ok(ws.on_upgrade(move |socket| {
+        let mut admitted = admitted;
+        admitted.upgraded = true;
+        connection::run(admitted.node.clone(), socket, id, principal)
+    }))
+}
+
+/// A connection admitted (its per-user slot and directory entry written)
+/// whose upgrade has not happened yet. If the client goes away before the
+/// upgrade completes, the callback is dropped unrun and this releases the
+/// entries at once, instead of letting them hold a place under the per-user
+/// cap until their lease runs out.
+struct Admitted {
+    node: NodeState,
+    id: ConnId,
+    user_id: uuid::Uuid,
+    upgraded: bool,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if !self.upgraded {
+            let name = self.node.connection_name(self.id);
+            tokio::spawn(connection::forget_connection(
+                self.node.clone(),
+                self.user_id,
+                name,
+            ));
+        }
+    }
 }
 
 /// The last checks before a principal gets a socket, in one Redis round trip:

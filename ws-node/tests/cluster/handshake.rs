@@ -282,3 +282,48 @@ async fn plain_http_requests_to_the_websocket_endpoint_get_a_json_error() {
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "not_websocket");
 }
+
+#[tokio::test]
+async fn a_client_that_vanishes_mid_handshake_does_not_keep_its_place() {
+    use tokio::io::AsyncWriteExt as _;
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| c.max_connections_per_user = 1),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("hal").await;
+    let key = stack.api_key(&user, "connect").await;
+    // A valid upgrade request, then the client is gone before the answer.
+    for _ in 0..5 {
+        let ticket = stack.ticket(&key).await;
+        let mut stream = tokio::net::TcpStream::connect(stack.nodes[0].addr)
+            .await
+            .expect("connect");
+        let request = format!(
+            "GET /ws?ticket={ticket} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        // Reset rather than close: the node's answer then fails to go out and
+        // the upgrade never happens.
+        stream
+            .set_linger(Some(std::time::Duration::ZERO))
+            .expect("linger");
+        drop(stream);
+    }
+    // The cap is one and the lease 30 s: a place still held would refuse this.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let ticket = stack.ticket(&key).await;
+        match Client::connect(&format!("{}?ticket={ticket}", stack.nodes[0].ws_url()), &[]).await {
+            Ok(_) => break,
+            Err(refusal) => assert!(
+                std::time::Instant::now() < deadline,
+                "places still held after the clients left: {}",
+                refusal.code
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
