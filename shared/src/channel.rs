@@ -304,8 +304,9 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// Reads a channel's history after `since_offset`, atomically with its
-/// current epoch and offset. At most `cap` messages are read: a larger gap is
-/// reported as not covered.
+/// current epoch and offset: the oldest `ARGV[3]` (page) of the messages
+/// after it. A gap of more than `ARGV[2]` (cap) messages is reported as not
+/// covered (no messages).
 const HISTORY_SINCE: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
@@ -318,7 +319,8 @@ if missing <= 0 or missing > tonumber(ARGV[2]) then
 end
 local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', missing)
 local out = {}
-for i = #entries, 1, -1 do
+local oldest_last = math.max(1, #entries - tonumber(ARGV[3]) + 1)
+for i = #entries, oldest_last, -1 do
   local fields = entries[i][2]
   local s, d
   for j = 1, #fields, 2 do
@@ -349,10 +351,17 @@ impl HistorySince {
     /// Whether the messages are exactly everything after `since` in `epoch`:
     /// same epoch, and no message trimmed away between `since` and now.
     pub fn covers(&self, epoch: &str, since: u64) -> bool {
+        self.covers_page(epoch, since, u64::MAX)
+    }
+
+    /// Whether the messages are exactly the first `page` after `since` in
+    /// `epoch` (or all of them, if fewer remain): a page read by
+    /// [`history_page`] with nothing trimmed away.
+    pub fn covers_page(&self, epoch: &str, since: u64, page: u64) -> bool {
         if self.epoch.as_deref() != Some(epoch) || since > self.offset {
             return false;
         }
-        let expected = self.offset - since;
+        let expected = (self.offset - since).min(page);
         self.messages.len() as u64 == expected
             && self
                 .messages
@@ -370,11 +379,26 @@ pub async fn history_since(
     since_offset: u64,
     cap: u64,
 ) -> redis::RedisResult<HistorySince> {
+    history_page(conn, keys, channel, since_offset, cap, cap).await
+}
+
+/// Like [`history_since`], but only the oldest `page` messages after
+/// `since_offset`: a long replay is read a page at a time, so memory holds one
+/// page, not the whole gap (up to `cap` messages of up to 64 KiB each).
+pub async fn history_page(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    channel: &ChannelName,
+    since_offset: u64,
+    cap: u64,
+    page: u64,
+) -> redis::RedisResult<HistorySince> {
     let (epoch, offset, flat): (String, u64, Vec<String>) = HISTORY_SCRIPT
         .key(keys.channel_history(channel))
         .key(keys.channel_meta(channel))
         .arg(since_offset)
         .arg(cap)
+        .arg(page.max(1))
         .invoke_async(conn)
         .await?;
     let messages = flat
@@ -446,6 +470,16 @@ mod tests {
             ..history
         };
         assert!(caught_up.covers("e", 5));
+        // A page: the oldest two of four missing messages.
+        let page = HistorySince {
+            epoch: Some("e".into()),
+            offset: 9,
+            messages: vec![(6, "6".into()), (7, "7".into())],
+        };
+        assert!(page.covers_page("e", 5, 2));
+        assert!(!page.covers("e", 5), "not all of them");
+        assert!(!page.covers_page("e", 5, 3), "a page of 3 would hold 8 too");
+        assert!(!page.covers_page("e", 4, 2), "offset 5 was trimmed");
         assert!(valid_idempotency_key("order-17"));
         assert!(!valid_idempotency_key(""));
         assert!(!valid_idempotency_key("has space"));

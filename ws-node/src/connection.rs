@@ -145,6 +145,7 @@ pub async fn run(node: NodeState, socket: WebSocket, id: ConnId, principal: Prin
         principal,
         last_heard: Instant::now(),
         floors: HashMap::new(),
+        replay: None,
     };
     let (code, reason) = conn.serve().await;
     if let Some(code) = code {
@@ -278,8 +279,27 @@ struct Connection {
     /// history. Live copies of those messages (queued while the replay ran)
     /// are skipped, so the hand-over from history to live has no duplicate.
     floors: HashMap<String, u64>,
+    /// A replay from history still in progress (boxed: idle connections pay
+    /// one pointer for it).
+    replay: Option<Box<Replay>>,
     guard: Registration,
 }
+
+/// The rest of a `since` replay, sent a page at a time after the `ack`.
+struct Replay {
+    channel: ChannelName,
+    epoch: String,
+    /// The last offset replayed so far.
+    sent: u64,
+    /// The channel's offset when the replay began; later ones arrive live.
+    until: u64,
+    /// The most messages history is asked for (the namespace's bound).
+    cap: u64,
+}
+
+/// Messages read from history and written per page of a replay: what one
+/// replay holds in memory at most.
+const REPLAY_PAGE: u64 = 256;
 
 /// How a request went: a reply to send, or a close code to end with.
 type Outcome = Result<Vec<String>, (u16, &'static str)>;
@@ -374,6 +394,14 @@ impl Connection {
                                 for reply in replies {
                                     if let Err(stop) = self.send(Message::Text(reply.into())).await {
                                         return stop;
+                                    }
+                                }
+                                // A long `since` replay goes on a page at a time.
+                                while let Some(replay) = self.replay.take() {
+                                    for frame in Box::pin(self.replay_page(replay)).await {
+                                        if let Err(stop) = self.send(Message::Text(frame.into())).await {
+                                            return stop;
+                                        }
                                     }
                                 }
                             }
@@ -607,13 +635,15 @@ impl Connection {
         let Some(limits) = rule.history else {
             return vec![ack_subscribed(id, &channel, Some(false), None)];
         };
+        let cap = limits.max_len.saturating_mul(2).max(100);
         let mut redis = self.node.redis.clone();
-        let history = match shared::channel::history_since(
+        let history = match shared::channel::history_page(
             &mut redis,
             &self.node.keys,
             &channel,
             since.offset,
-            limits.max_len.saturating_mul(2).max(100),
+            cap,
+            REPLAY_PAGE,
         )
         .await
         {
@@ -631,7 +661,7 @@ impl Connection {
                 )];
             }
         };
-        let recovered = history.covers(&since.epoch, since.offset);
+        let recovered = history.covers_page(&since.epoch, since.offset, REPLAY_PAGE);
         metrics::counter!("ws_recoveries_total", "recovered" => if recovered { "true" } else { "false" }).increment(1);
         let position = history.epoch.clone().map(|epoch| StreamPosition {
             epoch,
@@ -647,16 +677,73 @@ impl Connection {
             self.floors
                 .insert(channel.as_str().to_owned(), position.offset);
             if recovered {
+                let mut sent = since.offset;
                 for (offset, data) in &history.messages {
                     let at = StreamPosition {
                         epoch: position.epoch.clone(),
                         offset: *offset,
                     };
                     replies.push(history_frame(&channel, &at, data));
+                    sent = *offset;
+                }
+                if sent < position.offset {
+                    self.replay = Some(Box::new(Replay {
+                        channel,
+                        epoch: position.epoch.clone(),
+                        sent,
+                        until: position.offset,
+                        cap,
+                    }));
                 }
             }
         }
         replies
+    }
+
+    /// The next page of a replay; queues the rest, if any. If history no longer
+    /// holds what comes next (trimmed meanwhile, or Redis lost it), the client
+    /// is told with a `recovery` notice instead of being left with a gap.
+    async fn replay_page(&mut self, mut replay: Box<Replay>) -> Vec<String> {
+        let mut redis = self.node.redis.clone();
+        let page = shared::channel::history_page(
+            &mut redis,
+            &self.node.keys,
+            &replay.channel,
+            replay.sent,
+            replay.cap,
+            REPLAY_PAGE,
+        )
+        .await;
+        let page = match page {
+            Ok(page) if page.covers_page(&replay.epoch, replay.sent, REPLAY_PAGE) => page,
+            _ => {
+                metrics::counter!("ws_unrecoverable_gaps_total").increment(1);
+                return vec![
+                    serde_json::json!({
+                        "type": "recovery",
+                        "channel": replay.channel.as_str(),
+                        "recovered": false,
+                    })
+                    .to_string(),
+                ];
+            }
+        };
+        let mut frames = Vec::with_capacity(page.messages.len());
+        for (offset, data) in &page.messages {
+            if *offset > replay.until {
+                break;
+            }
+            let at = StreamPosition {
+                epoch: replay.epoch.clone(),
+                offset: *offset,
+            };
+            frames.push(history_frame(&replay.channel, &at, data));
+            replay.sent = *offset;
+        }
+        if replay.sent < replay.until && !frames.is_empty() {
+            self.replay = Some(replay);
+        }
+        frames
     }
 
     async fn unsubscribe(&mut self, id: Option<&RequestId>, channel: &ChannelName) -> String {

@@ -278,14 +278,14 @@ impl Subscriber {
                     return false;
                 }
                 if position.offset > cursor.offset + 1 {
-                    self.fill_live_gap(channel, &cursor, position).await;
+                    self.fill_live_gap(channel, position).await;
                 }
                 true
             }
             // The channel had no history when we subscribed: this epoch is its first.
             None => {
                 if position.offset > 1 {
-                    self.fill_live_gap(channel, &cursor, position).await;
+                    self.fill_live_gap(channel, position).await;
                 }
                 true
             }
@@ -297,76 +297,95 @@ impl Subscriber {
         }
     }
 
-    /// Dispatches, from history, what came after `cursor` (and before `until`,
-    /// the live message that revealed the gap, if any); returns the new cursor.
-    /// A gap history cannot cover is announced to the channel's members.
+    /// Dispatches, from history, what came after the channel's cursor (and
+    /// before `until`, the live message that revealed the gap, if any), a page
+    /// at a time, moving the cursor along: memory holds one page, and a read
+    /// error midway leaves the cursor after the last page dispatched, so a
+    /// retry neither repeats nor skips. A gap history cannot cover is
+    /// announced to the channel's members.
     async fn fill_gap(
         &mut self,
         channel: &str,
-        cursor: &Cursor,
         until: Option<&StreamPosition>,
-    ) -> redis::RedisResult<Cursor> {
+    ) -> redis::RedisResult<()> {
         let Ok(name) = channel.parse::<ChannelName>() else {
-            return Ok(cursor.clone());
+            return Ok(());
         };
-        let history = shared::channel::history_since(
-            &mut self.redis,
-            &self.keys,
-            &name,
-            cursor.offset,
-            MAX_GAP_FILL,
-        )
-        .await?;
-        let Some(epoch) = history.epoch.clone() else {
-            // No history at all now. If there was some before, it is lost.
-            if cursor.epoch.is_some() {
-                self.announce_unrecoverable(channel, "the channel's history is gone");
-            }
-            return Ok(Cursor::default());
-        };
-        let same_epoch = cursor.epoch.as_deref().is_none_or(|e| e == epoch);
-        if !same_epoch || !history.covers(&epoch, cursor.offset) {
-            let reason = if same_epoch { "trimmed" } else { "new epoch" };
-            tracing::info!(channel, ?cursor, epoch, offset = history.offset, got = history.messages.len(), first = ?history.messages.first().map(|m| m.0), "gap not covered");
-            self.announce_unrecoverable(channel, reason);
-            return Ok(Cursor {
-                epoch: Some(epoch),
-                offset: history.offset,
-            });
-        }
-        let mut last = cursor.offset;
-        for (i, (offset, data)) in history.messages.iter().enumerate() {
-            if until.is_some_and(|u| *offset >= u.offset) {
-                break;
-            }
-            if i % REPLAY_BATCH == 0 {
-                self.hub
-                    .wait_for_room(channel, REPLAY_BATCH, REPLAY_PATIENCE)
-                    .await;
-            }
-            let position = StreamPosition {
-                epoch: epoch.clone(),
-                offset: *offset,
+        let page_size = REPLAY_BATCH as u64;
+        loop {
+            let Some(cursor) = self.cursors.get(channel).cloned() else {
+                return Ok(());
             };
-            let frame = history_frame(&name, &position, data);
-            self.deliver(channel, Some(*offset), &Utf8Bytes::from(frame));
-            last = *offset;
+            let history = shared::channel::history_page(
+                &mut self.redis,
+                &self.keys,
+                &name,
+                cursor.offset,
+                MAX_GAP_FILL,
+                page_size,
+            )
+            .await?;
+            let Some(epoch) = history.epoch.clone() else {
+                // No history at all now. If there was some before, it is lost.
+                if cursor.epoch.is_some() {
+                    self.announce_unrecoverable(channel, "the channel's history is gone");
+                }
+                self.cursors.insert(channel.to_owned(), Cursor::default());
+                return Ok(());
+            };
+            let same_epoch = cursor.epoch.as_deref().is_none_or(|e| e == epoch);
+            if !same_epoch || !history.covers_page(&epoch, cursor.offset, page_size) {
+                let reason = if same_epoch { "trimmed" } else { "new epoch" };
+                self.announce_unrecoverable(channel, reason);
+                self.cursors.insert(
+                    channel.to_owned(),
+                    Cursor {
+                        epoch: Some(epoch),
+                        offset: history.offset,
+                    },
+                );
+                return Ok(());
+            }
+            self.hub
+                .wait_for_room(channel, REPLAY_BATCH, REPLAY_PATIENCE)
+                .await;
+            let mut last = cursor.offset;
+            let mut reached_until = false;
+            for (offset, data) in &history.messages {
+                if until.is_some_and(|u| *offset >= u.offset) {
+                    reached_until = true;
+                    break;
+                }
+                let position = StreamPosition {
+                    epoch: epoch.clone(),
+                    offset: *offset,
+                };
+                let frame = history_frame(&name, &position, data);
+                self.deliver(channel, Some(*offset), &Utf8Bytes::from(frame));
+                last = *offset;
+            }
+            self.cursors.insert(
+                channel.to_owned(),
+                Cursor {
+                    epoch: Some(epoch),
+                    offset: last,
+                },
+            );
+            if reached_until || history.messages.is_empty() || last >= history.offset {
+                metrics::counter!("ws_gap_fills_total").increment(1);
+                return Ok(());
+            }
         }
-        metrics::counter!("ws_gap_fills_total").increment(1);
-        Ok(Cursor {
-            epoch: Some(epoch),
-            offset: last,
-        })
     }
 
     /// Fills a gap revealed by a live message. A failed history read is
     /// retried briefly (the command connection may just be reconnecting); if
     /// history stays unreadable the members are told rather than left unaware.
-    async fn fill_live_gap(&mut self, channel: &str, cursor: &Cursor, until: &StreamPosition) {
+    async fn fill_live_gap(&mut self, channel: &str, until: &StreamPosition) {
         let mut attempt = 0;
         loop {
-            match self.fill_gap(channel, cursor, Some(until)).await {
-                Ok(_) => return,
+            match self.fill_gap(channel, Some(until)).await {
+                Ok(()) => return,
                 Err(e) if attempt < 3 => {
                     attempt += 1;
                     tracing::debug!(error = %e, channel, attempt, "retrying a history read");
@@ -446,16 +465,16 @@ impl Subscriber {
     /// its cursor. A read error aborts; the caller reconnects (with backoff)
     /// and tries again, and the cursors make the retry resume where this left.
     async fn replay_missed(&mut self) -> redis::RedisResult<()> {
-        let cursors: Vec<(String, Cursor)> = self
+        let cursors: Vec<(String, u64)> = self
             .cursors
             .iter()
-            .map(|(c, k)| (c.clone(), k.clone()))
+            .map(|(c, k)| (c.clone(), k.offset))
             .collect();
         let mut replayed = 0;
-        for (channel, cursor) in cursors {
-            let next = self.fill_gap(&channel, &cursor, None).await?;
-            replayed += next.offset.saturating_sub(cursor.offset);
-            self.cursors.insert(channel, next);
+        for (channel, before) in cursors {
+            self.fill_gap(&channel, None).await?;
+            let after = self.cursors.get(&channel).map_or(before, |c| c.offset);
+            replayed += after.saturating_sub(before);
         }
         if replayed > 0 {
             tracing::info!(

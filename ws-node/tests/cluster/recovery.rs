@@ -70,6 +70,52 @@ async fn subscribe_with_since_replays_the_gap_then_continues_live_without_gap_or
 }
 
 #[tokio::test]
+async fn a_replay_longer_than_a_page_arrives_whole_then_hands_over_to_live() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 2,
+        customise_node: Box::new(fast_publisher),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("ivy").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let node = stack.nodes[0].state.clone();
+    let channel: shared::channel::ChannelName = "public:long".parse().expect("channel");
+    let history = node.namespaces.rule_for(&channel).and_then(|r| r.history);
+    let mut redis = node.redis.clone();
+    let publish = |n: u64| {
+        serde_json::value::RawValue::from_string(json!({ "n": n }).to_string()).expect("json")
+    };
+    let mut epoch = String::new();
+    for n in 1..=700u64 {
+        let published =
+            shared::channel::publish(&mut redis, &node.keys, &channel, &publish(n), history, None)
+                .await
+                .expect("publish");
+        epoch = published.position.expect("position").epoch;
+    }
+    // Live messages keep coming while the replay (three pages) is sent.
+    let publishing = tokio::spawn(async move {
+        for n in 701..=800u64 {
+            shared::channel::publish(&mut redis, &node.keys, &channel, &publish(n), history, None)
+                .await
+                .expect("publish");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let mut client = stack.connect(1, &key).await;
+    let ack = client.subscribe_since("public:long", &epoch, 0).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    publishing.await.expect("publisher");
+    let mut sequence = Sequence::default();
+    while sequence.received.last() != Some(&800) {
+        sequence.record(&client.recv_message().await);
+    }
+    sequence.assert_exactly(800, "replaying client");
+    assert_eq!(sequence.recovery_failures, 0);
+}
+
+#[tokio::test]
 async fn a_gap_history_no_longer_covers_is_reported_not_hidden() {
     let stack = Stack::start_with(StackOptions {
         nodes: 1,
