@@ -70,9 +70,16 @@ pub async fn count_attempt(
     Ok(())
 }
 
-/// Takes back one counted attempt (it turned out not to be a failure).
-pub async fn uncount(redis: &mut ConnectionManager, key: &str) -> Result<()> {
-    redis::cmd("DECR").arg(key).query_async::<()>(redis).await?;
+/// Takes back one counted attempt from each counter (it turned out not to be
+/// a failure). Should a counter's window have ended meanwhile, `DECR` leaves
+/// it at -1 without an expiry; the next [`add_hit`] brings it to 0 and starts
+/// a window (`PEXPIRE … NX`), so that costs at most one attempt's worth.
+pub async fn uncount(redis: &mut ConnectionManager, keys: &[&str]) -> Result<()> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("DECR").arg(*key).ignore();
+    }
+    pipe.query_async::<()>(redis).await?;
     Ok(())
 }
 

@@ -158,8 +158,8 @@ pub async fn revoke(state: &AppState, user_id: Uuid, session_id: Uuid) -> Result
 }
 
 /// Revokes every live session of a user; returns how many there were. The
-/// Redis side covers every unexpired session of the user, revoked now or
-/// before, so retrying after a Redis failure completes it (as [`revoke`]).
+/// Redis side covers the user's sessions revoked within the idle timeout,
+/// now or before, so retrying after a Redis failure completes it (as [`revoke`]).
 pub async fn revoke_all_for_user(state: &AppState, user_id: Uuid) -> Result<usize> {
     let revoked = sqlx::query(
         "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
@@ -168,10 +168,16 @@ pub async fn revoke_all_for_user(state: &AppState, user_id: Uuid) -> Result<usiz
     .execute(&state.db)
     .await?
     .rows_affected();
+    // Revoked ones only (a session created meanwhile stays live), and only
+    // recent ones: an older one cannot still be cached (the cache entry lives
+    // at most the idle timeout), and a retry comes soon after a failure.
     let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
-        "SELECT id, token_hash FROM sessions WHERE user_id = $1 AND expires_at > now()",
+        "SELECT id, token_hash FROM sessions
+         WHERE user_id = $1 AND expires_at > now() AND revoked_at IS NOT NULL
+           AND revoked_at > now() - make_interval(secs => $2)",
     )
     .bind(user_id)
+    .bind(state.config.session_idle_timeout_secs as f64)
     .fetch_all(&state.db)
     .await?;
     let (ids, hashes): (Vec<Uuid>, Vec<Vec<u8>>) = rows.into_iter().unzip();

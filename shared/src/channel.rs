@@ -305,31 +305,42 @@ fn millis(d: Duration) -> u64 {
 
 /// Reads a channel's history after `since_offset`, atomically with its
 /// current epoch and offset: the oldest `ARGV[3]` (page) of the messages
-/// after it. A gap of more than `ARGV[2]` (cap) messages is reported as not
-/// covered (no messages).
+/// after it, and the stream id of the last one returned. A gap of more than
+/// `ARGV[2]` (cap) messages is reported as not covered (no messages).
+/// `ARGV[4]`, if not empty, is the stream id the previous page ended at: the
+/// page is then read forward from there (O(page), not O(gap)).
 const HISTORY_SINCE: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
 if not epoch then
-  return {'', 0, {}}
+  return {'', 0, {}, ''}
 end
 local missing = seq - tonumber(ARGV[1])
-if missing <= 0 or missing > tonumber(ARGV[2]) then
-  return {epoch, seq, {}}
+local page = tonumber(ARGV[3])
+if missing <= 0 or (ARGV[4] == '' and missing > tonumber(ARGV[2])) then
+  return {epoch, seq, {}, ''}
 end
-local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', missing)
 local out = {}
-local oldest_last = math.max(1, #entries - tonumber(ARGV[3]) + 1)
-for i = #entries, oldest_last, -1 do
-  local fields = entries[i][2]
+local last_id = ''
+local function take(entry)
+  local fields = entry[2]
   local s, d
   for j = 1, #fields, 2 do
     if fields[j] == 's' then s = fields[j + 1] elseif fields[j] == 'd' then d = fields[j + 1] end
   end
   table.insert(out, s)
   table.insert(out, d)
+  last_id = entry[1]
 end
-return {epoch, seq, out}
+if ARGV[4] ~= '' then
+  local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[4], '+', 'COUNT', page)
+  for i = 1, #entries do take(entries[i]) end
+else
+  local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', missing)
+  local oldest_last = math.max(1, #entries - page + 1)
+  for i = #entries, oldest_last, -1 do take(entries[i]) end
+end
+return {epoch, seq, out, last_id}
 "#;
 
 static HISTORY_SCRIPT: LazyLock<redis::Script> =
@@ -345,6 +356,9 @@ pub struct HistorySince {
     pub offset: u64,
     /// Messages after the requested offset, oldest first, as `(offset, data)`.
     pub messages: Vec<(u64, String)>,
+    /// The stream id of the last message returned (where the next page of a
+    /// [`history_page`] read continues); `None` if none was returned.
+    pub last_id: Option<String>,
 }
 
 impl HistorySince {
@@ -379,12 +393,14 @@ pub async fn history_since(
     since_offset: u64,
     cap: u64,
 ) -> redis::RedisResult<HistorySince> {
-    history_page(conn, keys, channel, since_offset, cap, cap).await
+    history_page(conn, keys, channel, since_offset, cap, cap, None).await
 }
 
 /// Like [`history_since`], but only the oldest `page` messages after
 /// `since_offset`: a long replay is read a page at a time, so memory holds one
-/// page, not the whole gap (up to `cap` messages of up to 64 KiB each).
+/// page, not the whole gap (up to `cap` messages of up to 64 KiB each). Pass
+/// the previous page's `last_id` as `after_id` to continue a replay: the read
+/// then starts right there instead of scanning the gap again.
 pub async fn history_page(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,
@@ -392,13 +408,15 @@ pub async fn history_page(
     since_offset: u64,
     cap: u64,
     page: u64,
+    after_id: Option<&str>,
 ) -> redis::RedisResult<HistorySince> {
-    let (epoch, offset, flat): (String, u64, Vec<String>) = HISTORY_SCRIPT
+    let (epoch, offset, flat, last_id): (String, u64, Vec<String>, String) = HISTORY_SCRIPT
         .key(keys.channel_history(channel))
         .key(keys.channel_meta(channel))
         .arg(since_offset)
         .arg(cap)
         .arg(page.max(1))
+        .arg(after_id.unwrap_or(""))
         .invoke_async(conn)
         .await?;
     let messages = flat
@@ -409,6 +427,7 @@ pub async fn history_page(
         epoch: (!epoch.is_empty()).then_some(epoch),
         offset,
         messages,
+        last_id: (!last_id.is_empty()).then_some(last_id),
     })
 }
 
@@ -460,6 +479,7 @@ mod tests {
             epoch: Some("e".into()),
             offset: 5,
             messages: vec![(4, "4".into()), (5, "5".into())],
+            last_id: None,
         };
         assert!(history.covers("e", 3));
         assert!(!history.covers("other", 3));
@@ -475,6 +495,7 @@ mod tests {
             epoch: Some("e".into()),
             offset: 9,
             messages: vec![(6, "6".into()), (7, "7".into())],
+            last_id: None,
         };
         assert!(page.covers_page("e", 5, 2));
         assert!(!page.covers("e", 5), "not all of them");

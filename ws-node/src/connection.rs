@@ -295,6 +295,8 @@ struct Replay {
     until: u64,
     /// The most messages history is asked for (the namespace's bound).
     cap: u64,
+    /// The stream id of the last message replayed: the next page starts there.
+    after_id: Option<String>,
 }
 
 /// Messages read from history and written per page of a replay: what one
@@ -644,6 +646,7 @@ impl Connection {
             since.offset,
             cap,
             REPLAY_PAGE,
+            None,
         )
         .await
         {
@@ -693,6 +696,7 @@ impl Connection {
                         sent,
                         until: position.offset,
                         cap,
+                        after_id: history.last_id.clone(),
                     }));
                 }
             }
@@ -712,6 +716,7 @@ impl Connection {
             replay.sent,
             replay.cap,
             REPLAY_PAGE,
+            replay.after_id.as_deref(),
         )
         .await;
         let page = match page {
@@ -741,6 +746,7 @@ impl Connection {
             replay.sent = *offset;
         }
         if replay.sent < replay.until && !frames.is_empty() {
+            replay.after_id = page.last_id;
             self.replay = Some(replay);
         }
         frames

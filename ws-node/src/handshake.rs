@@ -160,11 +160,12 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         if !self.upgraded {
             let name = self.node.connection_name(self.id);
-            tokio::spawn(connection::forget_connection(
-                self.node.clone(),
-                self.user_id,
-                name,
-            ));
+            let (node, user_id) = (self.node.clone(), self.user_id);
+            let cleanup = node.cleanups.start();
+            tokio::spawn(async move {
+                connection::forget_connection(node, user_id, name).await;
+                drop(cleanup);
+            });
         }
     }
 }

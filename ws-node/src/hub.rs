@@ -292,6 +292,11 @@ impl Hub {
         }
     }
 
+    /// Whether `channel` has local members now.
+    pub fn has_channel(&self, channel: &str) -> bool {
+        read(&self.channels).contains_key(channel)
+    }
+
     /// Every channel with local members (to resubscribe after a reconnect),
     /// with the generation of its current entry.
     pub fn channels(&self) -> Vec<(String, u64)> {

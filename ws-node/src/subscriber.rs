@@ -77,8 +77,8 @@ const MAX_GAP_FILL: u64 = 10_000;
 /// Replayed messages are queued to members this many at a time, each batch
 /// once every member has room for it (see [`Hub::wait_for_room`]).
 const REPLAY_BATCH: usize = 256;
-/// How long a replay waits for a member to make room before treating it as a
-/// slow consumer.
+/// How long, in all, one gap's replay waits for members to make room before
+/// treating those still without room as slow consumers.
 const REPLAY_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Subscriber {
@@ -176,6 +176,16 @@ impl Subscriber {
                 Ok(cmd) => pending.push(cmd),
                 Err(_) => break,
             }
+        }
+        // An UNSUBSCRIBE whose channel has members again (a Subscribe for a
+        // new entry is queued behind it) would open a window in which those
+        // members miss messages: keep the subscription and the cursor instead.
+        pending.retain(|cmd| match cmd {
+            SubscriberCommand::Unsubscribe { channel } => !self.hub.has_channel(channel),
+            SubscriberCommand::Subscribe { .. } => true,
+        });
+        if pending.is_empty() {
+            return Ok(());
         }
         let mut i = 0;
         while i < pending.len() {
@@ -312,6 +322,11 @@ impl Subscriber {
             return Ok(());
         };
         let page_size = REPLAY_BATCH as u64;
+        let mut after_id: Option<String> = None;
+        // Pacing never holds the node (this task serves every channel) for
+        // more than REPLAY_PATIENCE per gap: members still cramped then are
+        // slow consumers, and queuing to them closes them (4008).
+        let mut patience = REPLAY_PATIENCE;
         loop {
             let Some(cursor) = self.cursors.get(channel).cloned() else {
                 return Ok(());
@@ -323,6 +338,7 @@ impl Subscriber {
                 cursor.offset,
                 MAX_GAP_FILL,
                 page_size,
+                after_id.as_deref(),
             )
             .await?;
             let Some(epoch) = history.epoch.clone() else {
@@ -346,9 +362,13 @@ impl Subscriber {
                 );
                 return Ok(());
             }
-            self.hub
-                .wait_for_room(channel, REPLAY_BATCH, REPLAY_PATIENCE)
-                .await;
+            if !history.messages.is_empty() && !patience.is_zero() {
+                let started = tokio::time::Instant::now();
+                self.hub
+                    .wait_for_room(channel, REPLAY_BATCH, patience)
+                    .await;
+                patience = patience.saturating_sub(started.elapsed());
+            }
             let mut last = cursor.offset;
             let mut reached_until = false;
             for (offset, data) in &history.messages {
@@ -375,6 +395,7 @@ impl Subscriber {
                 metrics::counter!("ws_gap_fills_total").increment(1);
                 return Ok(());
             }
+            after_id = history.last_id;
         }
     }
 

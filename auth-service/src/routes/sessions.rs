@@ -67,22 +67,34 @@ pub async fn login(
     // Counted as a failure up front (taken back on success), so parallel
     // guesses cannot all slip past the limit while they wait to be hashed.
     rate_limit::count_attempt(&mut redis, &counters, window).await?;
-
-    let user = match &username {
-        Some(name) => accounts::find_by_username(&state.db, name).await?,
-        None => None,
+    let checked = async {
+        let user = match &username {
+            Some(name) => accounts::find_by_username(&state.db, name).await?,
+            None => None,
+        }
+        .filter(|u| u.disabled_at.is_none());
+        let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
+        let matched = state.passwords.verify(&password, stored_hash).await?;
+        Ok::<_, Error>(user.filter(|_| matched))
     }
-    .filter(|u| u.disabled_at.is_none());
-    let stored_hash = user.as_ref().map(|u| u.password_hash.clone());
-    let matched = state.passwords.verify(&password, stored_hash).await?;
-    let Some(user) = user.filter(|_| matched) else {
+    .await;
+    let user = match checked {
+        Ok(user) => user,
+        // Not a failed login (hashing queue full, database down): not counted.
+        Err(e) => {
+            let keys: Vec<&str> = counters.iter().map(|(k, _)| k.as_str()).collect();
+            rate_limit::uncount(&mut redis, &keys).await?;
+            return Err(e);
+        }
+    };
+    let Some(user) = user else {
         metrics::counter!("logins_total", "outcome" => "failed").increment(1);
         return Err(Error::Unauthenticated {
             code: "invalid_credentials",
             message: "invalid username or password",
         });
     };
-    rate_limit::uncount(&mut redis, &counters[0].0).await?;
+    rate_limit::uncount(&mut redis, &[counters[0].0.as_str()]).await?;
     if let Some(key) = account_counter {
         rate_limit::reset(&mut redis, key).await?;
     }
