@@ -169,8 +169,8 @@ impl Plan {
                 handshake: HandshakePlan {
                     connections: 24_000,
                     nodes: 2,
-                    workers: 4,
-                    concurrency: 32,
+                    workers: 2,
+                    concurrency: 128,
                 },
                 fanout: vec![
                     // 2 000 × 1 000 msg/s offers 2 M deliveries/s (target 1.5 M).
