@@ -109,46 +109,41 @@ impl ApiKeyVerifier {
             return Ok(None);
         }
         let hash = TokenHash::of(key);
-        if self.cache_ttl.is_zero() {
+        let verified = if self.cache_ttl.is_zero() {
             // No caching: every verification asks Postgres.
-            let verified = lookup(db, hash).await.map_err(|e| match e {
-                Error::Database(_) => {
-                    Error::Unavailable("the database is unavailable; retry later")
-                }
-                other => other,
-            })?;
-            if let Some(k) = &verified {
-                self.note_used(db, k.id);
-            }
-            return Ok(verified);
-        }
-        let fetch = || async move {
-            let started = std::time::Instant::now();
-            lookup(db, hash).await.map(|key| (key, started))
+            lookup(db, hash).await.map_err(|e| lookup_failed(&e))?
+        } else {
+            self.cached(db, hash).await?
         };
-        let unavailable = |e: std::sync::Arc<Error>| match &*e {
-            Error::Database(_) => Error::Unavailable("the database is unavailable; retry later"),
-            other => Error::Internal(anyhow::anyhow!("api key lookup: {other}")),
-        };
-        let (mut verified, started) = self
-            .cache
-            .try_get_with(hash, fetch())
-            .await
-            .map_err(unavailable)?;
-        if started.elapsed() > self.cache_ttl {
-            // Inserted after a slow lookup: older than the bound allows.
-            self.cache.invalidate(&hash).await;
-            verified = self
-                .cache
-                .try_get_with(hash, fetch())
-                .await
-                .map_err(unavailable)?
-                .0;
-        }
         if let Some(k) = &verified {
             self.note_used(db, k.id);
         }
         Ok(verified)
+    }
+
+    /// `hash`'s entry from the cache, looked up on a miss. An entry is aged
+    /// from when its lookup started: one that a slow query left older than
+    /// the cache's lifetime is looked up again.
+    async fn cached(&self, db: &PgPool, hash: TokenHash) -> Result<Option<VerifiedKey>> {
+        let fetch = || async move {
+            let started = std::time::Instant::now();
+            lookup(db, hash).await.map(|key| (key, started))
+        };
+        let (verified, started) = self
+            .cache
+            .try_get_with(hash, fetch())
+            .await
+            .map_err(|e| lookup_failed(&e))?;
+        if started.elapsed() <= self.cache_ttl {
+            return Ok(verified);
+        }
+        self.cache.invalidate(&hash).await;
+        Ok(self
+            .cache
+            .try_get_with(hash, fetch())
+            .await
+            .map_err(|e| lookup_failed(&e))?
+            .0)
     }
 
     /// Drops a key from this process's cache (after revoking it here).
@@ -171,6 +166,14 @@ impl ApiKeyVerifier {
                 tracing::warn!(error = %e, "could not record API key use");
             }
         });
+    }
+}
+
+/// The answer to a failed key lookup: Postgres unreachable → 503.
+fn lookup_failed(e: &Error) -> Error {
+    match e {
+        Error::Database(_) => Error::Unavailable("the database is unavailable; retry later"),
+        other => Error::Internal(anyhow::anyhow!("api key lookup: {other}")),
     }
 }
 

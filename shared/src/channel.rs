@@ -362,12 +362,6 @@ pub struct HistorySince {
 }
 
 impl HistorySince {
-    /// Whether the messages are exactly everything after `since` in `epoch`:
-    /// same epoch, and no message trimmed away between `since` and now.
-    pub fn covers(&self, epoch: &str, since: u64) -> bool {
-        self.covers_page(epoch, since, u64::MAX)
-    }
-
     /// Whether the messages are exactly the first `page` after `since` in
     /// `epoch` (or all of them, if fewer remain): a page read by
     /// [`history_page`] with nothing trimmed away.
@@ -385,20 +379,10 @@ impl HistorySince {
     }
 }
 
-/// Reads what a channel's history holds after `since_offset` (at most `cap` messages).
-pub async fn history_since(
-    conn: &mut impl redis::aio::ConnectionLike,
-    keys: &RedisKeys,
-    channel: &ChannelName,
-    since_offset: u64,
-    cap: u64,
-) -> redis::RedisResult<HistorySince> {
-    history_page(conn, keys, channel, since_offset, cap, cap, None).await
-}
-
-/// Like [`history_since`], but only the oldest `page` messages after
-/// `since_offset`: a long replay is read a page at a time, so memory holds one
-/// page, not the whole gap (up to `cap` messages of up to 64 KiB each). Pass
+/// Reads a channel's history after `since_offset`, with its current epoch
+/// and offset: the oldest `page` messages after it. A replay is read a page
+/// at a time, so memory holds one page, not the whole gap (up to `cap`
+/// messages of up to 64 KiB each; a larger gap reads as not covered). Pass
 /// the previous page's `last_id` as `after_id` to continue a replay: the read
 /// then starts right there instead of scanning the gap again.
 pub async fn history_page(
@@ -481,15 +465,21 @@ mod tests {
             messages: vec![(4, "4".into()), (5, "5".into())],
             last_id: None,
         };
-        assert!(history.covers("e", 3));
-        assert!(!history.covers("other", 3));
-        assert!(!history.covers("e", 2), "offset 3 was trimmed");
-        assert!(!history.covers("e", 6), "an offset from the future");
+        assert!(history.covers_page("e", 3, u64::MAX));
+        assert!(!history.covers_page("other", 3, u64::MAX));
+        assert!(
+            !history.covers_page("e", 2, u64::MAX),
+            "offset 3 was trimmed"
+        );
+        assert!(
+            !history.covers_page("e", 6, u64::MAX),
+            "an offset from the future"
+        );
         let caught_up = HistorySince {
             messages: vec![],
             ..history
         };
-        assert!(caught_up.covers("e", 5));
+        assert!(caught_up.covers_page("e", 5, u64::MAX));
         // A page: the oldest two of four missing messages.
         let page = HistorySince {
             epoch: Some("e".into()),
@@ -498,7 +488,7 @@ mod tests {
             last_id: None,
         };
         assert!(page.covers_page("e", 5, 2));
-        assert!(!page.covers("e", 5), "not all of them");
+        assert!(!page.covers_page("e", 5, u64::MAX), "not all of them");
         assert!(!page.covers_page("e", 5, 3), "a page of 3 would hold 8 too");
         assert!(!page.covers_page("e", 4, 2), "offset 5 was trimmed");
         assert!(valid_idempotency_key("order-17"));

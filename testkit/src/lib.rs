@@ -134,6 +134,16 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A connection for the test itself (to inject faults: `CLIENT KILL`,
+    /// `ACL`, `FLUSHALL`).
+    pub async fn admin(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("admin connection")
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

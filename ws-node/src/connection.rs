@@ -16,7 +16,7 @@ use crate::state::NodeState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt as _;
 use serde_json::value::RawValue;
-use shared::channel::{ChannelName, PublishError, StreamPosition, history_frame};
+use shared::channel::{ChannelName, HistorySince, PublishError, StreamPosition, history_frame};
 use shared::namespace::{Access, NamespaceRule};
 use shared::scope::{Scope, Scopes};
 use shared::ticket::AuthSource;
@@ -221,7 +221,7 @@ pub async fn restore_connection_entries(node: &NodeState, lost: &[(ConnId, Uuid)
         let name = node.connection_name(*id);
         let mut channels: Vec<&str> = channels.iter().map(String::as_str).collect();
         channels.sort_unstable();
-        crate::limits::add_slot_restoration(&mut pipe, &node.keys, *user_id, &name, lease);
+        crate::limits::add_slot(&mut pipe, &node.keys, *user_id, &name, lease);
         add_directory_entry(&mut pipe, node, &name, *user_id, *connected_at, &channels);
     }
     let mut redis = node.redis.clone();
@@ -680,25 +680,15 @@ impl Connection {
             self.floors
                 .insert(channel.as_str().to_owned(), position.offset);
             if recovered {
-                let mut sent = since.offset;
-                for (offset, data) in &history.messages {
-                    let at = StreamPosition {
-                        epoch: position.epoch.clone(),
-                        offset: *offset,
-                    };
-                    replies.push(history_frame(&channel, &at, data));
-                    sent = *offset;
-                }
-                if sent < position.offset {
-                    self.replay = Some(Box::new(Replay {
-                        channel,
-                        epoch: position.epoch.clone(),
-                        sent,
-                        until: position.offset,
-                        cap,
-                        after_id: history.last_id.clone(),
-                    }));
-                }
+                let replay = Box::new(Replay {
+                    channel,
+                    epoch: position.epoch.clone(),
+                    sent: since.offset,
+                    until: position.offset,
+                    cap,
+                    after_id: None,
+                });
+                replies.extend(self.take_page(replay, history));
             }
         }
         replies
@@ -707,7 +697,7 @@ impl Connection {
     /// The next page of a replay; queues the rest, if any. If history no longer
     /// holds what comes next (trimmed meanwhile, or Redis lost it), the client
     /// is told with a `recovery` notice instead of being left with a gap.
-    async fn replay_page(&mut self, mut replay: Box<Replay>) -> Vec<String> {
+    async fn replay_page(&mut self, replay: Box<Replay>) -> Vec<String> {
         let mut redis = self.node.redis.clone();
         let page = shared::channel::history_page(
             &mut redis,
@@ -719,20 +709,20 @@ impl Connection {
             replay.after_id.as_deref(),
         )
         .await;
-        let page = match page {
-            Ok(page) if page.covers_page(&replay.epoch, replay.sent, REPLAY_PAGE) => page,
+        match page {
+            Ok(page) if page.covers_page(&replay.epoch, replay.sent, REPLAY_PAGE) => {
+                self.take_page(replay, page)
+            }
             _ => {
                 metrics::counter!("ws_unrecoverable_gaps_total").increment(1);
-                return vec![
-                    serde_json::json!({
-                        "type": "recovery",
-                        "channel": replay.channel.as_str(),
-                        "recovered": false,
-                    })
-                    .to_string(),
-                ];
+                vec![protocol::recovery_lost(replay.channel.as_str())]
             }
-        };
+        }
+    }
+
+    /// The frames of one (checked) page of a replay, up to its `until`; queues
+    /// the rest of the replay, if any.
+    fn take_page(&mut self, mut replay: Box<Replay>, page: HistorySince) -> Vec<String> {
         let mut frames = Vec::with_capacity(page.messages.len());
         for (offset, data) in &page.messages {
             if *offset > replay.until {

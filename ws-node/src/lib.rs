@@ -145,17 +145,20 @@ impl Application {
         let deadline = state.config.drain_timeout();
         // Sockets (authenticated or still waiting for their `auth` frame), then
         // the removal of their slots, directory entries and presence.
-        let busy = || {
-            state.hub.connection_count() + state.pending_auth.count() + state.cleanups.in_flight()
+        let outstanding = || {
+            (
+                state.hub.connection_count() + state.pending_auth.count(),
+                state.cleanups.in_flight(),
+            )
         };
-        while busy() > 0 && started.elapsed() < deadline {
+        while outstanding() != (0, 0) && started.elapsed() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = state.hub.connection_count() + state.pending_auth.count();
-        if busy() > 0 {
+        let (left, cleanups) = outstanding();
+        if (left, cleanups) != (0, 0) {
             tracing::warn!(
                 left,
-                cleanups = state.cleanups.in_flight(),
+                cleanups,
                 "drain timeout reached with sockets or cleanups outstanding"
             );
         }

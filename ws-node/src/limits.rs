@@ -140,23 +140,13 @@ pub fn add_slot_acquisition(
     lease: Duration,
 ) {
     let key = keys.user_connections(user_id);
-    let now = now_ms();
     pipe.cmd("ZREMRANGEBYSCORE")
         .arg(&key)
         .arg("-inf")
-        .arg(now)
-        .ignore()
-        .cmd("ZADD")
-        .arg(&key)
-        .arg(now + millis(lease))
-        .arg(member)
-        .ignore()
-        .cmd("ZCARD")
-        .arg(&key)
-        .cmd("PEXPIRE")
-        .arg(&key)
-        .arg(millis(lease))
+        .arg(now_ms())
         .ignore();
+    add_slot(pipe, keys, user_id, member, lease);
+    pipe.cmd("ZCARD").arg(&key);
 }
 
 /// Extends the leases of live connections and their directory entries (one
@@ -199,8 +189,9 @@ pub async fn renew_user_slots(
     Ok(missing)
 }
 
-/// Re-creates a live connection's per-user slot (after Redis lost it).
-pub fn add_slot_restoration(
+/// Writes a live connection's per-user slot, leased for `lease` (also to
+/// re-create it after Redis lost it); no replies.
+pub fn add_slot(
     pipe: &mut redis::Pipeline,
     keys: &RedisKeys,
     user_id: Uuid,

@@ -239,6 +239,8 @@ pub enum ServerFrame<'a> {
         code: &'a str,
         message: &'a str,
     },
+    /// Messages of `channel` may be missing and cannot be replayed: resync.
+    Recovery { channel: &'a str, recovered: bool },
     /// The answer to a `presence` request.
     Presence {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -274,6 +276,16 @@ pub fn ack(id: Option<&RequestId>) -> String {
 
 pub fn error(id: Option<&RequestId>, code: &str, message: &str) -> String {
     ServerFrame::Error { id, code, message }.to_json()
+}
+
+/// The `{"type":"recovery","channel":…,"recovered":false}` notice: history
+/// cannot fill a gap in `channel`.
+pub fn recovery_lost(channel: &str) -> String {
+    ServerFrame::Recovery {
+        channel,
+        recovered: false,
+    }
+    .to_json()
 }
 
 #[cfg(test)]

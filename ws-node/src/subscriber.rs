@@ -29,7 +29,7 @@ use shared::channel::{ChannelName, StreamPosition, history_frame};
 use shared::control::ControlMessage;
 use shared::keys::RedisKeys;
 use shared::namespace::Namespaces;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -429,9 +429,7 @@ impl Subscriber {
             "history cannot fill a gap; telling the channel's members"
         );
         metrics::counter!("ws_unrecoverable_gaps_total").increment(1);
-        let frame =
-            serde_json::json!({ "type": "recovery", "channel": channel, "recovered": false })
-                .to_string();
+        let frame = crate::protocol::recovery_lost(channel);
         self.hub.dispatch_reset(channel, &Utf8Bytes::from(frame));
     }
 
@@ -475,11 +473,11 @@ impl Subscriber {
     /// Before (re)subscribing: forget channels nobody here listens to any
     /// more and start cursors for channels new to the subscriber.
     async fn prepare_cursors(&mut self, channels: &[(String, u64)]) -> redis::RedisResult<()> {
-        let live: HashMap<&str, u64> = channels.iter().map(|(c, g)| (c.as_str(), *g)).collect();
+        let live: Vec<&str> = channels.iter().map(|(c, _)| c.as_str()).collect();
+        let members: HashSet<&str> = live.iter().copied().collect();
         self.cursors
-            .retain(|channel, _| live.contains_key(channel.as_str()));
-        let fresh: Vec<&str> = live.keys().copied().collect();
-        self.start_cursors(&fresh).await
+            .retain(|channel, _| members.contains(channel.as_str()));
+        self.start_cursors(&live).await
     }
 
     /// After (re)subscribing: replays, per channel, what was published since

@@ -106,6 +106,57 @@ async fn follow(
     }
 }
 
+/// Spawns a [`follow`] for each of `clients`, resuming on `fallback`.
+fn follow_all(
+    stack: &Arc<Stack>,
+    key: &str,
+    clients: Vec<Client>,
+    fallback: &str,
+    channel: &'static str,
+    last: &watch::Receiver<Option<u64>>,
+) -> Vec<tokio::task::JoinHandle<Sequence>> {
+    clients
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(follow(
+                stack.clone(),
+                key.to_owned(),
+                c,
+                fallback.to_owned(),
+                channel,
+                last.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Every follower received `1..=total` exactly once, in order, with no
+/// recovery notice and without losing its socket (`why` says why it must not).
+async fn assert_all_followed_without_reconnect(
+    followers: Vec<tokio::task::JoinHandle<Sequence>>,
+    total: u64,
+    why: &str,
+) {
+    for (i, follower) in followers.into_iter().enumerate() {
+        let sequence = follower.await.expect("follower");
+        sequence.assert_exactly(total, &format!("client {i}"));
+        assert_eq!(sequence.recovery_failures, 0);
+        assert_eq!(sequence.reconnects, 0, "client {i}: {why}");
+    }
+}
+
+/// `CLIENT KILL TYPE pubsub`: drops every node's subscriber connection;
+/// returns how many were killed.
+async fn kill_subscriber_connections(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(admin)
+        .await
+        .expect("client kill")
+}
+
 async fn subscribed_clients(
     stack: &Stack,
     key: &str,
@@ -138,20 +189,14 @@ async fn killing_every_subscriber_connection_mid_stream_loses_nothing() {
     let user = stack.create_user("alice").await;
     let key = stack.api_key(&user, "connect,publish").await;
     let (last_tx, last_rx) = watch::channel(None);
-    let followers: Vec<_> = subscribed_clients(&stack, &key, 2, "broadcast:seq")
-        .await
-        .into_iter()
-        .map(|c| {
-            tokio::spawn(follow(
-                stack.clone(),
-                key.clone(),
-                c,
-                stack.nodes[0].ws_url(),
-                "broadcast:seq",
-                last_rx.clone(),
-            ))
-        })
-        .collect();
+    let followers = follow_all(
+        &stack,
+        &key,
+        subscribed_clients(&stack, &key, 2, "broadcast:seq").await,
+        &stack.nodes[0].ws_url(),
+        "broadcast:seq",
+        &last_rx,
+    );
 
     // Node A's publisher, up to 1 000 messages a second (server channel: HTTP
     // is the writer; to stay on a node, publish through the node's own Redis path).
@@ -159,40 +204,24 @@ async fn killing_every_subscriber_connection_mid_stream_loses_nothing() {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let publishing = tokio::spawn(async move {
         let channel: shared::channel::ChannelName = "broadcast:seq".parse().expect("channel");
-        let history = node.namespaces.rule_for(&channel).and_then(|r| r.history);
-        let mut redis = node.redis.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut n = 0;
         while !*stop_rx.borrow_and_update() {
             tick.tick().await;
             n += 1;
-            let data = serde_json::value::RawValue::from_string(json!({ "n": n }).to_string())
-                .expect("json");
-            shared::channel::publish(&mut redis, &node.keys, &channel, &data, history, None)
-                .await
-                .expect("publishing never fails here: only subscriber connections are killed");
+            // Never fails here: only subscriber connections are killed.
+            publish_numbered(&node, &channel, n).await;
         }
         n
     });
 
-    let killer = redis::Client::open(redis.url()).expect("client");
-    let mut admin = killer
-        .get_multiplexed_async_connection()
-        .await
-        .expect("admin connection");
+    let mut admin = redis.admin().await;
     let mut kills = 0u64;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(4) {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let killed: u64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query_async(&mut admin)
-            .await
-            .expect("client kill");
-        kills += killed;
+        kills += kill_subscriber_connections(&mut admin).await;
     }
     stop_tx.send_replace(true);
     let total = publishing.await.expect("publisher");
@@ -200,15 +229,12 @@ async fn killing_every_subscriber_connection_mid_stream_loses_nothing() {
     last_tx.send_replace(Some(total));
     assert!(kills >= 9, "killed {kills} subscriber connections");
     assert!(rate >= 500.0, "published {total} at {rate:.0}/s");
-    for (i, follower) in followers.into_iter().enumerate() {
-        let sequence = follower.await.expect("follower");
-        sequence.assert_exactly(total, &format!("client {i}"));
-        assert_eq!(sequence.recovery_failures, 0);
-        assert_eq!(
-            sequence.reconnects, 0,
-            "client {i}: Redis blinking must not drop connected clients"
-        );
-    }
+    assert_all_followed_without_reconnect(
+        followers,
+        total,
+        "Redis blinking must not drop connected clients",
+    )
+    .await;
     eprintln!(
         "CLIENT KILL TYPE pubsub: {kills} connections killed; {total} messages at {rate:.0}/s; 6 clients on 3 nodes each got all {total} exactly once, in order, without reconnecting"
     );
@@ -231,19 +257,14 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_acknowledged_publish()
     let clients = subscribed_clients(&stack, &key, 2, "public:durable").await;
     let publisher = stack.connect(0, &key).await;
     let (last_tx, last_rx) = watch::channel(None);
-    let followers: Vec<_> = clients
-        .into_iter()
-        .map(|c| {
-            tokio::spawn(follow(
-                stack.clone(),
-                key.clone(),
-                c,
-                stack.nodes[1].ws_url(),
-                "public:durable",
-                last_rx.clone(),
-            ))
-        })
-        .collect();
+    let followers = follow_all(
+        &stack,
+        &key,
+        clients,
+        &stack.nodes[1].ws_url(),
+        "public:durable",
+        &last_rx,
+    );
     let (stop_tx, stop_rx) = watch::channel(false);
     let publishing = start_publisher(
         publisher,
@@ -407,11 +428,7 @@ async fn a_long_subscription_outage_is_replayed_in_full_at_the_pace_clients_read
             redis_url: redis.url(),
             customise_node: Box::new(|c| {
                 fast(c);
-                c.channel_namespaces = Some(
-                    r#"[{"name":"public","subscribe":"any","publish":"any","history":{"max_len":20000,"max_age_secs":600}},
-                        {"name":"user","subscribe":"owner","publish":"server"}]"#
-                        .into(),
-                );
+                c.channel_namespaces = open_namespace("public", 20_000, 600);
             }),
             ..StackOptions::default()
         })
@@ -420,28 +437,18 @@ async fn a_long_subscription_outage_is_replayed_in_full_at_the_pace_clients_read
     let user = stack.create_user("gina").await;
     let key = stack.api_key(&user, "connect").await;
     let (_last_tx, last_rx) = watch::channel(Some(MISSED));
-    let followers: Vec<_> = subscribed_clients(&stack, &key, 2, "public:backlog")
-        .await
-        .into_iter()
-        .map(|c| {
-            tokio::spawn(follow(
-                stack.clone(),
-                key.clone(),
-                c,
-                stack.nodes[0].ws_url(),
-                "public:backlog",
-                last_rx.clone(),
-            ))
-        })
-        .collect();
+    let followers = follow_all(
+        &stack,
+        &key,
+        subscribed_clients(&stack, &key, 2, "public:backlog").await,
+        &stack.nodes[0].ws_url(),
+        "public:backlog",
+        &last_rx,
+    );
 
     // Keep the node from resubscribing (its SUBSCRIBE is refused) while
     // several send queues' worth of messages are published.
-    let mut admin = redis::Client::open(redis.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("admin connection");
+    let mut admin = redis.admin().await;
     let acl = |rule: &'static str| {
         redis::cmd("ACL")
             .arg("SETUSER")
@@ -453,24 +460,11 @@ async fn a_long_subscription_outage_is_replayed_in_full_at_the_pace_clients_read
         .query_async(&mut admin)
         .await
         .expect("acl");
-    let killed: u64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut admin)
-        .await
-        .expect("client kill");
-    assert!(killed >= 1);
+    assert!(kill_subscriber_connections(&mut admin).await >= 1);
     let node = stack.nodes[0].state.clone();
     let channel: shared::channel::ChannelName = "public:backlog".parse().expect("channel");
-    let history = node.namespaces.rule_for(&channel).and_then(|r| r.history);
-    let mut redis_conn = node.redis.clone();
     for n in 1..=MISSED {
-        let data =
-            serde_json::value::RawValue::from_string(json!({ "n": n }).to_string()).expect("json");
-        shared::channel::publish(&mut redis_conn, &node.keys, &channel, &data, history, None)
-            .await
-            .expect("publish");
+        publish_numbered(&node, &channel, n).await;
     }
     assert!(!node.is_ready(), "the node knows it is not subscribed");
     let () = acl("+subscribe")
@@ -478,15 +472,12 @@ async fn a_long_subscription_outage_is_replayed_in_full_at_the_pace_clients_read
         .await
         .expect("acl");
 
-    for (i, follower) in followers.into_iter().enumerate() {
-        let sequence = follower.await.expect("follower");
-        sequence.assert_exactly(MISSED, &format!("client {i}"));
-        assert_eq!(sequence.recovery_failures, 0);
-        assert_eq!(
-            sequence.reconnects, 0,
-            "client {i}: a large replay must not close healthy clients as slow (4008)"
-        );
-    }
+    assert_all_followed_without_reconnect(
+        followers,
+        MISSED,
+        "a large replay must not close healthy clients as slow (4008)",
+    )
+    .await;
     eprintln!(
         "subscription refused while {MISSED} messages were published (send queue 1024): 2 clients got all {MISSED} from history exactly once, in order, without reconnecting"
     );
@@ -512,11 +503,7 @@ async fn presence_slots_and_directory_heal_after_redis_loses_its_data() {
     let mut client = stack.connect(0, &key).await;
     client.subscribe("public:lobby").await;
 
-    let mut admin = redis::Client::open(redis.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("admin connection");
+    let mut admin = redis.admin().await;
     let () = redis::cmd("FLUSHALL")
         .query_async(&mut admin)
         .await
@@ -541,16 +528,7 @@ async fn presence_slots_and_directory_heal_after_redis_loses_its_data() {
             .query_async(&mut admin)
             .await
             .expect("zcard");
-        let listed: Value = stack
-            .http
-            .get(stack.auth(&format!("/v1/users/{}/connections", alice.id)))
-            .bearer_auth(&admin_key)
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
+        let listed = stack.list_connections(alice.id, &admin_key).await;
         let directory = listed["connections"].as_array().map_or(0, Vec::len);
         if present && slot_count == 1 && directory == 1 {
             let channels = &listed["connections"][0]["channels"];
@@ -611,7 +589,7 @@ async fn node_loss(sigkill: bool) {
     ghost_client.subscribe("public:stream").await;
 
     let (last_tx, last_rx) = watch::channel(None);
-    let mut followers = Vec::new();
+    let mut clients = Vec::new();
     for _ in 0..4 {
         let ticket = stack.ticket(&key).await;
         let mut client = Client::connect(&format!("{}?ticket={ticket}", victim.ws_url()), &[])
@@ -619,15 +597,9 @@ async fn node_loss(sigkill: bool) {
             .expect("connect");
         assert_eq!(client.recv().await["type"], "welcome");
         client.subscribe("public:stream").await;
-        followers.push(tokio::spawn(follow(
-            stack.clone(),
-            key.clone(),
-            client,
-            survivor.clone(),
-            "public:stream",
-            last_rx.clone(),
-        )));
+        clients.push(client);
     }
+    let followers = follow_all(&stack, &key, clients, &survivor, "public:stream", &last_rx);
     let publisher = stack.connect(0, &key).await;
     let (stop_tx, stop_rx) = watch::channel(false);
     let publishing = start_publisher(

@@ -196,6 +196,19 @@ impl Stack {
         response.json().await.expect("json")
     }
 
+    /// The control API's list of a user's live connections (`key` has `admin`).
+    pub async fn list_connections(&self, user_id: uuid::Uuid, key: &str) -> Value {
+        self.http
+            .get(self.auth(&format!("/v1/users/{user_id}/connections")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json")
+    }
+
     /// Connects to node `i` with a fresh ticket of `key`; returns after `welcome`.
     pub async fn connect(&self, i: usize, key: &str) -> Client {
         let ticket = self.ticket(key).await;
@@ -207,6 +220,33 @@ impl Stack {
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         client
     }
+}
+
+/// `CHANNEL_NAMESPACES` with one namespace anyone may join and publish to,
+/// keeping the given history, and the users' private channels.
+pub fn open_namespace(name: &str, max_len: u64, max_age_secs: u64) -> Option<String> {
+    Some(format!(
+        r#"[{{"name":"{name}","subscribe":"any","publish":"any","history":{{"max_len":{max_len},"max_age_secs":{max_age_secs}}}}},
+            {{"name":"user","subscribe":"owner","publish":"server"}}]"#
+    ))
+}
+
+/// Publishes `{"n": n}` on `channel` through `node`'s own Redis path (the
+/// namespace's history policy applies), as a server-side writer would.
+pub async fn publish_numbered(
+    node: &ws_node::state::NodeState,
+    channel: &shared::channel::ChannelName,
+    n: u64,
+) -> shared::channel::StreamPosition {
+    let history = node.namespaces.rule_for(channel).and_then(|r| r.history);
+    let data =
+        serde_json::value::RawValue::from_string(json!({ "n": n }).to_string()).expect("json");
+    let mut redis = node.redis.clone();
+    shared::channel::publish(&mut redis, &node.keys, channel, &data, history, None)
+        .await
+        .expect("publish")
+        .position
+        .expect("a channel with history")
 }
 
 pub fn node_config(redis_url: &str, prefix: &str, node_id: &str) -> ws_node::config::Config {

@@ -79,6 +79,18 @@ async fn a_silent_peer_is_reaped_by_the_idle_timeout() {
     );
 }
 
+/// Every one of `clients` is closed with 4003 (revoked) within a second of `started`.
+async fn assert_revoked_within_a_second(clients: &mut [Client], started: std::time::Instant) {
+    for client in clients.iter_mut() {
+        assert_eq!(client.expect_close().await, 4003);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn logout_and_key_revocation_close_live_sockets_on_every_node() {
     let stack = Stack::start(2).await;
@@ -108,14 +120,7 @@ async fn logout_and_key_revocation_close_live_sockets_on_every_node() {
         .await
         .expect("logout");
     assert_eq!(response.status(), 204);
-    for client in &mut cookie_sockets {
-        assert_eq!(client.expect_close().await, 4003);
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_revoked_within_a_second(&mut cookie_sockets, started).await;
     // The key's sockets are unaffected by the logout...
     assert_eq!(
         key_sockets[0].request(json!({ "action": "ping" }), 1).await["type"],
@@ -141,14 +146,7 @@ async fn logout_and_key_revocation_close_live_sockets_on_every_node() {
         .await
         .expect("revoke");
     assert_eq!(response.status(), 204);
-    for client in &mut key_sockets {
-        assert_eq!(client.expect_close().await, 4003);
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_revoked_within_a_second(&mut key_sockets, started).await;
     for (node, ticket) in outstanding.iter().enumerate() {
         let Err(refused) = Client::connect(
             &format!("{}?ticket={ticket}", stack.nodes[node].ws_url()),
@@ -193,14 +191,7 @@ async fn revoke_all_and_disabling_a_user_close_their_sockets_everywhere() {
         .await
         .expect("revoke-all");
     assert_eq!(response.status(), 204);
-    for client in &mut sockets {
-        assert_eq!(client.expect_close().await, 4003);
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_revoked_within_a_second(&mut sockets, started).await;
     for client in &mut key_sockets {
         assert_eq!(
             client.request(json!({ "action": "ping" }), 1).await["type"],
@@ -214,14 +205,7 @@ async fn revoke_all_and_disabling_a_user_close_their_sockets_everywhere() {
     auth_service::accounts::disable(&stack.auth, user.id)
         .await
         .expect("disable");
-    for client in &mut key_sockets {
-        assert_eq!(client.expect_close().await, 4003);
-    }
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    assert_revoked_within_a_second(&mut key_sockets, started).await;
 }
 
 #[tokio::test]

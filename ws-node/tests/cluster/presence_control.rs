@@ -95,16 +95,7 @@ async fn the_control_api_lists_and_disconnects_connections_across_nodes() {
     let mut on_b = stack.connect(1, &target_key).await;
     let mut on_b2 = stack.connect(1, &target_key).await;
 
-    let listed: Value = stack
-        .http
-        .get(stack.auth(&format!("/v1/users/{}/connections", target.id)))
-        .bearer_auth(&admin_key)
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let listed = stack.list_connections(target.id, &admin_key).await;
     let connections = listed["connections"].as_array().expect("list");
     assert_eq!(connections.len(), 3, "{listed}");
     let on_a_entry = connections
@@ -165,16 +156,7 @@ async fn the_control_api_lists_and_disconnects_connections_across_nodes() {
     assert_eq!(on_a.expect_close().await, 4003);
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
-        let listed: Value = stack
-            .http
-            .get(stack.auth(&format!("/v1/users/{}/connections", target.id)))
-            .bearer_auth(&admin_key)
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
+        let listed = stack.list_connections(target.id, &admin_key).await;
         if listed["connections"].as_array().is_some_and(Vec::is_empty) {
             break;
         }

@@ -81,25 +81,14 @@ async fn a_replay_longer_than_a_page_arrives_whole_then_hands_over_to_live() {
     let key = stack.api_key(&user, "connect,publish").await;
     let node = stack.nodes[0].state.clone();
     let channel: shared::channel::ChannelName = "public:long".parse().expect("channel");
-    let history = node.namespaces.rule_for(&channel).and_then(|r| r.history);
-    let mut redis = node.redis.clone();
-    let publish = |n: u64| {
-        serde_json::value::RawValue::from_string(json!({ "n": n }).to_string()).expect("json")
-    };
     let mut epoch = String::new();
     for n in 1..=700u64 {
-        let published =
-            shared::channel::publish(&mut redis, &node.keys, &channel, &publish(n), history, None)
-                .await
-                .expect("publish");
-        epoch = published.position.expect("position").epoch;
+        epoch = publish_numbered(&node, &channel, n).await.epoch;
     }
     // Live messages keep coming while the replay (three pages) is sent.
     let publishing = tokio::spawn(async move {
         for n in 701..=800u64 {
-            shared::channel::publish(&mut redis, &node.keys, &channel, &publish(n), history, None)
-                .await
-                .expect("publish");
+            publish_numbered(&node, &channel, n).await;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     });
@@ -164,11 +153,7 @@ async fn history_older_than_its_age_limit_is_not_replayed() {
         nodes: 1,
         customise_node: Box::new(|c| {
             fast_publisher(c);
-            c.channel_namespaces = Some(
-                r#"[{"name":"brief","subscribe":"any","publish":"any","history":{"max_len":10000,"max_age_secs":1}},
-                    {"name":"user","subscribe":"owner","publish":"server"}]"#
-                    .into(),
-            );
+            c.channel_namespaces = open_namespace("brief", 10_000, 1);
         }),
         ..StackOptions::default()
     })
