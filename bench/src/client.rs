@@ -8,10 +8,13 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -27,7 +30,8 @@ pub fn unix_nanos() -> u64 {
 }
 
 /// An HTTP client for the auth-service: keep-alive, no proxy (loopback only),
-/// bounded in time.
+/// bounded in time. For the stack's setup and the Rust mint load; the
+/// connection workers mint with the leaner [`Minter`].
 pub fn http_client(max_idle_per_host: usize) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .no_proxy()
@@ -44,28 +48,152 @@ struct TicketResponse {
     ticket: String,
 }
 
-/// `POST /v1/tickets` with an API key: one single-use ticket.
-pub async fn mint_ticket(
-    http: &reqwest::Client,
-    auth_url: &str,
-    api_key: &str,
-) -> anyhow::Result<String> {
-    let response = http
-        .post(format!("{auth_url}/v1/tickets"))
-        .bearer_auth(api_key)
-        .send()
-        .await
-        .context("minting a ticket")?;
-    let status = response.status();
-    if status != reqwest::StatusCode::CREATED {
-        let body = response.text().await.unwrap_or_default();
-        bail!("minting a ticket: HTTP {status}: {}", truncate(&body, 200));
+/// Mints tickets with `POST /v1/tickets` over kept-alive HTTP/1.1 connections,
+/// written and read by hand: the one request the connection workers repeat.
+///
+/// The load generator shares the machine's two CPUs with the servers, so its
+/// cost per handshake is taken from them. reqwest (a request future talking
+/// to a connection task, URL parsing, a header map per request) cost the
+/// workers more CPU per mint than auth-service spent serving it.
+pub struct Minter {
+    addr: SocketAddr,
+    /// Everything before the `Authorization` header.
+    head: String,
+    idle: std::sync::Mutex<Vec<HttpConn>>,
+}
+
+/// A kept-alive connection and the bytes read past the last response.
+struct HttpConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Minter {
+    /// For `auth_url` = `http://host:port` (the address is resolved once).
+    pub async fn new(auth_url: &str) -> anyhow::Result<Self> {
+        let authority = auth_url
+            .strip_prefix("http://")
+            .map(|rest| rest.trim_end_matches('/'))
+            .with_context(|| format!("{auth_url}: only http:// URLs are supported"))?;
+        let addr = tokio::net::lookup_host(authority)
+            .await
+            .with_context(|| format!("resolving {authority}"))?
+            .next()
+            .with_context(|| format!("{authority} resolves to nothing"))?;
+        Ok(Self {
+            addr,
+            head: format!(
+                "POST /v1/tickets HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\n"
+            ),
+            idle: std::sync::Mutex::new(Vec::new()),
+        })
     }
-    Ok(response
-        .json::<TicketResponse>()
-        .await
-        .context("parsing the ticket response")?
-        .ticket)
+
+    /// One single-use ticket for `api_key`.
+    pub async fn mint(&self, api_key: &str) -> anyhow::Result<String> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let stream = TcpStream::connect(self.addr)
+                    .await
+                    .with_context(|| format!("connecting to auth-service at {}", self.addr))?;
+                stream.set_nodelay(true)?;
+                HttpConn {
+                    stream,
+                    buf: Vec::with_capacity(1024),
+                }
+            }
+        };
+        let request = format!("{}Authorization: Bearer {api_key}\r\n\r\n", self.head);
+        conn.stream
+            .write_all(request.as_bytes())
+            .await
+            .context("sending a mint request")?;
+        let head = read_head(&mut conn.stream, &mut conn.buf)
+            .await
+            .context("reading a mint response")?;
+        let body = read_body(&mut conn, &head).await?;
+        if !head.close {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+        if head.status != 201 {
+            bail!(
+                "minting a ticket: HTTP {}: {}",
+                head.status,
+                truncate(&String::from_utf8_lossy(&body), 200)
+            );
+        }
+        Ok(serde_json::from_slice::<TicketResponse>(&body)
+            .context("parsing the ticket response")?
+            .ticket)
+    }
+}
+
+/// What the load generator needs of an HTTP response head.
+struct Head {
+    status: u16,
+    /// Bytes of `buf` the head took.
+    len: usize,
+    content_length: usize,
+    close: bool,
+    websocket_accept: Option<String>,
+}
+
+/// Reads until `buf` holds a whole response head; bytes after it stay in `buf`.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<Head> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 24];
+        let mut response = httparse::Response::new(&mut headers);
+        if let httparse::Status::Complete(len) = response.parse(buf)? {
+            let mut head = Head {
+                status: response.code.unwrap_or(0),
+                len,
+                content_length: 0,
+                close: response.version == Some(0),
+                websocket_accept: None,
+            };
+            for header in response.headers.iter() {
+                let value = std::str::from_utf8(header.value).unwrap_or("").trim();
+                if header.name.eq_ignore_ascii_case("content-length") {
+                    head.content_length = value.parse().context("a bad Content-Length")?;
+                } else if header.name.eq_ignore_ascii_case("connection") {
+                    head.close = value.eq_ignore_ascii_case("close");
+                } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                    bail!("a response with Transfer-Encoding: {value} (not supported here)");
+                } else if header.name.eq_ignore_ascii_case("sec-websocket-accept") {
+                    head.websocket_accept = Some(value.to_owned());
+                }
+            }
+            return Ok(head);
+        }
+        read_more(stream, buf).await?;
+    }
+}
+
+/// The body after `head` (by its Content-Length), removed from the buffer with it.
+async fn read_body(conn: &mut HttpConn, head: &Head) -> anyhow::Result<Vec<u8>> {
+    let end = head.len + head.content_length;
+    while conn.buf.len() < end {
+        read_more(&mut conn.stream, &mut conn.buf).await?;
+    }
+    let body = conn.buf[head.len..end].to_vec();
+    conn.buf.drain(..end);
+    Ok(body)
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
+    if buf.len() > 64 * 1024 {
+        bail!("response head too large");
+    }
+    buf.reserve(1024);
+    if stream.read_buf(buf).await? == 0 {
+        bail!("connection closed mid-response");
+    }
+    Ok(())
 }
 
 /// Small buffers, as a thin client would use: what matters is the server's
@@ -78,6 +206,10 @@ fn ws_config() -> WebSocketConfig {
 
 /// Opens `ws://<node>/ws?ticket=…` from `source` (port chosen by the kernel)
 /// and completes the upgrade. `welcome` is not read here.
+///
+/// The upgrade request is written and its answer checked by hand (status 101
+/// and `Sec-WebSocket-Accept`), for the same reason as [`Minter`]; bytes the
+/// node sent after its answer (the `welcome` frame, often) are handed on.
 pub async fn connect(node: SocketAddr, ticket: &str, source: IpAddr) -> anyhow::Result<Ws> {
     let socket = if node.is_ipv4() {
         TcpSocket::new_v4()
@@ -102,17 +234,41 @@ pub async fn connect(node: SocketAddr, ticket: &str, source: IpAddr) -> anyhow::
     socket
         .bind(SocketAddr::new(source, 0))
         .with_context(|| format!("binding to source address {source}"))?;
-    let stream = socket
+    let mut stream = socket
         .connect(node)
         .await
         .with_context(|| format!("connecting to {node} from {source}"))?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{node}/ws?ticket={ticket}");
-    let (ws, _response) =
-        tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
-            .await
-            .with_context(|| format!("WebSocket upgrade at {node}"))?;
-    Ok(ws)
+    let key = generate_key();
+    let request = format!(
+        "GET /ws?ticket={ticket} HTTP/1.1\r\nHost: {node}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+    );
+    let upgrade = async {
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::with_capacity(512);
+        let head = read_head(&mut stream, &mut buf).await?;
+        if head.status != 101 {
+            let mut conn = HttpConn { stream, buf };
+            let body = read_body(&mut conn, &head).await.unwrap_or_default();
+            bail!(
+                "HTTP {}: {}",
+                head.status,
+                truncate(&String::from_utf8_lossy(&body), 200)
+            );
+        }
+        if head.websocket_accept.as_deref() != Some(&derive_accept_key(key.as_bytes())) {
+            bail!("wrong or missing Sec-WebSocket-Accept");
+        }
+        let rest = buf.split_off(head.len);
+        Ok(
+            WebSocketStream::from_partially_read(stream, rest, Role::Client, Some(ws_config()))
+                .await,
+        )
+    };
+    upgrade
+        .await
+        .with_context(|| format!("WebSocket upgrade at {node}"))
 }
 
 /// A frame from the node, with only the fields the bench looks at.

@@ -174,7 +174,7 @@ struct Shared {
 async fn run(job: Job) -> anyhow::Result<()> {
     let (tx, mut commands) = mpsc::unbounded_channel();
     tokio::spawn(read_commands(tx));
-    let http = client::http_client(job.concurrency)?;
+    let minter = client::Minter::new(&job.auth_url).await?;
     emit(&Event::Started)?;
     match commands.recv().await {
         Some(Command::Go) => {}
@@ -206,12 +206,12 @@ async fn run(job: Job) -> anyhow::Result<()> {
     let started_ns = client::unix_nanos();
     let attempts: Vec<_> = futures_util::stream::iter(nodes.into_iter().enumerate())
         .map(|(i, node)| {
-            let (job, http, shared, stop) =
-                (job.clone(), http.clone(), shared.clone(), stop_rx.clone());
+            let (job, minter, shared, stop) =
+                (job.clone(), &minter, shared.clone(), stop_rx.clone());
             async move {
                 let began = Instant::now();
                 let opened =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, open(&job, &http, i, node)).await;
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, open(&job, minter, i, node)).await;
                 match opened {
                     Ok(Ok((ws, handshake))) => {
                         let task = tokio::spawn(serve(ws, shared, stop));
@@ -305,13 +305,13 @@ async fn run(job: Job) -> anyhow::Result<()> {
 /// Returns the handshake time (the subscription is not part of it).
 async fn open(
     job: &Job,
-    http: &reqwest::Client,
+    minter: &client::Minter,
     i: usize,
     node: SocketAddr,
 ) -> anyhow::Result<(Ws, Duration)> {
     let began = Instant::now();
     let key = &job.api_keys[i % job.api_keys.len()];
-    let ticket = client::mint_ticket(http, &job.auth_url, key).await?;
+    let ticket = minter.mint(key).await?;
     let mut ws = client::connect(node, &ticket, job.source_ip).await?;
     client::expect_welcome(&mut ws).await?;
     let took = began.elapsed();

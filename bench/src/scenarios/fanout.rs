@@ -199,8 +199,7 @@ async fn publish(
     rate: u64,
     count: u64,
 ) -> anyhow::Result<Published> {
-    let http = client::http_client(1)?;
-    let ticket = client::mint_ticket(&http, auth_url, api_key).await?;
+    let ticket = client::Minter::new(auth_url).await?.mint(api_key).await?;
     let mut ws = client::connect(node, &ticket, Ipv4Addr::LOCALHOST.into()).await?;
     client::expect_welcome(&mut ws).await?;
     let (mut sink, mut stream) = ws.split();
