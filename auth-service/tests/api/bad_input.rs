@@ -214,3 +214,54 @@ async fn cors_admits_only_allowlisted_origins_and_never_a_wildcard() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_and_nosniff() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("alice").await;
+    let key = app.api_key(&user, "connect").await;
+    // A success, a client mistake and an unknown path alike.
+    let answers = [
+        app.http
+            .post(app.url("/v1/tickets"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request"),
+        app.http
+            .post(app.url("/v1/tickets"))
+            .bearer_auth("tess_not-a-key")
+            .send()
+            .await
+            .expect("request"),
+        app.http
+            .get(app.url("/no/such/path"))
+            .send()
+            .await
+            .expect("request"),
+    ];
+    let mut ids = Vec::new();
+    for answer in &answers {
+        assert_eq!(answer.headers()["x-content-type-options"], "nosniff");
+        let id = answer.headers()["x-request-id"].to_str().expect("ascii");
+        assert_eq!(
+            uuid::Uuid::parse_str(id).expect("a UUID").get_version_num(),
+            4
+        );
+        ids.push(id.to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), answers.len(), "each request gets its own id");
+    // The caller's own id is kept and echoed.
+    let echoed = app
+        .http
+        .get(app.url("/healthz"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(echoed.headers()["x-request-id"], "trace-me-42");
+    assert_eq!(answers[0].status(), StatusCode::CREATED);
+    assert_eq!(answers[1].status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(answers[2].status(), StatusCode::NOT_FOUND);
+}
