@@ -96,7 +96,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let drain = Duration::from_secs(self.state.config.shutdown_timeout_secs);
         let addr = self.local_addr();
-        let app = routes::router(self.state);
+        let app = routes::app(self.state);
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         // TCP_NODELAY: responses are small and must not wait for the client's
         // delayed ACK (Nagle's algorithm).
@@ -107,7 +107,9 @@ impl Application {
         });
         let server = axum::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(app),
         )
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -88,14 +88,28 @@ impl RedisKeys {
     }
 
     pub fn ticket(&self, ticket_hash: &TokenHash) -> String {
-        format!("{}:ticket:{}", self.prefix, ticket_hash.to_hex())
+        self.hashed("ticket", ticket_hash)
     }
 
     pub fn session(&self, session_hash: &TokenHash) -> String {
-        format!("{}:session:{}", self.prefix, session_hash.to_hex())
+        self.hashed("session", session_hash)
     }
 
-    pub fn rate_limit(&self, bucket: RateBucket, subject: &str) -> String {
+    /// `<prefix>:<kind>:<hex of hash>`, built in one allocation: a ticket key
+    /// is built for every mint and every handshake.
+    fn hashed(&self, kind: &str, hash: &TokenHash) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + kind.len() + 2 + 64);
+        key.push_str(&self.prefix);
+        key.push(':');
+        key.push_str(kind);
+        key.push(':');
+        hash.push_hex(&mut key);
+        key
+    }
+
+    /// A rate-limit counter; `subject` is who is counted (a key or user id,
+    /// an IP address, an account name).
+    pub fn rate_limit(&self, bucket: RateBucket, subject: impl std::fmt::Display) -> String {
         format!("{}:rl:{}:{}", self.prefix, bucket.as_str(), subject)
     }
 

@@ -48,6 +48,15 @@ impl TokenHash {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// Appends the lowercase hex form (what [`Self::to_hex`] returns) to `out`.
+    pub fn push_hex(&self, out: &mut String) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for byte in self.0 {
+            out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+        }
+    }
 }
 
 impl fmt::Debug for TokenHash {
@@ -85,6 +94,15 @@ impl fmt::Debug for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushed_hex_is_the_hex_form() {
+        let hash = TokenHash::from_bytes(std::array::from_fn(|i| (i * 37) as u8));
+        let mut out = String::from("x:");
+        hash.push_hex(&mut out);
+        assert_eq!(out, format!("x:{}", hash.to_hex()));
+        assert_eq!(TokenHash::of("a").to_hex().len(), 64);
+    }
 
     #[test]
     fn tokens_are_unique_and_well_formed() {

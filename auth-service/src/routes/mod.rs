@@ -14,18 +14,35 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
+use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP surface: the router, and around it the middleware every
+/// answer goes through.
+///
+/// The middleware wraps the router as one service rather than being added with
+/// `Router::layer`: that applies it to each route separately, and axum then
+/// clones a route's whole stack for every request (the CORS allowlist
+/// included). Wrapped around the router, it is cloned once per connection.
+/// Only the request metrics sit inside, where the matched route is known.
+pub fn app(
+    state: AppState,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send>
++ Clone
++ Send
++ Sync
++ 'static {
     let api = Router::new()
         .route("/v1/login", post(sessions::login))
         .route("/v1/logout", post(sessions::logout))
@@ -59,7 +76,7 @@ pub fn router(state: AppState) -> Router {
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
         .max_age(Duration::from_secs(600));
-    Router::new()
+    let router = Router::new()
         .merge(api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -67,29 +84,29 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(cors)
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request| {
-                    let uri = req.uri().path_and_query().map_or("", |pq| pq.as_str());
-                    let request_id = req
-                        .headers()
-                        .get(&REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    tracing::info_span!(
-                        "http",
-                        method = %req.method(),
-                        uri = %shared::redact::redact_uri(uri),
-                        request_id,
-                    )
-                })
-                .on_response(DefaultOnResponse::new().level(Level::INFO))
-                // 5xx answers are logged where they arise (with the cause); the
-                // trace layer's own "response failed" line would only repeat them.
-                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
-        )
-        .layer(middleware::from_fn(envelope))
+        .layer(middleware::from_fn(record_metrics))
+        .with_state(state);
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &Request| {
+            let uri = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+            let request_id = req
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!(
+                "http",
+                method = %req.method(),
+                uri = %shared::redact::redact_uri(uri),
+                request_id,
+            )
+        })
+        .on_response(DefaultOnResponse::new().level(Level::INFO))
+        // 5xx answers are logged where they arise (with the cause); the
+        // trace layer's own "response failed" line would only repeat them.
+        .on_failure(DefaultOnFailure::new().level(Level::DEBUG));
+    ServiceBuilder::new()
+        .map_response(IntoResponse::into_response)
         .layer(CatchPanicLayer::custom(|_| {
             error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -97,7 +114,15 @@ pub fn router(state: AppState) -> Router {
                 "internal error",
             )
         }))
-        .with_state(state)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(trace)
+        .layer(cors)
+        .service(router)
 }
 
 async fn not_found() -> Response {
@@ -112,24 +137,10 @@ async fn method_not_allowed() -> Response {
     )
 }
 
-/// What every answer gets, in one layer (each tower layer costs every
-/// request a little; on the mint path that adds up):
-/// - an `x-request-id`: the caller's, or a new UUID; set on the request before
-///   the trace span reads it, and echoed on the response;
-/// - `x-content-type-options: nosniff`;
-/// - the request counter and latency histogram, by route template (not raw
-///   path, which would explode label cardinality). Labels are static strings,
-///   so recording allocates nothing on the request path.
-async fn envelope(mut req: Request, next: Next) -> Response {
-    let request_id = match req.headers().get(&REQUEST_ID) {
-        Some(id) => id.clone(),
-        None => {
-            let id = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static("-"));
-            req.headers_mut().insert(REQUEST_ID, id.clone());
-            id
-        }
-    };
+/// Counts requests and their latency by route template (not raw path, which
+/// would explode label cardinality). Labels are static strings, so recording
+/// allocates nothing on the request path.
+async fn record_metrics(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -137,13 +148,7 @@ async fn envelope(mut req: Request, next: Next) -> Response {
         .unwrap_or("unmatched");
     let method = static_method(req.method());
     let started = Instant::now();
-    let mut response = next.run(req).await;
-    let headers = response.headers_mut();
-    headers.insert(REQUEST_ID, request_id);
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    let response = next.run(req).await;
     let status = response.status();
     let status: &'static str = STATUS_CLASSES[usize::from(status.as_u16() / 100).min(5)];
     metrics::counter!("http_requests_total", "method" => method, "route" => route, "status" => status)

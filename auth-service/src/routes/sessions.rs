@@ -49,9 +49,7 @@ pub async fn login(
     let username = Username::parse(&request.username).ok();
     let config = &state.config;
     let mut counters = vec![(
-        state
-            .keys
-            .rate_limit(RateBucket::LoginFailuresByIp, &ip.to_string()),
+        state.keys.rate_limit(RateBucket::LoginFailuresByIp, ip),
         config.login_max_failures_per_ip,
     )];
     let account_counter = username.as_ref().map(|u| {

@@ -8,8 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use shared::keys::RateBucket;
 use shared::scope::{Scope, Scopes};
 use shared::ticket::{AuthSource, TicketClaims, add_ticket, add_ticket_removal};
@@ -52,9 +51,7 @@ pub async fn mint(
                 AuthSource::ApiKey { key_id: key.id },
                 key.scopes,
                 None,
-                state
-                    .keys
-                    .rate_limit(RateBucket::MintByApiKey, &key.id.to_string()),
+                state.keys.rate_limit(RateBucket::MintByApiKey, key.id),
                 config.mint_limit_per_key,
                 None,
             )
@@ -67,7 +64,7 @@ pub async fn mint(
             user.origin.clone(),
             state
                 .keys
-                .rate_limit(RateBucket::MintByUser, &user.session.user_id.to_string()),
+                .rate_limit(RateBucket::MintByUser, user.session.user_id),
             config.mint_limit_per_user,
             Some(user.session.expires_at),
         ),
@@ -112,10 +109,20 @@ pub async fn mint(
     metrics::counter!("tickets_minted_total", "source" => kind).increment(1);
     Ok((
         StatusCode::CREATED,
-        Json(json!({
-            "ticket": ticket.expose(),
-            "expires_in": config.ticket_ttl_secs,
-            "ws_url": config.public_ws_url,
-        })),
-    ))
+        Json(Minted {
+            ticket: ticket.expose(),
+            expires_in: config.ticket_ttl_secs,
+            ws_url: &config.public_ws_url,
+        }),
+    )
+        .into_response())
+}
+
+/// The answer to a mint (a struct rather than `json!`, which would build a
+/// map of owned strings on every mint).
+#[derive(Serialize)]
+struct Minted<'a> {
+    ticket: &'a str,
+    expires_in: u64,
+    ws_url: &'a str,
 }
