@@ -30,6 +30,15 @@ async fn health_readiness_and_metrics() {
         .expect("request");
     let text = metrics.text().await.expect("text");
     assert!(text.contains("http_requests_total"), "{text}");
+    // Labelled by route template, method and status class.
+    assert!(
+        text.contains(r#"http_requests_total{method="GET",route="/readyz",status="2xx"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"http_request_duration_seconds_count{method="GET",route="/readyz"}"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
