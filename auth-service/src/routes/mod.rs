@@ -34,10 +34,10 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// answer goes through.
 ///
 /// The middleware wraps the router as one service rather than being added with
-/// `Router::layer`: that applies it to each route separately, and axum then
-/// clones a route's whole stack for every request (the CORS allowlist
-/// included). Wrapped around the router, it is cloned once per connection.
-/// Only the request metrics sit inside, where the matched route is known.
+/// `Router::layer`: that applies it to each route separately, inside the
+/// router, where axum boxes and clones each route's whole stack for every
+/// request (measured: ~6 % of a mint's instructions). Only the request metrics
+/// sit inside, where the matched route is known.
 pub fn app(
     state: AppState,
 ) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send>
