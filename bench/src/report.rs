@@ -156,7 +156,7 @@ impl Report {
     pub fn markdown(&self) -> String {
         let m = &self.machine;
         let mut md = String::from("# tessera benchmark report\n\n");
-        let _ = writeln!(md, "- Date (UTC): {}", m.date_utc);
+        let _ = writeln!(md, "- Started (UTC): {}", m.date_utc);
         let _ = writeln!(md, "- Command: `{}`", self.command_line);
         let _ = writeln!(
             md,

@@ -114,6 +114,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
             "warning: the CPUs were {busy_before:.0} % busy before the run; figures will be low"
         ));
     }
+    // Read now, not after the run: the commit and work tree are what the
+    // binaries were built from, and the date is when the run began.
+    let machine = crate::proc::machine_info(&workspace_root(), busy_before);
     let started = Instant::now();
     let mut stack = Stack::new(
         bin_dir,
@@ -134,7 +137,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<bool> {
     let report = Report {
         size,
         command_line,
-        machine: crate::proc::machine_info(&workspace_root(), busy_before),
+        machine,
         stack: stack.info(),
         total_seconds: started.elapsed().as_secs_f64(),
         scenarios: reports,
