@@ -113,7 +113,7 @@ impl Minter {
         let head = read_head(&mut conn.stream, &mut conn.buf)
             .await
             .context("reading a mint response")?;
-        let body = read_body(&mut conn, &head).await?;
+        let body = read_body(&mut conn.stream, &mut conn.buf, &head).await?;
         if !head.close {
             self.idle
                 .lock()
@@ -175,13 +175,17 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<
 }
 
 /// The body after `head` (by its Content-Length), removed from the buffer with it.
-async fn read_body(conn: &mut HttpConn, head: &Head) -> anyhow::Result<Vec<u8>> {
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head: &Head,
+) -> anyhow::Result<Vec<u8>> {
     let end = head.len + head.content_length;
-    while conn.buf.len() < end {
-        read_more(&mut conn.stream, &mut conn.buf).await?;
+    while buf.len() < end {
+        read_more(stream, buf).await?;
     }
-    let body = conn.buf[head.len..end].to_vec();
-    conn.buf.drain(..end);
+    let body = buf[head.len..end].to_vec();
+    buf.drain(..end);
     Ok(body)
 }
 
@@ -249,8 +253,9 @@ pub async fn connect(node: SocketAddr, ticket: &str, source: IpAddr) -> anyhow::
         let mut buf = Vec::with_capacity(512);
         let head = read_head(&mut stream, &mut buf).await?;
         if head.status != 101 {
-            let mut conn = HttpConn { stream, buf };
-            let body = read_body(&mut conn, &head).await.unwrap_or_default();
+            let body = read_body(&mut stream, &mut buf, &head)
+                .await
+                .unwrap_or_default();
             bail!(
                 "HTTP {}: {}",
                 head.status,

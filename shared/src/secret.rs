@@ -46,7 +46,9 @@ impl TokenHash {
     }
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        let mut hex = String::with_capacity(64);
+        self.push_hex(&mut hex);
+        hex
     }
 
     /// Appends the lowercase hex form (what [`Self::to_hex`] returns) to `out`.
@@ -100,7 +102,8 @@ mod tests {
         let hash = TokenHash::from_bytes(std::array::from_fn(|i| (i * 37) as u8));
         let mut out = String::from("x:");
         hash.push_hex(&mut out);
-        assert_eq!(out, format!("x:{}", hash.to_hex()));
+        assert_eq!(out, format!("x:{}", hex::encode(hash.as_bytes())));
+        assert_eq!(hash.to_hex(), hex::encode(hash.as_bytes()));
         assert_eq!(TokenHash::of("a").to_hex().len(), 64);
     }
 
