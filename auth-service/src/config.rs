@@ -63,6 +63,13 @@ pub struct Config {
     #[arg(long, env = "SESSION_ABSOLUTE_TIMEOUT_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub session_absolute_timeout_secs: u64,
 
+    /// Threads that serve HTTP, each a single-threaded runtime with its own
+    /// Redis connection; a connection stays on the thread that accepted it, so
+    /// a request never hops threads (on 2 cores this mints ~25 % more tickets
+    /// than one shared work-stealing runtime). Defaults to the number of CPUs.
+    #[arg(long, env = "SERVE_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub serve_threads: Option<u16>,
+
     /// Password hashes computed at once (each takes 19 MiB for ~30-50 ms).
     /// Defaults to the number of CPUs.
     #[arg(long, env = "HASH_CONCURRENCY")]
@@ -153,10 +160,12 @@ impl Config {
         shared::session::cookie_name(self.cookie_secure)
     }
 
+    pub fn serve_threads(&self) -> usize {
+        self.serve_threads.map_or_else(cpus, usize::from).max(1)
+    }
+
     pub fn hash_concurrency(&self) -> usize {
-        self.hash_concurrency
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .max(1)
+        self.hash_concurrency.unwrap_or_else(cpus).max(1)
     }
 
     /// Validates what clap cannot: origins, prefix, namespaces, timeouts that must agree.
@@ -170,4 +179,9 @@ impl Config {
         );
         Ok(())
     }
+}
+
+/// The CPUs this process may run on (2 if that cannot be told).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
 }

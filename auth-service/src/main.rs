@@ -9,7 +9,9 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+/// A single-threaded runtime: this thread is one of the serving threads, and
+/// `Application::run_until_stopped` starts the others, each with its own.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = auth_service::cli::Cli::parse();
     shared::telemetry::init(cli.config.log_format, "info,sqlx=warn");

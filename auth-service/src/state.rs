@@ -20,6 +20,16 @@ impl AppState {
     pub fn new(inner: AppStateInner) -> Self {
         Self(Arc::new(inner))
     }
+
+    /// The same state with another Redis connection, for a serving thread
+    /// whose runtime drives that connection. Everything else (the database
+    /// pool, the caches, the password-hashing slots) stays shared.
+    pub fn with_redis(&self, redis: ConnectionManager) -> Self {
+        Self::new(AppStateInner {
+            redis,
+            ..(*self.0).clone()
+        })
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -29,10 +39,12 @@ impl std::ops::Deref for AppState {
     }
 }
 
+#[derive(Clone)]
 pub struct AppStateInner {
     pub config: Arc<Config>,
     pub db: PgPool,
-    /// One multiplexed, self-reconnecting connection shared by all requests.
+    /// One multiplexed, self-reconnecting connection shared by the requests
+    /// of one serving thread (see [`AppState::with_redis`]).
     pub redis: ConnectionManager,
     pub keys: RedisKeys,
     pub origins: Arc<OriginAllowlist>,

@@ -45,23 +45,51 @@ impl TestApp {
         let db = std::sync::Arc::new(TestDatabase::new());
         let mut config = test_config(&db);
         customise(&mut config);
-        Self::spawn_config(config, db).await
+        Self::spawn_config(config, db, std::future::pending())
+            .await
+            .0
+    }
+
+    /// Like [`Self::spawn_with`], but the server is asked to stop when the
+    /// sender is used (or dropped); the handle yields how it stopped.
+    pub async fn spawn_stoppable(
+        customise: impl FnOnce(&mut Config),
+    ) -> (
+        Self,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let db = std::sync::Arc::new(TestDatabase::new());
+        let mut config = test_config(&db);
+        customise(&mut config);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (app, server) = Self::spawn_config(config, db, async move {
+            let _ = stopped.await;
+        })
+        .await;
+        (app, stop, server)
     }
 
     /// A second process of the same deployment (same database and Redis prefix).
     pub async fn spawn_sibling(&self) -> Self {
         let mut config = (*self.state.config).clone();
         config.listen = "127.0.0.1:0".parse().expect("addr");
-        Self::spawn_config(config, self._db.clone()).await
+        Self::spawn_config(config, self._db.clone(), std::future::pending())
+            .await
+            .0
     }
 
-    async fn spawn_config(config: Config, db: std::sync::Arc<TestDatabase>) -> Self {
+    async fn spawn_config(
+        config: Config,
+        db: std::sync::Arc<TestDatabase>,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> (Self, tokio::task::JoinHandle<anyhow::Result<()>>) {
         shared::telemetry::init(shared::telemetry::LogFormat::Pretty, "warn");
         let app = Application::build(config).await.expect("app builds");
         let base_url = format!("http://{}", app.local_addr());
         let state = app.state().clone();
-        tokio::spawn(app.run_until_stopped(std::future::pending()));
-        Self {
+        let server = tokio::spawn(app.run_until_stopped(shutdown));
+        let app = Self {
             base_url,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -69,7 +97,8 @@ impl TestApp {
                 .expect("client"),
             state,
             _db: db,
-        }
+        };
+        (app, server)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -195,3 +195,71 @@ async fn the_binary_logs_json_without_secrets_and_stops_on_sigterm() {
         assert!(!logs.contains(secret), "a secret leaked into the logs");
     }
 }
+
+/// With several serving threads (each its own single-threaded runtime and
+/// Redis connection, all accepting from one socket), every connection is
+/// answered fully whichever thread takes it: 40 fresh connections log in, read
+/// `/v1/me`, and mint with the session and with an API key, and every ticket
+/// can be consumed. Asked to stop, the server returns promptly and cleanly,
+/// with all its threads stopped.
+#[tokio::test]
+async fn several_serving_threads_answer_alike_and_stop_together() {
+    let (app, stop, server) = TestApp::spawn_stoppable(|config| {
+        config.serve_threads = Some(4);
+    })
+    .await;
+    let user = app.create_user("threads").await;
+    let key = app.api_key(&user, "connect").await;
+    for round in 0..40 {
+        // A client without a connection pool: a new TCP connection per request.
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let minted = fresh
+            .post(app.url("/v1/tickets"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("mint");
+        let ticket = ticket_of(minted).await;
+        assert!(app.consume(&ticket).await.is_some(), "round {round}");
+        if round % 4 == 0 {
+            let login = fresh
+                .post(app.url("/v1/login"))
+                .json(&serde_json::json!({ "username": "threads", "password": PASSWORD }))
+                .send()
+                .await
+                .expect("login");
+            assert_eq!(login.status(), StatusCode::OK, "round {round}");
+            let cookie = cookie_pair(&login);
+            let me = fresh
+                .get(app.url("/v1/me"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .expect("me");
+            assert_eq!(me.status(), StatusCode::OK, "round {round}");
+            let by_session = fresh
+                .post(app.url("/v1/tickets"))
+                .header("cookie", &cookie)
+                .header("origin", APP_ORIGIN)
+                .header("sec-fetch-site", "same-site")
+                .send()
+                .await
+                .expect("mint with session");
+            let ticket = ticket_of(by_session).await;
+            assert!(app.consume(&ticket).await.is_some(), "round {round}");
+        }
+    }
+    stop.send(()).expect("server still running");
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .expect("stopped within 5 s")
+        .expect("no panic");
+    stopped.expect("stopped cleanly");
+    assert!(
+        reqwest::get(app.url("/healthz")).await.is_err(),
+        "nothing listens after the stop"
+    );
+}
