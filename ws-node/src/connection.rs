@@ -95,7 +95,7 @@ pub async fn run_unauthenticated(
     };
     drop(slot);
     match handshake::admit(&node, &principal).await {
-        Ok(id) => run(node, socket, id, principal).await,
+        Ok(admitted) => run(node, socket, admitted.hand_over(), principal).await,
         Err(crate::error::Error::TooManyConnections) => {
             close_socket(
                 &mut socket,

@@ -130,35 +130,45 @@ async fn accept(
     ws: WebSocketUpgrade,
     principal: Principal,
 ) -> Result<Response, Error> {
-    let id = admit(node, &principal).await?;
-    let admitted = Admitted {
-        node: node.clone(),
-        id,
-        user_id: principal.user_id,
-        upgraded: false,
-    };
+    let admitted = admit(node, &principal).await?;
     Ok(ws.on_upgrade(move |socket| {
-        let mut admitted = admitted;
-        admitted.upgraded = true;
-        connection::run(admitted.node.clone(), socket, id, principal)
+        let node = admitted.node.clone();
+        connection::run(node, socket, admitted.hand_over(), principal)
     }))
 }
 
-/// A connection admitted (its per-user slot and directory entry written)
-/// whose upgrade has not happened yet. If the client goes away before the
-/// upgrade completes, the callback is dropped unrun and this releases the
-/// entries at once, instead of letting them hold a place under the per-user
-/// cap until their lease runs out.
-struct Admitted {
+/// A connection whose per-user slot and directory entry are written (or on
+/// their way to Redis) but that no connection task serves yet. Dropped in that
+/// state (the client went away and hyper cancelled the handshake while it
+/// waited for Redis, or before the upgrade completed) it releases the entries
+/// at once, instead of letting them hold a place under the per-user cap until
+/// their lease runs out.
+pub(crate) struct Admitted {
     node: NodeState,
     id: ConnId,
     user_id: uuid::Uuid,
-    upgraded: bool,
+    settled: bool,
+}
+
+impl Admitted {
+    /// The connection's id, for `connection::run`, which from now on owns
+    /// the entries (and removes them when the socket closes).
+    pub(crate) fn hand_over(mut self) -> ConnId {
+        self.settled = true;
+        self.id
+    }
+
+    /// Removes the entries now (a refusal), before the client is answered.
+    async fn release(mut self) {
+        self.settled = true;
+        let name = self.node.connection_name(self.id);
+        connection::forget_connection(self.node.clone(), self.user_id, name).await;
+    }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        if !self.upgraded {
+        if !self.settled {
             let name = self.node.connection_name(self.id);
             let (node, user_id) = (self.node.clone(), self.user_id);
             let cleanup = node.cleanups.start();
@@ -173,10 +183,19 @@ impl Drop for Admitted {
 /// The last checks before a principal gets a socket, in one Redis round trip:
 /// the credential has not been revoked since the ticket was minted, and the user
 /// is under the cluster-wide connection cap. It also registers the connection
-/// (per-user slot, directory entry); a refusal undoes that.
-pub async fn admit(node: &NodeState, principal: &Principal) -> Result<ConnId, Error> {
+/// (per-user slot, directory entry); a refusal undoes that, and so does
+/// dropping the answer (or this future, mid-way) unserved.
+pub(crate) async fn admit(node: &NodeState, principal: &Principal) -> Result<Admitted, Error> {
     let id = node.new_connection_id();
     let name = node.connection_name(id);
+    // Armed before the round trip: should this future be dropped while Redis
+    // answers, the guard still removes what the pipeline wrote.
+    let admitted = Admitted {
+        node: node.clone(),
+        id,
+        user_id: principal.user_id,
+        settled: false,
+    };
     let lease = node.config.connection_lease();
     let mut pipe = redis::pipe();
     shared::control::add_revocation_check(
@@ -205,10 +224,10 @@ pub async fn admit(node: &NodeState, principal: &Principal) -> Result<ConnId, Er
         None
     };
     if let Some(refusal) = refusal {
-        connection::forget_connection(node.clone(), principal.user_id, name).await;
+        admitted.release().await;
         return Err(refusal);
     }
-    Ok(id)
+    Ok(admitted)
 }
 
 /// Consumes a ticket (atomically, once across all nodes) and checks its binding.
