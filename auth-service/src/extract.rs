@@ -4,11 +4,11 @@
 use crate::api_keys::VerifiedKey;
 use crate::error::{Error, Result};
 use crate::state::AppState;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
 use shared::secret::TokenHash;
 use shared::session::SessionRecord;
@@ -24,9 +24,9 @@ pub struct ApiJson<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = Error;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self> {
         let headers = req.headers().clone();
-        let body = body_bytes(req, state).await?;
+        let body = body_bytes(req).await?;
         parse_json(&headers, &body).map(ApiJson)
     }
 }
@@ -37,23 +37,69 @@ pub struct RawBody(pub Bytes);
 impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = Error;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self> {
-        body_bytes(req, state).await.map(RawBody)
+    async fn from_request(req: Request, _state: &S) -> Result<Self> {
+        body_bytes(req).await.map(RawBody)
     }
 }
 
-/// Reads the body, mapping the size limit to 413.
-pub async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes> {
-    Bytes::from_request(req, state).await.map_err(|e| match e {
-        BytesRejection::FailedToBufferBody(ref inner)
-            if inner.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
-        {
-            Error::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
+/// How much of an oversized body is still read, and thrown away, before the
+/// 413 goes out. Clients send the whole body before reading the answer; a
+/// server that answers and closes mid-body leaves unread data behind, its OS
+/// then resets the connection, and the client may see a broken connection
+/// instead of the 413. Past this (or [`DRAIN_TIME`]) the connection is closed
+/// regardless: nobody gets to make us read without bound.
+const DRAIN_LIMIT_BYTES: usize = 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads the body, at most [`MAX_BODY_BYTES`]; a larger one is a 413.
+pub async fn body_bytes(req: Request) -> Result<Bytes> {
+    let too_large = || Error::PayloadTooLarge {
+        limit: MAX_BODY_BYTES,
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut body = req.into_body().into_data_stream();
+    // Most bodies arrive in one chunk, which is returned as is (no copy).
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    let mut read = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Error::bad_request("unreadable_body", e.to_string()))?;
+        read += chunk.len();
+        if read > MAX_BODY_BYTES {
+            drain(body, read).await;
+            return Err(too_large());
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            earlier => {
+                if let Some(earlier) = earlier {
+                    joined.extend_from_slice(&earlier);
+                }
+                joined.extend_from_slice(&chunk);
             }
         }
-        other => Error::bad_request("unreadable_body", other.body_text()),
+    }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
+}
+
+/// Reads and discards the rest of an oversized body (see [`DRAIN_LIMIT_BYTES`]).
+async fn drain(mut body: axum::body::BodyDataStream, mut read: usize) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len();
+            if read > DRAIN_LIMIT_BYTES {
+                break;
+            }
+        }
     })
+    .await;
 }
 
 /// Parses a JSON body after checking its content type.

@@ -265,3 +265,56 @@ async fn every_answer_carries_a_request_id_and_nosniff() {
     assert_eq!(answers[1].status(), StatusCode::UNAUTHORIZED);
     assert_eq!(answers[2].status(), StatusCode::NOT_FOUND);
 }
+
+/// An oversized body is read to its end (up to a bound) before the 413 goes
+/// out, so a client still sending when the server has decided gets the 413
+/// rather than a connection reset (which discards the answer it had not read
+/// yet). Each round sends a 320 KiB body in pieces, a little at a time, on a
+/// fresh connection, then reads the answer. (Whether a reset actually loses
+/// the answer depends on timing: this test does not reliably fail without the
+/// drain. The reset was seen, under load, in the test above.)
+#[tokio::test]
+async fn an_oversized_body_sent_slowly_still_gets_its_413() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = TestApp::spawn().await;
+    let user = app.create_user("big").await;
+    let key = app.api_key(&user, "connect,publish").await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    let body_len = 20 * 16 * 1024;
+    for (round, path) in ["/v1/tickets", "/v1/publish", "/v1/login"]
+        .iter()
+        .enumerate()
+    {
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        for _ in 0..body_len / (16 * 1024) {
+            // Write errors are what this test is about: keep going, then read.
+            if stream.write_all(&[b' '; 16 * 1024]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read_to_end(&mut answer),
+        )
+        .await
+        .expect("answered within 5 s");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "round {round} ({path}): {read:?}, {answer:?}"
+        );
+        assert!(
+            answer.contains("payload_too_large"),
+            "round {round}: {answer}"
+        );
+    }
+}
