@@ -161,11 +161,15 @@ impl Config {
     }
 
     pub fn serve_threads(&self) -> usize {
-        self.serve_threads.map_or_else(cpus, usize::from).max(1)
+        self.serve_threads
+            .map_or_else(shared::net::available_cpus, usize::from)
+            .max(1)
     }
 
     pub fn hash_concurrency(&self) -> usize {
-        self.hash_concurrency.unwrap_or_else(cpus).max(1)
+        self.hash_concurrency
+            .unwrap_or_else(shared::net::available_cpus)
+            .max(1)
     }
 
     /// Validates what clap cannot: origins, prefix, namespaces, timeouts that must agree.
@@ -179,9 +183,4 @@ impl Config {
         );
         Ok(())
     }
-}
-
-/// The CPUs this process may run on (2 if that cannot be told).
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
 }

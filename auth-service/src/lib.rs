@@ -29,7 +29,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 impl AppState {
     /// Connects to Postgres (creating and migrating the database) and Redis,
@@ -44,7 +44,10 @@ impl AppState {
         // Activity is written to Postgres at most this often per session and
         // process; a quarter of the idle timeout keeps the Postgres fallback accurate.
         let touch_interval = Duration::from_secs((idle / 4).clamp(1, 60));
+        let command_connections = shared::redis_conn::CommandConnections::default();
+        command_connections.add(redis.clone());
         Ok(Self::new(state::AppStateInner {
+            command_connections,
             keys: config.redis_keys()?,
             origins: Arc::new(config.origin_allowlist()?),
             namespaces: Arc::new(config.namespaces()?),
@@ -110,12 +113,20 @@ impl Application {
         let mut helpers = Vec::new();
         for index in 1..self.state.config.serve_threads() {
             let listener = listener.try_clone().context("sharing the listener")?;
-            helpers.push(spawn_serving_thread(
-                index,
-                listener,
-                self.state.clone(),
-                stop_rx.clone(),
-            )?);
+            let (state, stop) = (self.state.clone(), stop_rx.clone());
+            let work = async move {
+                let redis = shared::redis_conn::connect(&state.config.redis_url)
+                    .await
+                    .context("connecting a serving thread to Redis")?;
+                let listener = TcpListener::from_std(listener).context("listening")?;
+                serve(listener, state.with_redis(redis), stop)
+                    .await
+                    .context("serving HTTP")
+            };
+            helpers.push(
+                shared::net::spawn_serving_thread(index, work)
+                    .context("starting a serving thread")?,
+            );
         }
         let listener = TcpListener::from_std(listener).context("listening")?;
         tracing::info!(%addr, threads = helpers.len() + 1, "auth-service listening");
@@ -124,7 +135,8 @@ impl Application {
                 for helper in helpers {
                     helper
                         .await
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a serving thread panicked")))?;
+                        .context("a serving thread panicked")?
+                        .context("starting a serving runtime")??;
                 }
                 anyhow::Ok(())
             };
@@ -173,37 +185,4 @@ async fn serve(
         let _ = stop.wait_for(|stopping| *stopping).await;
     })
     .await
-}
-
-/// Starts serving thread `index`: a single-threaded runtime that connects its
-/// own Redis connection and serves `listener` with it. The receiver yields
-/// once the thread has stopped serving (an error if it could not start).
-fn spawn_serving_thread(
-    index: usize,
-    listener: std::net::TcpListener,
-    state: AppState,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>> {
-    let (done_tx, done_rx) = oneshot::channel();
-    let work = async move {
-        let redis = shared::redis_conn::connect(&state.config.redis_url)
-            .await
-            .context("connecting a serving thread to Redis")?;
-        let listener = TcpListener::from_std(listener).context("listening")?;
-        serve(listener, state.with_redis(redis), stop)
-            .await
-            .context("serving HTTP")
-    };
-    std::thread::Builder::new()
-        .name(format!("serve-{index}"))
-        .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("starting a serving runtime")
-                .and_then(|runtime| runtime.block_on(work));
-            let _ = done_tx.send(result);
-        })
-        .context("starting a serving thread")?;
-    Ok(done_rx)
 }

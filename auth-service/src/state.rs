@@ -7,6 +7,7 @@ use redis::aio::ConnectionManager;
 use shared::keys::RedisKeys;
 use shared::namespace::Namespaces;
 use shared::origin::OriginAllowlist;
+use shared::redis_conn::CommandConnections;
 use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -25,6 +26,7 @@ impl AppState {
     /// whose runtime drives that connection. Everything else (the database
     /// pool, the caches, the password-hashing slots) stays shared.
     pub fn with_redis(&self, redis: ConnectionManager) -> Self {
+        self.command_connections.add(redis.clone());
         Self::new(AppStateInner {
             redis,
             ..(*self.0).clone()
@@ -46,6 +48,8 @@ pub struct AppStateInner {
     /// One multiplexed, self-reconnecting connection shared by the requests
     /// of one serving thread (see [`AppState::with_redis`]).
     pub redis: ConnectionManager,
+    /// Every serving thread's `redis`, for the readiness check.
+    pub command_connections: CommandConnections,
     pub keys: RedisKeys,
     pub origins: Arc<OriginAllowlist>,
     pub namespaces: Arc<Namespaces>,

@@ -43,3 +43,34 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received");
 }
+
+/// The CPUs this process may run on (2 if that cannot be told): the default
+/// number of serving threads and of password-hashing slots.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+}
+
+/// Starts the OS thread `serve-{index}`, which runs `work` on a
+/// single-threaded runtime of its own. Both servers serve one listening socket
+/// from several such threads (see their `run_until_stopped`): a connection
+/// then lives on the thread that accepted it, and answering it never wakes
+/// another thread, which a shared work-stealing runtime does for most wake-ups.
+///
+/// The receiver yields `work`'s output once the thread is done (an error if
+/// its runtime could not start); it closes without a value if `work` panicked.
+pub fn spawn_serving_thread<T: Send + 'static>(
+    index: usize,
+    work: impl Future<Output = T> + Send + 'static,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<std::io::Result<T>>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("serve-{index}"))
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|runtime| runtime.block_on(work));
+            let _ = done_tx.send(result);
+        })?;
+    Ok(done_rx)
+}

@@ -3,7 +3,9 @@
 use clap::Parser as _;
 use std::process::ExitCode;
 
-#[tokio::main]
+/// A single-threaded runtime: this thread is one of the serving threads (and
+/// runs the fan-out from Redis); `Application::run_until_stopped` starts the others.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let config = ws_node::config::Config::parse();
     shared::telemetry::init(config.log_format, "info");

@@ -22,15 +22,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             .await
             .is_ok_and(|r| r.is_ok())
     };
-    let redis = async {
-        let mut conn = state.redis.clone();
-        tokio::time::timeout(
-            CHECK_TIMEOUT,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok())
-    };
+    // Every serving thread's connection, not just this one's.
+    let redis = state.command_connections.all_answer(CHECK_TIMEOUT);
     let (postgres, redis) = tokio::join!(postgres, redis);
     let verdict = |ok: bool| if ok { "ok" } else { "unavailable" };
     let ready = postgres && redis;
