@@ -29,7 +29,7 @@ pub fn client(url: &str) -> redis::RedisResult<redis::Client> {
 ///
 /// It speaks RESP3, with which the manager notices a dropped connection at
 /// once and reconnects in the background; over RESP2 it would only notice when
-/// the next command fails. That matters with one connection per serving
+/// the next command fails. That matters with auth-service's one connection per serving
 /// thread: after Redis restarts, a thread that was quiet meanwhile would
 /// otherwise fail its next request (a 503, or an error ack) even though Redis
 /// has long been back.

@@ -73,13 +73,6 @@ pub struct Config {
     #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 512, value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
     pub ws_read_buffer_bytes: u64,
 
-    /// Threads that accept and serve sockets, each a single-threaded runtime
-    /// with its own Redis connection for handshakes and client commands; a
-    /// socket stays on the thread that accepted it. The fan-out from Redis runs
-    /// on the first. Defaults to the number of CPUs.
-    #[arg(long, env = "SERVE_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub serve_threads: Option<u16>,
-
     /// Frames queued for one client before it counts as too slow (close 4008).
     #[arg(long, env = "SEND_QUEUE_FRAMES", default_value_t = 1024)]
     pub send_queue_frames: usize,
@@ -165,12 +158,6 @@ impl Config {
 
     pub fn auth_timeout(&self) -> Duration {
         Duration::from_millis(self.auth_timeout_ms)
-    }
-
-    pub fn serve_threads(&self) -> usize {
-        self.serve_threads
-            .map_or_else(shared::net::available_cpus, usize::from)
-            .max(1)
     }
 
     pub fn handshake_timeout(&self) -> Duration {

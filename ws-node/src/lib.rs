@@ -72,13 +72,10 @@ impl Application {
             ready: subscribed_tx,
             cursors: Default::default(),
         };
-        let command_connections = shared::redis_conn::CommandConnections::default();
-        command_connections.add(redis.clone());
         let state = NodeState::new(state::NodeStateInner {
             node_id,
             keys,
             redis,
-            command_connections,
             hub,
             namespaces,
             coalescing: Arc::new(state::Coalescing::new(tick_rx)),
@@ -114,12 +111,6 @@ impl Application {
     /// Serves until `shutdown` resolves, then drains: stop accepting, report
     /// not-ready, close every socket with 1001, and return once all are closed
     /// or `DRAIN_TIMEOUT_SECS` has passed.
-    ///
-    /// The calling task's runtime accepts and runs the node's own tasks (the
-    /// Redis subscriber and fan-out, lease renewal, revalidation);
-    /// `SERVE_THREADS - 1` more threads accept from the same socket, each on a
-    /// single-threaded runtime with its own Redis connection, so a handshake's
-    /// Redis round trips and a socket's reads and writes stay on one thread.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -136,21 +127,14 @@ impl Application {
         let maintenance = tokio::spawn(renew_connection_leases(state.clone()));
         let coalescing = tokio::spawn(drive_write_coalescing(state.clone(), flush_tick));
         let revalidation = tokio::spawn(revalidate_connections(state.clone()));
-        let listener = listener.into_std().context("detaching the listener")?;
-        let (drained_tx, drained_rx) = watch::channel(false);
-        let mut helpers = Vec::new();
-        for index in 1..state.config.serve_threads() {
-            let listener = listener.try_clone().context("sharing the listener")?;
-            helpers.push(start_serving_thread(index, listener, &state, drained_rx.clone()).await?);
-        }
         let router = routes::router(state.clone());
         let accept = tokio::spawn(server::accept_loop(
-            TcpListener::from_std(listener).context("listening")?,
+            listener,
             router,
             state.config.handshake_timeout(),
             state.draining.clone(),
         ));
-        tracing::info!(%addr, node = %state.node_id, threads = helpers.len() + 1, "ws-node listening");
+        tracing::info!(%addr, node = %state.node_id, "ws-node listening");
 
         shutdown.await;
         let started = Instant::now();
@@ -178,10 +162,6 @@ impl Application {
                 "drain timeout reached with sockets or cleanups outstanding"
             );
         }
-        drained_tx.send_replace(true);
-        for helper in helpers {
-            let _ = helper.await;
-        }
         subscriber_task.abort();
         maintenance.abort();
         coalescing.abort();
@@ -189,50 +169,6 @@ impl Application {
         tracing::info!(elapsed = ?started.elapsed(), "ws-node stopped");
         Ok(())
     }
-}
-
-/// Starts serving thread `index` (see [`shared::net::spawn_serving_thread`]):
-/// it connects its own Redis connection, then accepts from `listener` until
-/// the node drains, and keeps its runtime, which drives its sockets and their
-/// cleanups, until `drained` turns true. Returns once the thread is serving;
-/// the receiver yields when it has stopped.
-async fn start_serving_thread(
-    index: usize,
-    listener: std::net::TcpListener,
-    state: &NodeState,
-    mut drained: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::sync::oneshot::Receiver<std::io::Result<anyhow::Result<()>>>> {
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    let state = state.clone();
-    let work = async move {
-        let redis = shared::redis_conn::connect(&state.config.redis_url)
-            .await
-            .context("connecting a serving thread to Redis")?;
-        let state = state.with_redis(redis);
-        let listener = TcpListener::from_std(listener).context("listening")?;
-        let _ = ready_tx.send(());
-        let router = routes::router(state.clone());
-        server::accept_loop(
-            listener,
-            router,
-            state.config.handshake_timeout(),
-            state.draining.clone(),
-        )
-        .await;
-        let _ = drained.wait_for(|drained| *drained).await;
-        anyhow::Ok(())
-    };
-    let done =
-        shared::net::spawn_serving_thread(index, work).context("starting a serving thread")?;
-    if ready_rx.await.is_err() {
-        // It stopped before serving: its result says why.
-        return Err(match done.await {
-            Ok(Ok(Err(e))) => e,
-            Ok(Err(e)) => anyhow::Error::new(e).context("starting a serving runtime"),
-            Ok(Ok(Ok(()))) | Err(_) => anyhow::anyhow!("serving thread {index} stopped at start"),
-        });
-    }
-    Ok(done)
 }
 
 /// Re-checks every local socket's credential against the revocation markers,

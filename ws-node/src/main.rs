@@ -3,9 +3,7 @@
 use clap::Parser as _;
 use std::process::ExitCode;
 
-/// A single-threaded runtime: this thread is one of the serving threads (and
-/// runs the fan-out from Redis); `Application::run_until_stopped` starts the others.
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> ExitCode {
     let config = ws_node::config::Config::parse();
     shared::telemetry::init(config.log_format, "info");

@@ -37,17 +37,19 @@ async fn healthz(State(node): State<NodeState>) -> Response {
     axum::Json(json!({ "status": "ok", "node": &*node.node_id })).into_response()
 }
 
-/// Ready only while the Redis subscription is live, the command connections
-/// (tickets, publishing; one per serving thread) answer, and the node is not draining: a node that
+/// Ready only while the Redis subscription is live, the command connection
+/// (tickets, publishing) answers, and the node is not draining: a node that
 /// cannot hear other nodes' messages or check a ticket must not take clients.
 async fn readyz(State(node): State<NodeState>) -> Response {
     let subscribed = *node.subscribed.borrow();
     let draining = node.is_draining();
-    // Every serving thread's command connection, not just this one's.
-    let commands = node
-        .command_connections
-        .all_answer(std::time::Duration::from_millis(500))
-        .await;
+    let mut redis = node.redis.clone();
+    let commands = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        redis::cmd("PING").query_async::<()>(&mut redis),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
     let ready = subscribed && commands && !draining;
     let status = if ready {
         StatusCode::OK

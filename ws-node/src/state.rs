@@ -8,7 +8,6 @@ use redis::aio::ConnectionManager;
 use shared::keys::RedisKeys;
 use shared::namespace::Namespaces;
 use shared::origin::OriginAllowlist;
-use shared::redis_conn::CommandConnections;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,17 +24,6 @@ impl NodeState {
     pub fn new(inner: NodeStateInner) -> Self {
         Self(Arc::new(inner))
     }
-
-    /// The same state with another Redis connection, for a serving thread
-    /// whose runtime drives that connection. Everything else (the hub, the
-    /// limits, the drain signal) stays shared.
-    pub fn with_redis(&self, redis: ConnectionManager) -> Self {
-        self.command_connections.add(redis.clone());
-        Self::new(NodeStateInner {
-            redis,
-            ..(*self.0).clone()
-        })
-    }
 }
 
 impl std::ops::Deref for NodeState {
@@ -45,16 +33,12 @@ impl std::ops::Deref for NodeState {
     }
 }
 
-#[derive(Clone)]
 pub struct NodeStateInner {
     pub config: Arc<Config>,
     pub node_id: Arc<str>,
     pub keys: RedisKeys,
-    /// Multiplexed connection for commands (tickets, sessions, publishing),
-    /// one per serving thread (see [`NodeState::with_redis`]).
+    /// Multiplexed connection for commands (tickets, sessions, publishing).
     pub redis: ConnectionManager,
-    /// Every serving thread's `redis`, for the readiness check.
-    pub command_connections: CommandConnections,
     pub hub: Arc<Hub>,
     pub namespaces: Arc<Namespaces>,
     pub origins: Arc<OriginAllowlist>,
