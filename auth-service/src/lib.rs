@@ -99,8 +99,9 @@ impl Application {
     /// same listening socket, each on its own single-threaded runtime with its
     /// own Redis connection. A connection is handled start to end by the
     /// thread that accepted it: no request hops threads, so answering one
-    /// wakes no other thread (on 2 cores that is ~25 % more mints than a
-    /// shared work-stealing runtime). The database pool, the caches and the
+    /// wakes no other thread (on 2 cores auth-service then spends a quarter
+    /// less CPU per mint than on one shared work-stealing runtime; see
+    /// BENCHMARKS.md). The database pool, the caches and the
     /// password-hashing slots stay shared by all threads.
     pub async fn run_until_stopped(
         self,
