@@ -16,6 +16,8 @@ use serde::Serialize;
 use shared::scope::{Scope, Scopes};
 use shared::secret::{Secret, TokenHash};
 use sqlx::PgPool;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -83,6 +85,9 @@ pub struct ApiKeyVerifier {
     /// from then, so a slow query does not stretch the revocation bound.
     cache: Cache<TokenHash, (Option<VerifiedKey>, std::time::Instant)>,
     cache_ttl: Duration,
+    /// Keys whose entry is being looked up again ahead of its expiry (at most
+    /// one lookup per key at a time).
+    refreshing: Arc<Mutex<HashSet<TokenHash>>>,
     /// Keys whose `last_used_at` this process wrote recently.
     recently_used: moka::sync::Cache<Uuid, ()>,
 }
@@ -95,6 +100,7 @@ impl ApiKeyVerifier {
                 .time_to_live(cache_ttl.max(Duration::from_millis(1)))
                 .build(),
             cache_ttl,
+            refreshing: Arc::default(),
             recently_used: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(LAST_USED_RESOLUTION)
@@ -124,6 +130,11 @@ impl ApiKeyVerifier {
     /// `hash`'s entry from the cache, looked up on a miss. An entry is aged
     /// from when its lookup started: one that a slow query left older than
     /// the cache's lifetime is looked up again.
+    ///
+    /// An entry past half its lifetime is still answered from, and looked up
+    /// again in the background. Otherwise every request for a busy key would
+    /// wait on the one Postgres query each time its entry expired: under load
+    /// (Postgres waiting for a CPU) that stall was the mint's p99.
     async fn cached(&self, db: &PgPool, hash: TokenHash) -> Result<Option<VerifiedKey>> {
         let fetch = || async move {
             let started = std::time::Instant::now();
@@ -134,7 +145,11 @@ impl ApiKeyVerifier {
             .try_get_with(hash, fetch())
             .await
             .map_err(|e| lookup_failed(&e))?;
-        if started.elapsed() <= self.cache_ttl {
+        let age = started.elapsed();
+        if age <= self.cache_ttl {
+            if age > self.cache_ttl / 2 {
+                self.refresh_in_background(db, hash);
+            }
             return Ok(verified);
         }
         self.cache.invalidate(&hash).await;
@@ -144,6 +159,39 @@ impl ApiKeyVerifier {
             .await
             .map_err(|e| lookup_failed(&e))?
             .0)
+    }
+
+    /// Looks `hash` up again and replaces its entry, unless that is already
+    /// under way. A failed lookup leaves the entry to expire as usual; an
+    /// entry dropped meanwhile (the key was revoked here) is not put back.
+    fn refresh_in_background(&self, db: &PgPool, hash: TokenHash) {
+        let mut refreshing = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !refreshing.insert(hash) {
+            return;
+        }
+        drop(refreshing);
+        let (db, cache, refreshing) = (db.clone(), self.cache.clone(), self.refreshing.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            if let Ok(key) = lookup(&db, hash).await {
+                cache
+                    .entry(hash)
+                    .and_compute_with(|present| {
+                        std::future::ready(match present {
+                            Some(_) => moka::ops::compute::Op::Put((key, started)),
+                            None => moka::ops::compute::Op::Nop,
+                        })
+                    })
+                    .await;
+            }
+            refreshing
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&hash);
+        });
     }
 
     /// Drops a key from this process's cache (after revoking it here).

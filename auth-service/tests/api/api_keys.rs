@@ -236,6 +236,46 @@ async fn revocation_reaches_every_auth_service_process_within_a_second() {
     assert!(revoked_at.elapsed() <= Duration::from_secs(1));
 }
 
+/// A busy key's cache entry is looked up again ahead of its expiry (so that
+/// requests do not all wait on Postgres when it expires), which must not
+/// stretch how long another process trusts a revoked key: B mints back to
+/// back, A revokes, and B refuses within `API_KEY_CACHE_MS` (plus the time of
+/// one lookup and one request).
+#[tokio::test]
+async fn a_key_in_constant_use_is_still_refused_within_the_cache_bound() {
+    let a = TestApp::spawn_with(|c| c.mint_limit_per_key = 1_000_000).await;
+    let b = a.spawn_sibling().await;
+    let user = a.create_user("busy").await;
+    let key = a.api_key(&user, "connect").await;
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM api_keys")
+        .fetch_one(&a.state.db)
+        .await
+        .expect("id");
+    let bound = Duration::from_millis(b.state.config.api_key_cache_ms + 250);
+    let busy_until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < busy_until {
+        assert_eq!(b.mint_with_key(&key).await.status(), StatusCode::CREATED);
+    }
+    let revoked_at = Instant::now();
+    assert!(
+        auth_service::api_keys::revoke_everywhere(&a.state, id, None)
+            .await
+            .expect("revoke")
+    );
+    loop {
+        let status = b.mint_with_key(&key).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::CREATED);
+        assert!(
+            revoked_at.elapsed() < bound,
+            "process B still accepts the key after {:?}",
+            revoked_at.elapsed()
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_disabled_users_keys_stop_working() {
     let app = TestApp::spawn().await;
