@@ -163,7 +163,8 @@ impl ApiKeyVerifier {
 
     /// Looks `hash` up again and replaces its entry, unless that is already
     /// under way. A failed lookup leaves the entry to expire as usual; an
-    /// entry dropped meanwhile (the key was revoked here) is not put back.
+    /// entry dropped meanwhile (the key was revoked here) is not put back, nor
+    /// one replaced by a newer lookup.
     fn refresh_in_background(&self, db: &PgPool, hash: TokenHash) {
         let mut refreshing = self
             .refreshing
@@ -180,9 +181,13 @@ impl ApiKeyVerifier {
                 cache
                     .entry(hash)
                     .and_compute_with(|present| {
+                        // Only over an older lookup: one that started
+                        // after ours (after a local revocation, say) knows more.
                         std::future::ready(match present {
-                            Some(_) => moka::ops::compute::Op::Put((key, started)),
-                            None => moka::ops::compute::Op::Nop,
+                            Some(entry) if entry.value().1 < started => {
+                                moka::ops::compute::Op::Put((key, started))
+                            }
+                            _ => moka::ops::compute::Op::Nop,
                         })
                     })
                     .await;
