@@ -14,7 +14,8 @@ use shared::secret::TokenHash;
 use shared::session::SessionRecord;
 use std::net::{IpAddr, SocketAddr};
 
-/// Largest request body accepted (a publish carries up to 64 KiB of data).
+/// Largest request body accepted (a publish carries up to 64 KiB of data),
+/// enforced by [`body_bytes`], which every body extractor here goes through.
 pub const MAX_BODY_BYTES: usize = 96 * 1024;
 
 /// A JSON body, with every failure mapped to our error format: wrong content
@@ -76,15 +77,14 @@ pub async fn body_bytes(req: Request) -> Result<Bytes> {
             drain(body, read).await;
             return Err(too_large());
         }
-        match first.take() {
-            None if joined.is_empty() => first = Some(chunk),
-            earlier => {
-                if let Some(earlier) = earlier {
-                    joined.extend_from_slice(&earlier);
-                }
-                joined.extend_from_slice(&chunk);
-            }
+        if first.is_none() && joined.is_empty() {
+            first = Some(chunk);
+            continue;
         }
+        if let Some(earlier) = first.take() {
+            joined.extend_from_slice(&earlier);
+        }
+        joined.extend_from_slice(&chunk);
     }
     Ok(first.unwrap_or_else(|| joined.freeze()))
 }
