@@ -18,23 +18,27 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// algorithm on by default, which holds back a pipelined request behind an
 /// unacknowledged one; on a multiplexed connection that costs latency under load.
 pub fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    redis::Client::open(connection_info(url)?)
+}
+
+/// `url` with `TCP_NODELAY` set (see [`client`]).
+fn connection_info(url: &str) -> redis::RedisResult<redis::ConnectionInfo> {
     use redis::IntoConnectionInfo as _;
-    let info = url
+    Ok(url
         .into_connection_info()?
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    redis::Client::open(info)
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
 }
 
 /// Opens a self-reconnecting, multiplexed connection.
 ///
 /// It speaks RESP3, with which the manager notices a dropped connection at
 /// once and reconnects in the background; over RESP2 it would only notice when
-/// the next command fails. That matters with auth-service's one connection per serving
-/// thread: after Redis restarts, a thread that was quiet meanwhile would
+/// the next command fails. That matters with auth-service's one connection per
+/// serving thread: after Redis restarts, a thread that was quiet meanwhile would
 /// otherwise fail its next request (a 503, or an error ack) even though Redis
 /// has long been back.
 pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
-    let info = client(url)?.get_connection_info().clone();
+    let info = connection_info(url)?;
     let resp3 = info
         .redis_settings()
         .clone()
