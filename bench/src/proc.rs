@@ -163,6 +163,39 @@ pub async fn machine_busy_percent(window: Duration) -> f64 {
     busy1.saturating_sub(busy0) as f64 / total as f64 * 100.0
 }
 
+/// A gauge of the machine's speed right now: round trips per second of one
+/// byte over a loopback TCP connection between two threads, during `window`.
+///
+/// Every scenario is mostly this kind of work (small writes over loopback,
+/// threads waking each other), and these VMs' speed drifts by a third within
+/// an hour with nothing else running. Each scenario's report carries the
+/// gauge taken just before it, so figures from different runs can be read
+/// against the machine's speed at the time.
+pub fn loopback_round_trips_per_sec(window: Duration) -> std::io::Result<f64> {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (mut server, _) = listener.accept()?;
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while matches!(server.read(&mut byte), Ok(1)) && server.write_all(&byte).is_ok() {}
+    });
+    let began = std::time::Instant::now();
+    let mut trips = 0u64;
+    let mut byte = [0u8; 1];
+    while began.elapsed() < window {
+        client.write_all(&byte)?;
+        client.read_exact(&mut byte)?;
+        trips += 1;
+    }
+    let elapsed = began.elapsed().as_secs_f64();
+    drop(client);
+    let _ = echo.join();
+    Ok(trips as f64 / elapsed)
+}
+
 /// What the report's header says about the machine and the code.
 pub fn machine_info(workspace: &Path, cpu_busy_before_percent: f64) -> MachineInfo {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
@@ -224,5 +257,11 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_kib(pid).expect("rss") > 0);
         cpu_ticks(pid).expect("ticks");
+    }
+
+    #[test]
+    fn gauges_the_machine() {
+        let trips = loopback_round_trips_per_sec(Duration::from_millis(20)).expect("gauge");
+        assert!(trips > 0.0, "no round trip in 20 ms");
     }
 }

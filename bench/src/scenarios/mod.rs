@@ -158,6 +158,9 @@ fn print_summary(report: &Report, out: &Path) {
     );
 }
 
+/// The figure every scenario starts with: [`crate::proc::loopback_round_trips_per_sec`].
+pub const MACHINE_GAUGE: &str = "machine gauge: loopback round trips/s just before";
+
 /// Runs one scenario body with a time limit; its error, if any, goes into its report.
 async fn scenario<F>(
     name: &str,
@@ -169,6 +172,13 @@ where
     F: AsyncFnOnce(&mut ScenarioReport) -> anyhow::Result<()>,
 {
     say(format!("scenario {name}: starting"));
+    let gauge = tokio::task::spawn_blocking(|| {
+        crate::proc::loopback_round_trips_per_sec(Duration::from_millis(500))
+    })
+    .await;
+    if let Ok(Ok(trips)) = gauge {
+        report.metric(MACHINE_GAUGE, trips, "/s");
+    }
     let began = Instant::now();
     let result = tokio::time::timeout(limit, body(&mut report)).await;
     report.seconds = began.elapsed().as_secs_f64();
