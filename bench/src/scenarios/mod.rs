@@ -158,8 +158,8 @@ fn print_summary(report: &Report, out: &Path) {
     );
 }
 
-/// The figure every scenario starts with: [`crate::proc::loopback_round_trips_per_sec`].
-pub const MACHINE_GAUGE: &str = "machine gauge: loopback round trips/s just before";
+/// The figure every scenario starts with: [`crate::proc::loopback_messages_per_sec`].
+pub const MACHINE_GAUGE: &str = "machine gauge: loopback messages/s just before";
 
 /// Runs one scenario body with a time limit; its error, if any, goes into its report.
 async fn scenario<F>(
@@ -173,11 +173,11 @@ where
 {
     say(format!("scenario {name}: starting"));
     let gauge = tokio::task::spawn_blocking(|| {
-        crate::proc::loopback_round_trips_per_sec(Duration::from_millis(500))
+        crate::proc::loopback_messages_per_sec(Duration::from_millis(500))
     })
     .await;
-    if let Ok(Ok(trips)) = gauge {
-        report.metric(MACHINE_GAUGE, trips, "/s");
+    if let Ok(Ok(messages)) = gauge {
+        report.metric(MACHINE_GAUGE, messages, "/s");
     }
     let began = Instant::now();
     let result = tokio::time::timeout(limit, body(&mut report)).await;
