@@ -116,6 +116,7 @@ impl Subscriber {
     /// SUBSCRIBE (as in [`Self::apply`]): a message published in between is
     /// then a gap that history fills, never mistaken for a duplicate.
     async fn connect(&mut self) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
+        self.discard_queued_commands();
         let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub())
             .await
             .map_err(|_| timeout_error("connect"))??;
@@ -134,6 +135,26 @@ impl Subscriber {
             self.hub.mark_subscribed(&channel, generation);
         }
         Ok((sink, stream))
+    }
+
+    /// Drops the hub's commands queued while no connection was serving them.
+    /// A connection starts from the hub's channels as they are *after* this
+    /// (see [`Self::connect`]), which covers every command queued before; a
+    /// command queued after it is applied as usual. Without this, joins and
+    /// leaves during a long Redis outage (clients retrying subscriptions)
+    /// would pile up in the unbounded queue for as long as the outage lasts.
+    fn discard_queued_commands(&mut self) {
+        let mut discarded = 0u64;
+        while self.commands.try_recv().is_ok() {
+            discarded += 1;
+        }
+        if discarded > 0 {
+            metrics::counter!("ws_subscriber_commands_discarded_total").increment(discarded);
+            tracing::debug!(
+                discarded,
+                "dropped subscription commands superseded by a reconnect"
+            );
+        }
     }
 
     /// Dispatches messages and applies commands until the connection is lost.
@@ -568,8 +589,74 @@ pub fn frame_position(frame: &str) -> Option<StreamPosition> {
 
 #[cfg(test)]
 mod tests {
-    use super::frame_position;
+    use super::*;
+    use crate::hub::{ConnControl, ConnHandle};
     use shared::channel::StreamPosition;
+
+    /// A subscriber and its hub on the machine's Redis, under a prefix of its own.
+    async fn subscriber() -> (Subscriber, mpsc::UnboundedSender<SubscriberCommand>) {
+        let url = testkit::shared_redis_url();
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let subscriber = Subscriber {
+            client: shared::redis_conn::client(&url).expect("client"),
+            redis: shared::redis_conn::connect(&url).await.expect("redis"),
+            keys: RedisKeys::new(&testkit::unique_prefix()).expect("keys"),
+            namespaces: Arc::default(),
+            node_id: "test-node".into(),
+            hub: Arc::new(Hub::new(commands_tx.clone())),
+            commands,
+            ready: watch::channel(false).0,
+            cursors: HashMap::new(),
+        };
+        (subscriber, commands_tx)
+    }
+
+    /// What a long Redis outage leaves behind: joins that timed out and the
+    /// leaves that followed them, and one join still waiting. Reconnecting
+    /// subscribes the waiting join's channel (from the hub's channels) and
+    /// leaves nothing queued.
+    #[tokio::test]
+    async fn reconnecting_serves_waiting_joins_and_drops_stale_commands() {
+        let (mut subscriber, commands_tx) = subscriber().await;
+        for generation in 0..10_000 {
+            let channel = format!("public:gone-{generation}");
+            let subscribe = SubscriberCommand::Subscribe {
+                channel: channel.clone(),
+                generation,
+            };
+            commands_tx.send(subscribe).expect("queue");
+            commands_tx
+                .send(SubscriberCommand::Unsubscribe { channel })
+                .expect("queue");
+        }
+        let (tx, _rx) = mpsc::channel(8);
+        let member = ConnHandle {
+            id: 1,
+            tx,
+            control: Arc::new(ConnControl::new(
+                uuid::Uuid::new_v4(),
+                shared::ticket::AuthSource::ApiKey {
+                    key_id: uuid::Uuid::new_v4(),
+                },
+            )),
+        };
+        let hub = subscriber.hub.clone();
+        let channel: ChannelName = "public:waiting".parse().expect("channel");
+        let join = tokio::spawn(async move { hub.join(&channel, &member).await });
+        // The join has queued its SUBSCRIBE behind the stale commands.
+        while !subscriber.hub.has_channel("public:waiting") {
+            tokio::task::yield_now().await;
+        }
+
+        let (_sink, _stream) = subscriber.connect().await.expect("connect");
+
+        assert!(subscriber.commands.is_empty(), "commands still queued");
+        let joined = tokio::time::timeout(Duration::from_secs(2), join).await;
+        assert!(
+            matches!(joined, Ok(Ok(Ok(())))),
+            "the waiting join was not served: {joined:?}"
+        );
+    }
 
     #[test]
     fn reads_positions_from_frames() {
