@@ -103,6 +103,11 @@ impl Application {
     /// less CPU per mint than on one shared work-stealing runtime; see
     /// BENCHMARKS.md). The database pool, the caches and the
     /// password-hashing slots stay shared by all threads.
+    ///
+    /// Past the timeout, the serving threads end, closing the connections
+    /// they still hold, before this returns. Connections of the calling
+    /// task's runtime are closed when that runtime ends (in the binary: at
+    /// once, as the process exits).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -111,18 +116,25 @@ impl Application {
         let addr = self.local_addr();
         let listener = self.listener.into_std().context("detaching the listener")?;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (abandon_tx, abandon_rx) = watch::channel(false);
         let mut helpers = Vec::new();
         for index in 1..self.state.config.serve_threads() {
             let listener = listener.try_clone().context("sharing the listener")?;
             let (state, stop) = (self.state.clone(), stop_rx.clone());
+            let mut abandon = abandon_rx.clone();
             let work = async move {
                 let redis = shared::redis_conn::connect(&state.config.redis_url)
                     .await
                     .context("connecting a serving thread to Redis")?;
                 let listener = TcpListener::from_std(listener).context("listening")?;
-                serve(listener, state.with_redis(redis), stop)
-                    .await
-                    .context("serving HTTP")
+                tokio::select! {
+                    served = serve(listener, state.with_redis(redis), stop) => {
+                        served.context("serving HTTP")
+                    }
+                    // Returning ends the thread's runtime, and with it every
+                    // connection task still on it.
+                    _ = abandon.wait_for(|abandoned| *abandoned) => Ok(()),
+                }
             };
             helpers.push(
                 shared::net::spawn_serving_thread(index, work)
@@ -131,31 +143,47 @@ impl Application {
         }
         let listener = TcpListener::from_std(listener).context("listening")?;
         tracing::info!(%addr, threads = helpers.len() + 1, "auth-service listening");
-        let all_served = async move {
-            let helpers_done = async {
-                for helper in helpers {
-                    helper
-                        .await
-                        .context("a serving thread panicked")?
-                        .context("starting a serving runtime")??;
-                }
-                anyhow::Ok(())
-            };
-            let own = async {
-                serve(listener, self.state, stop_rx)
+        let helpers_done = async move {
+            for helper in helpers {
+                helper
                     .await
-                    .context("serving HTTP")
-            };
-            // The first error (a thread that could not start, say) ends it all.
-            tokio::try_join!(own, helpers_done).map(|_| ())
+                    .context("a serving thread panicked")?
+                    .context("starting a serving runtime")??;
+            }
+            anyhow::Ok(())
         };
-        tokio::select! {
-            result = all_served => result?,
-            () = async {
-                shutdown.await;
-                let _ = stop_tx.send(true);
-                tokio::time::sleep(drain).await;
-            } => tracing::warn!("drain timeout reached; closing remaining connections"),
+        let own = async {
+            serve(listener, self.state, stop_rx)
+                .await
+                .context("serving HTTP")
+        };
+        let shutdown_then_drain = async {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+            tokio::time::sleep(drain).await;
+        };
+        tokio::pin!(own, helpers_done, shutdown_then_drain);
+        let (mut own_done, mut helpers_finished) = (false, false);
+        while !(own_done && helpers_finished) {
+            tokio::select! {
+                // The first error (a thread that could not start, say) ends it all.
+                served = &mut own, if !own_done => {
+                    served?;
+                    own_done = true;
+                }
+                served = &mut helpers_done, if !helpers_finished => {
+                    served?;
+                    helpers_finished = true;
+                }
+                () = &mut shutdown_then_drain => {
+                    tracing::warn!("drain timeout reached; closing remaining connections");
+                    let _ = abandon_tx.send(true);
+                    if !helpers_finished {
+                        helpers_done.await?;
+                    }
+                    break;
+                }
+            }
         }
         tracing::info!("auth-service stopped");
         Ok(())

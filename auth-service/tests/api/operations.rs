@@ -263,3 +263,73 @@ async fn several_serving_threads_answer_alike_and_stop_together() {
         "nothing listens after the stop"
     );
 }
+
+/// Past `SHUTDOWN_TIMEOUT_SECS`, requests that never finish are cut off: no
+/// serving thread outlives the application. The application runs as in the
+/// binary, on a runtime of its own that ends when `run_until_stopped` returns.
+#[tokio::test]
+async fn past_the_drain_timeout_every_held_connection_is_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = testkit::TestDatabase::new();
+    let mut config = test_config(&db);
+    config.serve_threads = Some(4);
+    config.shutdown_timeout_secs = 1;
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let app = auth_service::Application::build(config)
+                .await
+                .expect("app builds");
+            addr_tx.send(app.local_addr()).expect("test waits");
+            app.run_until_stopped(async {
+                let _ = stop_rx.await;
+            })
+            .await
+        })
+    });
+    let addr = addr_rx.await.expect("address");
+    // Requests in flight forever: a body announced and never sent in full.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(
+                b"POST /v1/login HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                  Content-Length: 100\r\n\r\n{",
+            )
+            .await
+            .expect("send");
+        held.push(stream);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    stop_tx.send(()).expect("server running");
+    let stopped = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || server.join()),
+    )
+    .await
+    .expect("stopped within the drain timeout and a bit")
+    .expect("joined")
+    .expect("no panic");
+    stopped.expect("stopped cleanly");
+    for (i, stream) in held.iter_mut().enumerate() {
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            // Whatever the server said (nothing, or an error answer), then the end.
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "connection {i} still open after the stop");
+    }
+}
