@@ -191,6 +191,20 @@ pub fn loopback_messages_per_sec(window: Duration) -> std::io::Result<f64> {
     Ok(messages as f64 / began.elapsed().as_secs_f64())
 }
 
+/// Waits until the CPUs are less than `below_percent` busy over a quarter of
+/// a second, for at most `within`; returns how long it waited. A scenario's
+/// processes end when it does, but not all of its work: nodes remove the
+/// traces of thousands of closed connections from Redis, the kernel tears
+/// down their sockets. Measured right after a scenario with tens of thousands
+/// of connections, the machine gauge showed half its speed for a few seconds.
+pub async fn wait_until_quiet(below_percent: f64, within: Duration) -> Duration {
+    let began = std::time::Instant::now();
+    while began.elapsed() < within
+        && machine_busy_percent(Duration::from_millis(250)).await >= below_percent
+    {}
+    began.elapsed()
+}
+
 /// What the report's header says about the machine and the code.
 pub fn machine_info(workspace: &Path, cpu_busy_before_percent: f64) -> MachineInfo {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();

@@ -158,6 +158,13 @@ fn print_summary(report: &Report, out: &Path) {
     );
 }
 
+/// A scenario starts once the CPUs are less busy than this (%), over a quarter
+/// of a second, or after [`QUIET_WITHIN`] in any case.
+const QUIET_BELOW_PERCENT: f64 = 15.0;
+const QUIET_WITHIN: Duration = Duration::from_secs(30);
+/// The figure recording how long that took.
+pub const QUIET_WAIT: &str = "waited for the CPUs to be quiet";
+
 /// The figure every scenario starts with: [`crate::proc::loopback_messages_per_sec`].
 pub const MACHINE_GAUGE: &str = "machine gauge: loopback messages/s just before";
 
@@ -171,6 +178,13 @@ async fn scenario<F>(
 where
     F: AsyncFnOnce(&mut ScenarioReport) -> anyhow::Result<()>,
 {
+    let waited = crate::proc::wait_until_quiet(QUIET_BELOW_PERCENT, QUIET_WITHIN).await;
+    if waited >= QUIET_WITHIN {
+        say(format!(
+            "scenario {name}: the CPUs are still busy after {waited:?}; starting anyway"
+        ));
+    }
+    report.metric(QUIET_WAIT, waited.as_secs_f64(), "s");
     say(format!("scenario {name}: starting"));
     let gauge = tokio::task::spawn_blocking(|| {
         crate::proc::loopback_messages_per_sec(Duration::from_millis(500))
