@@ -17,15 +17,26 @@ use std::sync::LazyLock;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// Counts the live members of one user (prefix `ARGV[1]`) as of `ARGV[2]` (ms).
-const LIVE_COUNT: &str = r"
-local function live_count(prefix, now)
-  local n = 0
-  for _, m in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. prefix, '[' .. prefix .. '\255')) do
-    local score = redis.call('ZSCORE', KEYS[1], m)
-    if score and tonumber(score) > now then n = n + 1 end
+/// Whether one user (member prefix `prefix`) has a member whose lease (its
+/// score in `KEYS[1]`) runs past `now` (ms). Reads the user's part of the
+/// index a page at a time, each page starting after the last member read, and
+/// stops at the first live one: a join or a leave costs a few commands however
+/// many connections the user has in the channel. (Counting them all made each
+/// join and leave of a user with 4 500 connections in one channel cost 4 500
+/// lookups; 18 000 such sockets closing kept Redis at full CPU for over 30 s.)
+/// Lapsed members, the only ones skipped, are removed by the sweeps.
+const HAS_LIVE: &str = r"
+local function has_live(prefix, now)
+  local from, to = '[' .. prefix, '[' .. prefix .. '\255'
+  while true do
+    local page = redis.call('ZRANGEBYLEX', KEYS[2], from, to, 'LIMIT', 0, 32)
+    for _, m in ipairs(page) do
+      local score = redis.call('ZSCORE', KEYS[1], m)
+      if score and tonumber(score) > now then return true end
+    end
+    if #page < 32 then return false end
+    from = '(' .. page[#page]
   end
-  return n
 end
 ";
 
@@ -33,14 +44,14 @@ end
 /// expiry ms, key TTL ms, join frame. Publishes the frame if the user was absent.
 static JOIN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
-        r"{LIVE_COUNT}
-local before = live_count(ARGV[1], tonumber(ARGV[2]))
+        r"{HAS_LIVE}
+local present = has_live(ARGV[1], tonumber(ARGV[2]))
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-if before == 0 then redis.call('PUBLISH', KEYS[3], ARGV[6]) end
-return before
+if not present then redis.call('PUBLISH', KEYS[3], ARGV[6]) end
+return present and 1 or 0
 "
     ))
 });
@@ -49,10 +60,10 @@ return before
 /// leave frame. Publishes the frame if that was the user's last connection.
 static LEAVE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
-        r"{LIVE_COUNT}
+        r"{HAS_LIVE}
 local removed = redis.call('ZREM', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[3])
-if removed == 1 and live_count(ARGV[1], tonumber(ARGV[2])) == 0 then
+if removed == 1 and not has_live(ARGV[1], tonumber(ARGV[2])) then
   redis.call('PUBLISH', KEYS[3], ARGV[4])
 end
 return removed
@@ -64,7 +75,7 @@ return removed
 /// Removes lapsed members; publishes `leave` for users left with none.
 static SWEEP: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
-        r#"{LIVE_COUNT}
+        r#"{HAS_LIVE}
 local now = tonumber(ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 local users = {{}}
@@ -75,7 +86,7 @@ for _, m in ipairs(expired) do
   if id then users[id] = name end
 end
 for id, name in pairs(users) do
-  if live_count(id .. '|', now) == 0 then
+  if not has_live(id .. '|', now) then
     redis.call('PUBLISH', KEYS[3], '{{"type":"leave","channel":' .. ARGV[2] ..
       ',"user":{{"id":"' .. id .. '","username":"' .. name .. '"}}}}')
   end

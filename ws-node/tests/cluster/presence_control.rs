@@ -167,3 +167,87 @@ async fn the_control_api_lists_and_disconnects_connections_across_nodes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// One user with thousands of connections in a channel (an API client, say):
+/// each join and leave costs a few Redis lookups, not one per connection,
+/// and `join` / `leave` still go out exactly when the user arrives and goes,
+/// past more lapsed entries (of a dead node) than one page of the scan.
+#[tokio::test]
+async fn presence_of_a_user_with_thousands_of_connections_stays_cheap_and_exact() {
+    use futures_util::StreamExt as _;
+    use ws_node::presence::{self, Membership};
+    let server = testkit::RedisServer::start();
+    let mut redis = shared::redis_conn::connect(&server.url())
+        .await
+        .expect("redis");
+    let mut admin = server.admin().await;
+    let keys = shared::keys::RedisKeys::new("crowd").expect("keys");
+    let channel: shared::channel::ChannelName = "public:crowd".parse().expect("channel");
+    let user = uuid::Uuid::new_v4();
+    let lease = Duration::from_secs(30);
+    let member = |node: &str, i: usize| {
+        Membership::new(channel.clone(), user, "crowd", &format!("{node}:{i}"))
+    };
+    // 100 entries of a node that died: lapsed, not yet swept.
+    for i in 0..100 {
+        let lapsed = member("node-z", i);
+        redis::pipe()
+            .zadd(keys.channel_presence(&channel), &lapsed.member, 1)
+            .zadd(keys.channel_presence_index(&channel), &lapsed.member, 0)
+            .query_async::<()>(&mut admin)
+            .await
+            .expect("lapsed entry");
+    }
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut events = client.get_async_pubsub().await.expect("pubsub");
+    events
+        .subscribe(keys.channel_live(&channel))
+        .await
+        .expect("subscribe");
+    let mut events = events.into_on_message();
+
+    let live: Vec<Membership> = (0..3_000).map(|i| member("node-a", i)).collect();
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("resetstat");
+    for m in &live {
+        presence::join(&mut redis, &keys, m, lease)
+            .await
+            .expect("join");
+    }
+    for m in &live {
+        presence::leave(&mut redis, &keys, m).await.expect("leave");
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut admin)
+        .await
+        .expect("info");
+    let lookups: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_zscore:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0);
+    // One per join and leave, the lapsed ones when the user has no live one
+    // left; counting every entry of the user took ~9 million here.
+    assert!(
+        lookups <= 2 * live.len() as u64 + 300,
+        "{lookups} ZSCORE lookups for {} joins and as many leaves",
+        live.len()
+    );
+
+    let mut kinds = Vec::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(500), events.next()).await
+    {
+        let event: Value = serde_json::from_slice(message.get_payload_bytes()).expect("json");
+        kinds.push(event["type"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(
+        kinds,
+        ["join", "leave"],
+        "one join when the user arrived, one leave when they went"
+    );
+}
