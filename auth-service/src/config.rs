@@ -118,6 +118,14 @@ pub struct Config {
     #[arg(long, env = "CHANNEL_NAMESPACES")]
     pub channel_namespaces: Option<String>,
 
+    /// A request's head must arrive within this many seconds, and its body
+    /// within as many again; a client that trickles them (slowloris) is cut
+    /// off. An idle kept-alive connection is closed after this too, so keep
+    /// it above the idle timeout of a load balancer in front (60 s on AWS ALB),
+    /// or the balancer may send a request on a connection being closed.
+    #[arg(long, env = "REQUEST_READ_TIMEOUT_SECS", default_value_t = 75)]
+    pub request_read_timeout_secs: u64,
+
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -151,6 +159,10 @@ impl Config {
 
     pub fn origin_allowlist(&self) -> anyhow::Result<OriginAllowlist> {
         Ok(OriginAllowlist::new(&self.allowed_origins)?)
+    }
+
+    pub fn request_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_read_timeout_secs.max(1))
     }
 
     pub fn ticket_ttl(&self) -> Duration {

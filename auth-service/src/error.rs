@@ -39,6 +39,9 @@ pub enum Error {
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
 
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+
     #[error("expected a JSON body with Content-Type: application/json")]
     UnsupportedMediaType,
 
@@ -105,6 +108,7 @@ impl Error {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             Self::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }

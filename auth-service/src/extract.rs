@@ -22,12 +22,12 @@ pub const MAX_BODY_BYTES: usize = 96 * 1024;
 /// type → 415, too large → 413, not JSON or not UTF-8 → 400, wrong shape → 422.
 pub struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = Error;
 
-    async fn from_request(req: Request, _state: &S) -> Result<Self> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self> {
         let headers = req.headers().clone();
-        let body = body_bytes(req).await?;
+        let body = body_bytes(req, state.config.request_read_timeout()).await?;
         parse_json(&headers, &body).map(ApiJson)
     }
 }
@@ -35,11 +35,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// The raw body (for endpoints whose body is optional), with our error format.
 pub struct RawBody(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for RawBody {
+impl FromRequest<AppState> for RawBody {
     type Rejection = Error;
 
-    async fn from_request(req: Request, _state: &S) -> Result<Self> {
-        body_bytes(req).await.map(RawBody)
+    async fn from_request(req: Request, state: &AppState) -> Result<Self> {
+        body_bytes(req, state.config.request_read_timeout())
+            .await
+            .map(RawBody)
     }
 }
 
@@ -52,8 +54,10 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 const DRAIN_LIMIT_BYTES: usize = 1024 * 1024;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Reads the body, at most [`MAX_BODY_BYTES`]; a larger one is a 413.
-pub async fn body_bytes(req: Request) -> Result<Bytes> {
+/// Reads the body, at most [`MAX_BODY_BYTES`] (a larger one is a 413), all
+/// of it `within` (else a 408: a client trickling its body holds no
+/// connection for long).
+pub async fn body_bytes(req: Request, within: std::time::Duration) -> Result<Bytes> {
     let too_large = || Error::PayloadTooLarge {
         limit: MAX_BODY_BYTES,
     };
@@ -66,27 +70,32 @@ pub async fn body_bytes(req: Request) -> Result<Bytes> {
         return Err(too_large());
     }
     let mut body = req.into_body().into_data_stream();
-    // Most bodies arrive in one chunk, which is returned as is (no copy).
-    let mut first: Option<Bytes> = None;
-    let mut joined = BytesMut::new();
-    let mut read = 0;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| Error::bad_request("unreadable_body", e.to_string()))?;
-        read += chunk.len();
-        if read > MAX_BODY_BYTES {
-            drain(body, read).await;
-            return Err(too_large());
+    let read = async move {
+        // Most bodies arrive in one chunk, which is returned as is (no copy).
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        let mut read = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| Error::bad_request("unreadable_body", e.to_string()))?;
+            read += chunk.len();
+            if read > MAX_BODY_BYTES {
+                drain(body, read).await;
+                return Err(too_large());
+            }
+            if first.is_none() && joined.is_empty() {
+                first = Some(chunk);
+                continue;
+            }
+            if let Some(earlier) = first.take() {
+                joined.extend_from_slice(&earlier);
+            }
+            joined.extend_from_slice(&chunk);
         }
-        if first.is_none() && joined.is_empty() {
-            first = Some(chunk);
-            continue;
-        }
-        if let Some(earlier) = first.take() {
-            joined.extend_from_slice(&earlier);
-        }
-        joined.extend_from_slice(&chunk);
-    }
-    Ok(first.unwrap_or_else(|| joined.freeze()))
+        Ok(first.unwrap_or_else(|| joined.freeze()))
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .map_err(|_| Error::BodyTimeout)?
 }
 
 /// Reads and discards the rest of an oversized body (see [`DRAIN_LIMIT_BYTES`]).

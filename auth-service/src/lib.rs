@@ -191,27 +191,49 @@ impl Application {
 }
 
 /// Serves `listener` on the current runtime until `stop` turns true, then
-/// until the connections it holds have finished.
+/// until the connections it holds have finished. Each connection is served by
+/// hyper directly ([`shared::http`]), so that a request must arrive within
+/// `REQUEST_READ_TIMEOUT_SECS`.
 async fn serve(
     listener: TcpListener,
     state: AppState,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    // TCP_NODELAY: responses are small and must not wait for the client's
-    // delayed ACK (Nagle's algorithm).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    let http = shared::http::builder(state.config.request_read_timeout());
+    let router = routes::app(state);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            () = async {
+                // (The guard `wait_for` returns must not live across an await.)
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            } => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    // TCP_NODELAY: responses are small and must not wait for
+                    // the client's delayed ACK (Nagle's algorithm).
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                    }
+                    let service = shared::http::RouterService::new(router.clone(), peer);
+                    let connection = connections
+                        .watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, %peer, "http connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Typically EMFILE (out of file descriptors): back off
+                    // briefly instead of spinning on the error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
         }
-    });
-    axum::serve(
-        listener,
-        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-            SocketAddr,
-        >(routes::app(state)),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|stopping| *stopping).await;
-    })
-    .await
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
 }

@@ -14,6 +14,7 @@
 //! * [`control`]: control messages (revocations) from auth-service to every ws-node.
 //! * [`namespace`]: channel namespaces and their rules (who may join, publish; history).
 //! * [`net`]: listening sockets and shutdown signals, set up the way DESIGN §7 measured.
+//! * [`http`]: serving HTTP/1.1 connections with hyper, with a request-head timeout.
 //! * [`origin`]: the exact-match browser origin allowlist.
 //! * [`redact`]: scrubbing secrets from anything that may be logged.
 //! * [`telemetry`]: logging setup shared by both binaries.
@@ -21,6 +22,7 @@
 pub mod channel;
 pub mod connections;
 pub mod control;
+pub mod http;
 pub mod keys;
 pub mod namespace;
 pub mod net;

@@ -1,18 +1,14 @@
-//! The accept loop. axum's `serve` cannot set a header-read timeout, so each
-//! TCP connection is served by hyper directly: TCP_NODELAY on (small frames go
-//! out at once), the HTTP upgrade request must arrive within
-//! `HANDSHAKE_TIMEOUT_MS`, upgrades enabled for WebSockets.
+//! The accept loop. Each TCP connection is served by hyper directly (see
+//! [`shared::http`]): TCP_NODELAY on (small frames go out at once), the HTTP
+//! upgrade request must arrive within `HANDSHAKE_TIMEOUT_MS`, upgrades enabled
+//! for WebSockets.
 
 use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::ServiceExt as _;
 
 /// Accepts connections until `draining` turns true, then drops the listener
 /// (new connections are refused by the OS from then on).
@@ -51,15 +47,11 @@ async fn serve_connection(
     router: Router,
     timeout: Duration,
 ) {
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        let router = router.clone();
-        async move { Ok::<_, Infallible>(router.oneshot(request).await.unwrap_or_else(|e| match e {})) }
-    });
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
-        .serve_connection(TokioIo::new(stream), service)
+    let connection = shared::http::builder(timeout)
+        .serve_connection(
+            TokioIo::new(stream),
+            shared::http::RouterService::new(router, peer),
+        )
         .with_upgrades();
     if let Err(e) = connection.await {
         tracing::debug!(error = %e, %peer, "http connection ended with an error");

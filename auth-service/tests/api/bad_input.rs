@@ -318,3 +318,81 @@ async fn an_oversized_body_sent_slowly_still_gets_its_413() {
         );
     }
 }
+
+/// A client that trickles its request (slowloris) is cut off after
+/// `REQUEST_READ_TIMEOUT_SECS`: a head that never ends gets the connection
+/// closed, a body that never ends gets a JSON 408. Meanwhile, and afterwards,
+/// others are served.
+#[tokio::test]
+async fn a_request_trickled_past_the_read_timeout_is_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = TestApp::spawn_with(|config| config.request_read_timeout_secs = 1).await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    let began = std::time::Instant::now();
+
+    let mut head_only = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    head_only
+        .write_all(b"POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+        .await
+        .expect("part of a head");
+    let mut body_part = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    body_part
+        .write_all(
+            b"POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 60\r\n\r\n{\"username\":",
+        )
+        .await
+        .expect("head and part of a body");
+    let health = app
+        .http
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("served meanwhile");
+    assert_eq!(health.status(), StatusCode::OK);
+
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        head_only.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the connection was closed within 5 s");
+    assert!(
+        read.is_err() || answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
+        "unexpected answer to a trickled head: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        // The answer, then (keep-alive) nothing more: stop at the end of the JSON.
+        while !answer.ends_with(b"}") {
+            match body_part.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(5),
+        "cut off after {:?}",
+        began.elapsed()
+    );
+    let health = app
+        .http
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("served afterwards");
+    assert_eq!(health.status(), StatusCode::OK);
+}

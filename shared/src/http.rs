@@ -1,0 +1,61 @@
+//! Serving HTTP/1.1 connections with hyper directly, for both services.
+//!
+//! `axum::serve` gives hyper no timer, so nothing bounds how long a client may
+//! take to send a request head: a client trickling its headers (slowloris)
+//! holds a connection, and a file descriptor, for as long as it likes. Both
+//! services therefore accept connections themselves and serve each with
+//! [`builder`], and hand requests to their axum router through
+//! [`RouterService`].
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioTimer;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// HTTP/1.1 server settings: the request head must arrive within
+/// `head_timeout` of the server starting to wait for it. hyper starts that
+/// wait as soon as a kept-alive connection is idle, so this is also how long
+/// an idle connection is kept.
+pub fn builder(head_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    builder
+}
+
+/// An axum router (or any service of axum requests, such as a router inside
+/// middleware) serving one connection from `peer`: each request carries
+/// `ConnectInfo(peer)`, as `into_make_service_with_connect_info` would add.
+#[derive(Clone)]
+pub struct RouterService<S> {
+    service: S,
+    peer: SocketAddr,
+}
+
+impl<S> RouterService<S> {
+    pub fn new(service: S, peer: SocketAddr) -> Self {
+        Self { service, peer }
+    }
+}
+
+impl<S> hyper::service::Service<hyper::Request<Incoming>> for RouterService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        // Routers and the middleware around them are always ready: no
+        // `poll_ready` is needed before `call`.
+        self.service.clone().call(request)
+    }
+}
