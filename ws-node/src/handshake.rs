@@ -161,19 +161,22 @@ impl Admitted {
     /// Removes the entries now (a refusal), before the client is answered.
     async fn release(mut self) {
         self.settled = true;
+        self.forget().await;
+    }
+
+    /// Removing the entries.
+    fn forget(&self) -> impl Future<Output = ()> + Send + 'static {
         let name = self.node.connection_name(self.id);
-        connection::forget_connection(self.node.clone(), self.user_id, name).await;
+        connection::forget_connection(self.node.clone(), self.user_id, name)
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         if !self.settled {
-            let name = self.node.connection_name(self.id);
-            let (node, user_id) = (self.node.clone(), self.user_id);
-            let cleanup = node.cleanups.start();
+            let (forget, cleanup) = (self.forget(), self.node.cleanups.start());
             tokio::spawn(async move {
-                connection::forget_connection(node, user_id, name).await;
+                forget.await;
                 drop(cleanup);
             });
         }
