@@ -128,13 +128,12 @@ impl Application {
                     .context("connecting a serving thread to Redis")?;
                 let listener = TcpListener::from_std(listener).context("listening")?;
                 tokio::select! {
-                    served = serve(listener, state.with_redis(redis), stop) => {
-                        served.context("serving HTTP")
-                    }
+                    () = serve(listener, state.with_redis(redis), stop) => {}
                     // Returning ends the thread's runtime, and with it every
                     // connection task still on it.
-                    _ = abandon.wait_for(|abandoned| *abandoned) => Ok(()),
+                    _ = abandon.wait_for(|abandoned| *abandoned) => {}
                 }
+                anyhow::Ok(())
             };
             helpers.push(
                 shared::net::spawn_serving_thread(index, work)
@@ -152,11 +151,7 @@ impl Application {
             }
             anyhow::Ok(())
         };
-        let own = async {
-            serve(listener, self.state, stop_rx)
-                .await
-                .context("serving HTTP")
-        };
+        let own = serve(listener, self.state, stop_rx);
         let shutdown_then_drain = async {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -166,11 +161,8 @@ impl Application {
         let (mut own_done, mut helpers_finished) = (false, false);
         while !(own_done && helpers_finished) {
             tokio::select! {
-                // The first error (a thread that could not start, say) ends it all.
-                served = &mut own, if !own_done => {
-                    served?;
-                    own_done = true;
-                }
+                () = &mut own, if !own_done => own_done = true,
+                // A thread that could not start ends it all.
                 served = &mut helpers_done, if !helpers_finished => {
                     served?;
                     helpers_finished = true;
@@ -194,11 +186,7 @@ impl Application {
 /// until the connections it holds have finished. Each connection is served by
 /// hyper directly ([`shared::http`]), so that a request must arrive within
 /// `REQUEST_READ_TIMEOUT_SECS`.
-async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<()> {
+async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Receiver<bool>) {
     let http = shared::http::builder(state.config.request_read_timeout());
     let router = routes::app(state);
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
@@ -208,32 +196,18 @@ async fn serve(
                 // (The guard `wait_for` returns must not live across an await.)
                 let _ = stop.wait_for(|stopping| *stopping).await;
             } => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    // TCP_NODELAY: responses are small and must not wait for
-                    // the client's delayed ACK (Nagle's algorithm).
-                    if let Err(e) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            (stream, peer) = shared::http::accept(&listener, "http_accept_errors_total") => {
+                let service = shared::http::RouterService::new(router.clone(), peer);
+                let connection = connections
+                    .watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, %peer, "http connection ended with an error");
                     }
-                    let service = shared::http::RouterService::new(router.clone(), peer);
-                    let connection = connections
-                        .watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, %peer, "http connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Typically EMFILE (out of file descriptors): back off
-                    // briefly instead of spinning on the error.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                });
             }
         }
     }
     drop(listener);
     connections.shutdown().await;
-    Ok(())
 }

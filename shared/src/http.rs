@@ -15,6 +15,36 @@ use hyper_util::rt::TokioTimer;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long accepting waits after an error before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The next connection on `listener`, with TCP_NODELAY set: answers and
+/// frames are small and must not wait for the peer's delayed ACK (Nagle's
+/// algorithm). An accept error, typically EMFILE (out of file descriptors),
+/// is logged, counted in the counter `errors_metric` and retried after a
+/// short pause instead of spinning on it.
+pub async fn accept(
+    listener: &TcpListener,
+    errors_metric: &'static str,
+) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+                return (stream, peer);
+            }
+            Err(e) => {
+                metrics::counter!(errors_metric).increment(1);
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
 
 /// HTTP/1.1 server settings: the request head must arrive within
 /// `head_timeout` of the server starting to wait for it. hyper starts that

@@ -23,18 +23,8 @@ pub async fn accept_loop(
     loop {
         tokio::select! {
             () = &mut draining => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve_connection(stream, peer, router.clone(), handshake_timeout));
-                }
-                Err(e) => {
-                    // Typically EMFILE (out of file descriptors): back off
-                    // briefly instead of spinning on the error.
-                    metrics::counter!("ws_accept_errors_total").increment(1);
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            (stream, peer) = shared::http::accept(&listener, "ws_accept_errors_total") => {
+                tokio::spawn(serve_connection(stream, peer, router.clone(), handshake_timeout));
             }
         }
     }
