@@ -3,6 +3,15 @@
 use clap::Parser as _;
 use std::process::ExitCode;
 
+/// jemalloc instead of glibc's malloc: accepting a WebSocket allocates and
+/// frees many small objects across the runtime's threads, and glibc's
+/// malloc/free took ~8 % of the machine in handshake profiles. With jemalloc,
+/// ws-node spent ~21 % less CPU over the handshake scenario and ~5 % less over
+/// fan-out, with the same RSS per idle connection (~5.6 KiB). mimalloc, tried
+/// before, raised that to ~7.2 KiB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = ws_node::config::Config::parse();
