@@ -11,7 +11,7 @@
 use crate::say;
 use anyhow::{Context as _, bail};
 use serde::Serialize;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -156,11 +156,6 @@ async fn run_cli(exe: &Path, env: &[(String, String)], args: &[&str]) -> anyhow:
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
-/// A port the kernel says is free now (nobody else here races for loopback ports).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// A user the bench created, with a `connect,publish` API key.
 #[derive(Clone, Debug)]
 pub struct BenchUser {
@@ -293,7 +288,7 @@ impl Stack {
     pub async fn start(&mut self) -> anyhow::Result<()> {
         let exe = self.exe("auth-service")?;
         self.exe("ws-node")?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, testkit::free_port()));
         let mut auth = Service::spawn(
             "auth-service",
             &exe,
@@ -376,7 +371,7 @@ impl Stack {
         self.stop_nodes().await;
         let exe = self.exe("ws-node")?;
         for _ in 0..count {
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, testkit::free_port()));
             let name = format!("ws-node-{}", self.nodes_started);
             self.nodes_started += 1;
             let mut env = self.common_env();

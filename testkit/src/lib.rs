@@ -81,8 +81,33 @@ impl Drop for TestDatabase {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; tests bind it soon after).
+/// A free TCP port on 127.0.0.1, for a process the caller starts next and
+/// tells to listen there.
+///
+/// It is picked at random *below* the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`). A port from `bind(…:0)` would come from
+/// that range, where the kernel hands ports to every other test binding
+/// port 0 and to every outgoing connection: between this answer and the
+/// process's own bind, another test's server could be given the same port,
+/// and a test then waits for readiness on a server that is not its own (CI
+/// once saw a ticket refused by another test's ws-node this way). Below the
+/// range only other callers of this function pick ports, each at random out of
+/// thousands and only one not bound at the moment of asking.
 pub fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    const LOWEST: u16 = 10_000;
+    if ephemeral_low > LOWEST + 1_000 {
+        for _ in 0..1_000 {
+            let port = rand::random_range(LOWEST..ephemeral_low);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    // An unusual range (or nothing free below it): the kernel's choice.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
