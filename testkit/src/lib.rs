@@ -89,10 +89,11 @@ impl Drop for TestDatabase {
 /// that range, where the kernel hands ports to every other test binding
 /// port 0 and to every outgoing connection: between this answer and the
 /// process's own bind, another test's server could be given the same port,
-/// and a test then waits for readiness on a server that is not its own (CI
-/// once saw a ticket refused by another test's ws-node this way). Below the
-/// range only other callers of this function pick ports, each at random out of
-/// thousands and only one not bound at the moment of asking.
+/// and a test then waits for readiness on a server that is not its own (the
+/// likely cause of a ticket once refused in CI by a node of another test).
+/// Below the range the only competitors are other calls of this function,
+/// each picking at random among thousands of ports, and only ports that
+/// nothing holds at the moment of asking.
 pub fn free_port() -> u16 {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()

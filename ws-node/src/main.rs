@@ -7,8 +7,8 @@ use std::process::ExitCode;
 /// frees many small objects across the runtime's threads, and glibc's
 /// malloc/free took ~8 % of the machine in handshake profiles. With jemalloc,
 /// ws-node spent ~21 % less CPU over the handshake scenario (accepting and
-/// closing 24 000 connections), the same over fan-out, with the same RSS per
-/// idle connection (~5.6 KiB). mimalloc, tried before, raised that to ~7.2 KiB
+/// closing 24 000 connections) and as much as before over fan-out, with the
+/// same RSS per idle connection (~5.6 KiB). mimalloc, tried before, raised that to ~7.2 KiB
 /// (BENCHMARKS.md has the runs).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
