@@ -58,7 +58,7 @@ async fn unknown_user_and_wrong_password_are_indistinguishable() {
 
     let mut wrong = Vec::new();
     let mut unknown = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         let started = Instant::now();
         let a = app.login("bob", "not the password").await;
         wrong.push(started.elapsed());
@@ -74,14 +74,18 @@ async fn unknown_user_and_wrong_password_are_indistinguishable() {
         assert_eq!(body_a, body_b);
     }
     // Both paths run a full argon2 verification, so neither is a fast path an
-    // attacker could time: the unknown-user median is of the same order as the
-    // wrong-password median (a database miss alone would be ~100x faster).
-    wrong.sort();
-    unknown.sort();
-    let (w, u) = (wrong[1], unknown[1]);
+    // attacker could time: the fastest unknown-user login is of the same order
+    // as the fastest wrong-password one (a database miss alone would be ~100x
+    // faster). The fastest of several is compared because the tests share two
+    // cores with each other and the hashing threads run niced: load only ever
+    // adds time, and a median of three once differed by 3.3x under it.
+    let (w, u) = (
+        wrong.iter().min().expect("samples"),
+        unknown.iter().min().expect("samples"),
+    );
     assert!(
-        u * 3 > w && w * 3 > u,
-        "timings differ: wrong {w:?} vs unknown {u:?}"
+        *u * 3 > *w && *w * 3 > *u,
+        "timings differ: wrong {wrong:?} vs unknown {unknown:?}"
     );
 }
 
