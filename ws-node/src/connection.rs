@@ -13,8 +13,8 @@ use crate::limits::{PendingSlot, TokenBucket};
 use crate::presence::{self, Membership};
 use crate::protocol::{self, Request, RequestId, ServerFrame, Since, UserInfo, close};
 use crate::state::NodeState;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt as _;
+use crate::stream::Socket as WebSocket;
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::value::RawValue;
 use shared::channel::{ChannelName, HistorySince, PublishError, StreamPosition, history_frame};
 use shared::namespace::{Access, NamespaceRule};
@@ -24,6 +24,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use uuid::Uuid;
 
 /// Who is on the other end, as established at the handshake.
@@ -64,10 +66,11 @@ pub async fn run_unauthenticated(
             () = &mut draining => {
                 return close_socket(&mut socket, close::GOING_AWAY, "server shutting down").await;
             }
-            frame = socket.recv() => {
+            frame = socket.next() => {
                 let text = match frame {
                     Some(Ok(Message::Text(text))) => text,
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    // Raw frames are never read back; only listed to be exhaustive.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                     Some(Err(e)) if is_too_big(&e) => {
                         return close_socket(&mut socket, close::TOO_BIG, "message too big").await;
                     }
@@ -385,7 +388,7 @@ impl Connection {
                         }
                     }
                 }
-                frame = self.socket.recv() => {
+                frame = self.socket.next() => {
                     self.last_heard = Instant::now();
                     match frame {
                         // Boxed: handling a request awaits Redis through deep
@@ -415,7 +418,7 @@ impl Connection {
                                 return stop;
                             }
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                         Some(Ok(Message::Close(_))) | None => return (None, ""),
                         Some(Err(e)) => {
                             return if is_too_big(&e) {
@@ -462,7 +465,10 @@ impl Connection {
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn write_batch(&mut self, first: Arc<Delivery>) -> Result<(), axum::Error> {
+    async fn write_batch(
+        &mut self,
+        first: Arc<Delivery>,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(delivery) = next.take() {
@@ -914,19 +920,8 @@ fn ack_subscribed(
 }
 
 /// Whether a read error was the message size limit (answered with 1009).
-fn is_too_big(e: &axum::Error) -> bool {
-    use std::error::Error as _;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
-    while let Some(err) = source {
-        if let Some(tungstenite) = err.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
-            return matches!(
-                tungstenite,
-                tokio_tungstenite::tungstenite::Error::Capacity(_)
-            );
-        }
-        source = err.source();
-    }
-    false
+fn is_too_big(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
 }
 
 /// Closes the WebSocket properly: sends the close frame, then reads (and
@@ -937,7 +932,7 @@ fn is_too_big(e: &axum::Error) -> bool {
 async fn close_socket(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
     let frame = Message::Close(Some(CloseFrame {
-        code,
+        code: code.into(),
         reason: Utf8Bytes::from_static(reason),
     }));
     if !matches!(
@@ -946,5 +941,5 @@ async fn close_socket(socket: &mut WebSocket, code: u16, reason: &'static str) {
     ) {
         return;
     }
-    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.recv()).await {}
+    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.next()).await {}
 }

@@ -55,27 +55,63 @@ impl Error {
     pub fn code(&self) -> &'static str {
         self.status_and_code().1
     }
+
+    /// Whether the client should wait a moment and retry (`Retry-After: 1`).
+    fn retry_soon(&self) -> bool {
+        matches!(
+            self.status_and_code().0,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        )
+    }
+
+    fn log(&self) {
+        if let Self::Unavailable(e) = self {
+            tracing::warn!(error = %e, "refusing handshake: redis unavailable");
+        }
+    }
+
+    /// The refusal as a whole HTTP/1.1 response, for [`crate::server`] to
+    /// write by hand; the same status and body as [`IntoResponse`] gives,
+    /// and the connection closes after it.
+    pub fn http_bytes(&self) -> Vec<u8> {
+        self.log();
+        let (status, code) = self.status_and_code();
+        let body = error_body(code, &self.to_string());
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if self.retry_soon() {
+            head.push_str("retry-after: 1\r\n");
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body.as_bytes());
+        bytes
+    }
+}
+
+fn error_body(code: &str, message: &str) -> String {
+    json!({ "error": { "code": code, "message": message } }).to_string()
 }
 
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
-        axum::Json(json!({ "error": { "code": code, "message": message } })),
+        [(header::CONTENT_TYPE, "application/json")],
+        error_body(code, message),
     )
         .into_response()
 }
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
+        self.log();
         let (status, code) = self.status_and_code();
-        if let Self::Unavailable(e) = &self {
-            tracing::warn!(error = %e, "refusing handshake: redis unavailable");
-        }
         let mut response = error_response(status, code, &self.to_string());
-        if matches!(
-            status,
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
-        ) {
+        if self.retry_soon() {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

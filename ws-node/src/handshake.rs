@@ -17,48 +17,233 @@
 use crate::connection::{self, Principal};
 use crate::error::Error;
 use crate::hub::ConnId;
-use crate::limits::PendingRefusal;
+use crate::limits::{PendingRefusal, PendingSlot};
 use crate::state::NodeState;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use crate::stream::{ClientStream, Socket};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use shared::scope::{Scope, Scopes};
 use shared::secret::TokenHash;
 use shared::ticket::{AuthSource, TicketClaims};
 use std::net::SocketAddr;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 /// The subprotocol prefix that carries a ticket.
 pub const TICKET_PROTOCOL_PREFIX: &str = "ticket.";
 
-pub async fn upgrade(
-    State(node): State<NodeState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let result = authenticate(&node, peer, query.as_deref(), &headers, ws).await;
+/// What authenticating an upgrade needs from its request, however the request
+/// was read: by [`crate::server`] from a connection's first bytes, or by hyper
+/// (see [`upgrade`]).
+#[derive(Debug)]
+pub struct UpgradeRequest {
+    peer: SocketAddr,
+    /// `Sec-WebSocket-Key`, if this is a WebSocket upgrade at all (a `GET`
+    /// over HTTP/1.1 with `Upgrade: websocket`, `Connection: upgrade` and
+    /// `Sec-WebSocket-Version: 13`).
+    websocket_key: Option<Vec<u8>>,
+    origin: Option<String>,
+    protocol_ticket: Option<String>,
+    query_ticket: Option<String>,
+    session_cookie: Option<String>,
+}
+
+impl UpgradeRequest {
+    /// Reads the request's parts; `get_http11` says whether its method and
+    /// version allow an upgrade, and `cookie_name` names the session cookie.
+    pub fn new<'h>(
+        peer: SocketAddr,
+        get_http11: bool,
+        query: Option<&str>,
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+        cookie_name: &str,
+    ) -> Self {
+        let (mut upgrade, mut connection, mut version) = (false, false, false);
+        let mut request = Self {
+            peer,
+            websocket_key: None,
+            origin: None,
+            protocol_ticket: None,
+            query_ticket: query.and_then(ticket_from_query).map(str::to_owned),
+            session_cookie: None,
+        };
+        let mut key = None;
+        for (name, value) in headers {
+            let text = std::str::from_utf8(value).ok();
+            if name.eq_ignore_ascii_case("upgrade") {
+                upgrade |= value.eq_ignore_ascii_case(b"websocket");
+            } else if name.eq_ignore_ascii_case("connection") {
+                connection |= text.is_some_and(|t| {
+                    t.split(',')
+                        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+                });
+            } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+                version |= value == b"13";
+            } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+                key.get_or_insert_with(|| value.to_vec());
+            } else if name.eq_ignore_ascii_case("origin") {
+                if request.origin.is_none() {
+                    request.origin = text.map(str::to_owned);
+                }
+            } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
+                if request.protocol_ticket.is_none() {
+                    request.protocol_ticket = text.and_then(|t| {
+                        t.split(',')
+                            .find_map(|p| p.trim().strip_prefix(TICKET_PROTOCOL_PREFIX))
+                            .map(str::to_owned)
+                    });
+                }
+            } else if name.eq_ignore_ascii_case("cookie") && request.session_cookie.is_none() {
+                request.session_cookie = text.and_then(|t| session_cookie(t, cookie_name));
+            }
+        }
+        if get_http11 && upgrade && connection && version {
+            request.websocket_key = key;
+        }
+        request
+    }
+}
+
+/// A handshake that passed: what to answer, and whom the socket then serves.
+pub struct Accepted {
+    node: NodeState,
+    accept_key: String,
+    /// The subprotocol echoed back (the ticket's, when it came that way).
+    protocol: Option<String>,
+    then: Then,
+}
+
+enum Then {
+    /// Authenticated and admitted: the connection is served at once.
+    Serve {
+        admitted: Admitted,
+        principal: Principal,
+    },
+    /// No credential yet: the socket waits for its `auth` frame.
+    AwaitAuth {
+        origin: Option<String>,
+        slot: PendingSlot,
+    },
+}
+
+impl Accepted {
+    /// The `101 Switching Protocols` head, for writing by hand.
+    pub fn head(&self) -> Vec<u8> {
+        let mut head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\n",
+            self.accept_key
+        );
+        if let Some(protocol) = &self.protocol {
+            head.push_str("sec-websocket-protocol: ");
+            head.push_str(protocol);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        head.into_bytes()
+    }
+
+    /// The same answer as a response, for hyper to write.
+    fn response(&self) -> Result<Response, Error> {
+        let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_str(&self.accept_key).map_err(|_| Error::NotWebSocket)?,
+        );
+        if let Some(protocol) = &self.protocol {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_str(protocol).map_err(|_| Error::InvalidTicket)?,
+            );
+        }
+        Ok(response)
+    }
+
+    /// Whether the server speaks first on this socket (the `welcome` frame),
+    /// so the head can wait for that frame and leave with it in one write.
+    /// A socket awaiting its `auth` frame gets the head at once: the client
+    /// sends nothing before it.
+    pub fn server_speaks_first(&self) -> bool {
+        matches!(self.then, Then::Serve { .. })
+    }
+
+    /// Serves the upgraded socket until it closes.
+    pub async fn serve(self, stream: ClientStream) {
+        let socket: Socket = WebSocketStream::from_raw_socket(
+            stream,
+            Role::Server,
+            Some(socket_config(&self.node.config)),
+        )
+        .await;
+        match self.then {
+            Then::Serve {
+                admitted,
+                principal,
+            } => connection::run(self.node, socket, admitted.hand_over(), principal).await,
+            Then::AwaitAuth { origin, slot } => {
+                connection::run_unauthenticated(self.node, socket, origin, slot).await;
+            }
+        }
+    }
+}
+
+/// Authenticates an upgrade request and counts the outcome.
+pub async fn authenticate(node: &NodeState, request: UpgradeRequest) -> Result<Accepted, Error> {
+    let result = decide(node, request).await;
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(e) => e.code(),
     };
     metrics::counter!("ws_handshakes_total", "outcome" => outcome).increment(1);
-    match result {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
+    result
 }
 
-async fn authenticate(
-    node: &NodeState,
-    peer: SocketAddr,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, Error> {
-    let ws = ws.map_err(|_| Error::NotWebSocket)?;
+/// `GET /ws` when hyper read the request: a later request on a kept-alive
+/// connection (proxies reuse theirs), or one that [`crate::server`] left to
+/// hyper. The common case, a connection's first request, never gets here.
+pub async fn upgrade(
+    State(node): State<NodeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let request = UpgradeRequest::new(
+        peer,
+        parts.method == Method::GET && parts.version == Version::HTTP_11 && on_upgrade.is_some(),
+        parts.uri.query(),
+        parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes())),
+        node.config.cookie_name(),
+    );
+    let accepted = match authenticate(&node, request).await {
+        Ok(accepted) => accepted,
+        Err(e) => return e.into_response(),
+    };
+    let (response, Some(on_upgrade)) = (accepted.response(), on_upgrade) else {
+        return Error::NotWebSocket.into_response();
+    };
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => return e.into_response(),
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => accepted.serve(ClientStream::upgraded(upgraded)).await,
+            // Dropping `accepted` releases the admission.
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    response
+}
+
+async fn decide(node: &NodeState, request: UpgradeRequest) -> Result<Accepted, Error> {
+    let key = request.websocket_key.ok_or(Error::NotWebSocket)?;
     if node.is_draining() {
         return Err(Error::Draining);
     }
@@ -67,37 +252,48 @@ async fn authenticate(
     if !*node.subscribed.borrow() {
         return Err(Error::NotSubscribed);
     }
-    let origin = headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let protocol_ticket = ws
-        .requested_protocols()
-        .filter_map(|p| p.to_str().ok())
-        .find_map(|p| p.strip_prefix(TICKET_PROTOCOL_PREFIX))
-        .map(str::to_owned);
-    let ws = configure(ws, &node.config);
+    let accept_key = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let origin = request.origin;
+    let accepted = |protocol, then| Accepted {
+        node: node.clone(),
+        accept_key,
+        protocol,
+        then,
+    };
 
-    if let Some(ticket) = protocol_ticket {
+    if let Some(ticket) = request.protocol_ticket {
         let principal = consume(node, &ticket, origin.as_deref()).await?;
-        let mut ws = ws;
-        let echoed = HeaderValue::from_str(&format!("{TICKET_PROTOCOL_PREFIX}{ticket}"))
-            .map_err(|_| Error::InvalidTicket)?;
-        ws.set_selected_protocol(echoed);
-        return accept(node, ws, principal).await;
+        let admitted = admit(node, &principal).await?;
+        let echoed = format!("{TICKET_PROTOCOL_PREFIX}{ticket}");
+        return Ok(accepted(
+            Some(echoed),
+            Then::Serve {
+                admitted,
+                principal,
+            },
+        ));
     }
-    if let Some(ticket) = query.and_then(ticket_from_query) {
-        let principal = consume(node, ticket, origin.as_deref()).await?;
-        return accept(node, ws, principal).await;
-    }
-    if let Some(cookie) = session_cookie(headers, node.config.cookie_name()) {
-        let principal = session_principal(node, &cookie, origin.as_deref()).await?;
-        return accept(node, ws, principal).await;
+    let principal = if let Some(ticket) = &request.query_ticket {
+        Some(consume(node, ticket, origin.as_deref()).await?)
+    } else if let Some(cookie) = &request.session_cookie {
+        Some(session_principal(node, cookie, origin.as_deref()).await?)
+    } else {
+        None
+    };
+    if let Some(principal) = principal {
+        let admitted = admit(node, &principal).await?;
+        return Ok(accepted(
+            None,
+            Then::Serve {
+                admitted,
+                principal,
+            },
+        ));
     }
     let slot = node
         .pending_auth
         .try_acquire(
-            peer.ip(),
+            request.peer.ip(),
             node.config.max_pending_auth_per_ip,
             node.config.max_pending_auth,
         )
@@ -109,32 +305,19 @@ async fn authenticate(
             .increment(1);
             Error::TooManyPending
         })?;
-    let node = node.clone();
-    Ok(ws.on_upgrade(move |socket| connection::run_unauthenticated(node, socket, origin, slot)))
+    Ok(accepted(None, Then::AwaitAuth { origin, slot }))
 }
 
 /// The socket settings of DESIGN §5 and §7: a small read buffer
 /// (`WS_READ_BUFFER_BYTES`; tungstenite's default is 128 KiB), bounded write
 /// buffering, the message size limit; no permessage-deflate (never negotiated).
-fn configure(ws: WebSocketUpgrade, config: &crate::config::Config) -> WebSocketUpgrade {
-    ws.read_buffer_size(usize::try_from(config.ws_read_buffer_bytes).unwrap_or(4096))
+fn socket_config(config: &crate::config::Config) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(usize::try_from(config.ws_read_buffer_bytes).unwrap_or(4096))
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(config.max_message_bytes * 4)
-        .max_message_size(config.max_message_bytes)
-        .max_frame_size(config.max_message_bytes)
-}
-
-/// Admits an authenticated principal, then upgrades.
-async fn accept(
-    node: &NodeState,
-    ws: WebSocketUpgrade,
-    principal: Principal,
-) -> Result<Response, Error> {
-    let admitted = admit(node, &principal).await?;
-    Ok(ws.on_upgrade(move |socket| {
-        let node = admitted.node.clone();
-        connection::run(node, socket, admitted.hand_over(), principal)
-    }))
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes))
 }
 
 /// A connection whose per-user slot and directory entry are written (or on
@@ -310,12 +493,10 @@ fn ticket_from_query(query: &str) -> Option<&str> {
         .map(|(_, value)| value)
 }
 
-fn session_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
+/// The value of the cookie `name` in a `Cookie` header.
+fn session_cookie(header: &str, name: &str) -> Option<String> {
+    header
+        .split(';')
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"').to_owned())

@@ -9,7 +9,6 @@
 //! is full is too slow and is closed with 4008, and nobody else waits for it.
 
 use crate::subscriber::SubscriberCommand;
-use axum::extract::ws::Utf8Bytes;
 use shared::channel::ChannelName;
 use shared::ticket::AuthSource;
 use std::collections::HashMap;
@@ -17,6 +16,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 /// A connection's id, unique within the node.

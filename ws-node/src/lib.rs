@@ -5,7 +5,8 @@
 //! * [`connection`]: one task per socket: protocol, batching, limits, heartbeat.
 //! * [`hub`]: local channel membership and fan-out.
 //! * [`subscriber`]: the one Redis subscriber connection, with reconnection.
-//! * [`server`]: the accept loop (backlog, TCP_NODELAY, handshake timeout).
+//! * [`server`]: the accept loop and the upgrade of a connection's first request.
+//! * [`stream`]: the bytes under a WebSocket, however it was upgraded.
 //!
 //! ws-node talks to Redis only, never to Postgres: the handshake path is a
 //! couple of Redis round trips.
@@ -21,6 +22,7 @@ pub mod protocol;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod stream;
 pub mod subscriber;
 
 use anyhow::Context as _;
@@ -130,8 +132,8 @@ impl Application {
         let router = routes::router(state.clone());
         let accept = tokio::spawn(server::accept_loop(
             listener,
+            state.clone(),
             router,
-            state.config.handshake_timeout(),
             state.draining.clone(),
         ));
         tracing::info!(%addr, node = %state.node_id, "ws-node listening");

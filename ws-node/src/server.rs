@@ -1,38 +1,195 @@
-//! The accept loop. Each TCP connection is served by hyper directly (see
-//! [`shared::http`]): TCP_NODELAY on (small frames go out at once), the HTTP
-//! upgrade request must arrive within `HANDSHAKE_TIMEOUT_MS`, upgrades enabled
-//! for WebSockets.
+//! The accept loop, and the upgrade of a connection's first request.
+//!
+//! Every connection starts here with TCP_NODELAY on (small frames go out at
+//! once), and its first request head must arrive within
+//! `HANDSHAKE_TIMEOUT_MS`. When that request is `GET /ws`, as it is on almost
+//! every connection, the node answers it itself: the head is parsed with
+//! `httparse`, the handshake authenticated, and the `101` written together
+//! with the `welcome` frame in one write; the connection is then served on
+//! the same task. Going through hyper and axum instead cost each handshake a
+//! dispatcher, a header map, the upgrade's hand-over to a second task, and a
+//! separate write (and wake-up of the client) for the `101`. Anything else
+//! (the operations endpoints, a head too large or malformed, HTTP/1.0) goes to
+//! hyper with the bytes read so far, and from there to the axum router, which
+//! also upgrades `GET /ws` when it comes later on a kept-alive connection.
 
+use crate::handshake::{self, UpgradeRequest};
+use crate::state::NodeState;
+use crate::stream::ClientStream;
 use axum::Router;
+use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+/// Room for a first request head; grown up to [`MAX_HEAD_BYTES`].
+const HEAD_BUFFER_BYTES: usize = 2048;
+/// The largest head parsed here; larger ones go to hyper, which has its limits.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Headers parsed here at most; more go to hyper.
+const MAX_HEADERS: usize = 64;
+/// How long a refused client gets to read the refusal before the socket closes.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// Accepts connections until `draining` turns true, then drops the listener
 /// (new connections are refused by the OS from then on).
 pub async fn accept_loop(
     listener: TcpListener,
+    node: NodeState,
     router: Router,
-    handshake_timeout: Duration,
     draining: watch::Receiver<bool>,
 ) {
-    let draining = crate::state::NodeState::drained(draining);
+    let draining = NodeState::drained(draining);
     tokio::pin!(draining);
     loop {
         tokio::select! {
             () = &mut draining => break,
             (stream, peer) = shared::http::accept(&listener, "ws_accept_errors_total") => {
-                tokio::spawn(serve_connection(stream, peer, router.clone(), handshake_timeout));
+                tokio::spawn(serve_connection(stream, peer, node.clone(), router.clone()));
             }
         }
     }
     tracing::info!("stopped accepting connections");
 }
 
+/// What a connection's first request turned out to be.
+enum FirstRequest {
+    /// `GET /ws`, ending at byte `head_len` of what was read.
+    Upgrade {
+        request: UpgradeRequest,
+        head_len: usize,
+    },
+    /// Anything else: for hyper.
+    Other,
+}
+
 async fn serve_connection(
-    stream: tokio::net::TcpStream,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    node: NodeState,
+    router: Router,
+) {
+    let timeout = node.config.handshake_timeout();
+    let mut read = Vec::with_capacity(HEAD_BUFFER_BYTES);
+    let first = tokio::time::timeout(
+        timeout,
+        read_first_request(&mut stream, &mut read, peer, &node),
+    )
+    .await;
+    // Closed, failed or too slow: like hyper, just close.
+    let Ok(Ok(first)) = first else { return };
+    let read = Bytes::from(read);
+    match first {
+        FirstRequest::Upgrade { request, head_len } => {
+            upgrade(stream, read.slice(head_len..), request, node).await;
+        }
+        FirstRequest::Other => {
+            serve_with_hyper(
+                ClientStream::tcp(stream, read, Vec::new()),
+                peer,
+                router,
+                timeout,
+            )
+            .await;
+        }
+    }
+}
+
+/// Reads until the first request head is complete (or cannot be parsed here),
+/// and parses it if it is `GET /ws`.
+async fn read_first_request(
+    stream: &mut TcpStream,
+    read: &mut Vec<u8>,
+    peer: SocketAddr,
+    node: &NodeState,
+) -> std::io::Result<FirstRequest> {
+    loop {
+        if read.len() == read.capacity() {
+            read.reserve(read.len());
+        }
+        if stream.read_buf(read).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut head = httparse::Request::new(&mut headers);
+        match head.parse(read) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let Some((path, query)) = head.path.map(|p| p.split_once('?').unwrap_or((p, "")))
+                else {
+                    return Ok(FirstRequest::Other);
+                };
+                if path != "/ws" || head.method != Some("GET") {
+                    return Ok(FirstRequest::Other);
+                }
+                // What hyper's trace layer logs for other requests; the query
+                // may carry a ticket, so never unredacted.
+                tracing::debug!(
+                    uri = %shared::redact::redact_uri(head.path.unwrap_or_default()),
+                    %peer,
+                    "websocket upgrade request"
+                );
+                let request = UpgradeRequest::new(
+                    peer,
+                    head.version == Some(1),
+                    Some(query),
+                    head.headers.iter().map(|h| (h.name, h.value)),
+                    node.config.cookie_name(),
+                );
+                return Ok(FirstRequest::Upgrade { request, head_len });
+            }
+            Ok(httparse::Status::Partial) if read.len() < MAX_HEAD_BYTES => {}
+            // Too large or too many headers for here, or malformed: hyper
+            // answers those as it would any request.
+            Ok(httparse::Status::Partial) | Err(_) => return Ok(FirstRequest::Other),
+        }
+    }
+}
+
+/// Authenticates the upgrade and serves the socket, or writes the refusal.
+async fn upgrade(
+    mut stream: TcpStream,
+    after_head: Bytes,
+    request: UpgradeRequest,
+    node: NodeState,
+) {
+    match handshake::authenticate(&node, request).await {
+        Ok(accepted) => {
+            let head = accepted.head();
+            let unsent = if accepted.server_speaks_first() {
+                head
+            } else {
+                if stream.write_all(&head).await.is_err() {
+                    return;
+                }
+                Vec::new()
+            };
+            accepted
+                .serve(ClientStream::tcp(stream, after_head, unsent))
+                .await;
+        }
+        Err(refusal) => {
+            tracing::debug!(code = refusal.code(), "websocket upgrade refused");
+            if stream.write_all(&refusal.http_bytes()).await.is_err() {
+                return;
+            }
+            // Closing with unread bytes would reset the connection, and a
+            // reset can destroy the answer before the client reads it: end
+            // the sending side, then read until the client closes (briefly).
+            let _ = stream.shutdown().await;
+            let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+                let mut discard = [0u8; 512];
+                while matches!(stream.read(&mut discard).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        }
+    }
+}
+
+async fn serve_with_hyper(
+    stream: ClientStream,
     peer: SocketAddr,
     router: Router,
     timeout: Duration,

@@ -21,7 +21,6 @@
 
 use crate::hub::Hub;
 use crate::protocol::close;
-use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt as _;
 use redis::aio::ConnectionManager;
 use redis::aio::{PubSubSink, PubSubStream};
@@ -33,6 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// How often the subscriber connection is probed with PING.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);

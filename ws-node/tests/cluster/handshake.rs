@@ -1,6 +1,8 @@
 use crate::helpers::*;
 use serde_json::json;
 use std::sync::Arc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 #[tokio::test]
 async fn a_ticket_opens_a_socket_once_by_query_or_subprotocol() {
@@ -321,4 +323,161 @@ async fn a_client_that_vanishes_mid_handshake_does_not_keep_its_place() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// Reads from `stream` until a whole HTTP head has arrived; returns the head
+/// and whatever followed it.
+async fn read_http_head(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt as _;
+    let mut read = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before the head ended");
+        read.extend_from_slice(&chunk[..n]);
+        if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = read.split_off(end + 4);
+            return (String::from_utf8(read).expect("utf-8 head"), rest);
+        }
+    }
+}
+
+#[tokio::test]
+async fn frames_sent_right_behind_the_upgrade_request_are_not_lost() {
+    use tokio::io::AsyncWriteExt as _;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let stack = Stack::start(1).await;
+    let user = stack.create_user("ivy").await;
+    let key = stack.api_key(&user, "connect").await;
+    let ticket = stack.ticket(&key).await;
+
+    // The request and a first (masked) frame in one write, before any answer.
+    let subscribe =
+        json!({ "action": "subscribe", "channel": format!("user:{}", user.id), "id": 7 })
+            .to_string();
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut bytes = format!(
+        "GET /ws?ticket={ticket} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes();
+    bytes.push(0x81);
+    bytes.push(0x80 | u8::try_from(subscribe.len()).expect("short frame"));
+    bytes.extend_from_slice(&mask);
+    bytes.extend(subscribe.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut stream = tokio::net::TcpStream::connect(stack.nodes[0].addr)
+        .await
+        .expect("connect");
+    stream.write_all(&bytes).await.expect("write");
+
+    let (head, rest) = read_http_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // RFC 6455's own example key and answer.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    let socket = WebSocketStream::from_partially_read(
+        MaybeTlsStream::Plain(stream),
+        rest,
+        Role::Client,
+        None,
+    )
+    .await;
+    let mut client = Client {
+        socket,
+        protocol: None,
+    };
+    assert_eq!(client.recv().await["type"], "welcome");
+    let ack = client.recv().await;
+    assert_eq!(
+        (ack["type"].as_str(), ack["id"].as_u64()),
+        (Some("ack"), Some(7)),
+        "{ack}"
+    );
+}
+
+#[tokio::test]
+async fn an_upgrade_later_on_a_kept_alive_connection_is_served_too() {
+    use tokio::io::AsyncWriteExt as _;
+    let stack = Stack::start(1).await;
+    let user = stack.create_user("joe").await;
+    let key = stack.api_key(&user, "connect").await;
+
+    // A proxy reusing its upstream connection: first a plain request...
+    let mut stream = tokio::net::TcpStream::connect(stack.nodes[0].addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, mut body) = read_http_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .expect("content-length")
+        .trim()
+        .parse()
+        .expect("length");
+    while body.len() < length {
+        use tokio::io::AsyncReadExt as _;
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed after the first answer");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(body.len(), length, "nothing beyond the first answer");
+
+    // ...then the upgrade on the same connection, the ticket as subprotocol.
+    let ticket = stack.ticket(&key).await;
+    let protocol = format!("ticket.{ticket}");
+    let mut request = stack.nodes[0]
+        .ws_url()
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        protocol.parse().expect("header value"),
+    );
+    let (socket, response) =
+        tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("upgraded on the kept-alive connection");
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"].to_str().ok(),
+        Some(protocol.as_str())
+    );
+    let mut client = Client {
+        socket,
+        protocol: None,
+    };
+    assert_eq!(client.recv().await["type"], "welcome");
+    client.subscribe(&format!("user:{}", user.id)).await;
+}
+
+#[tokio::test]
+async fn an_upgrade_request_with_a_very_large_head_still_works() {
+    let stack = Stack::start(1).await;
+    let user = stack.create_user("kim").await;
+    let key = stack.api_key(&user, "connect").await;
+    let ticket = stack.ticket(&key).await;
+    // Larger than the node parses in place (16 KiB): hyper takes it.
+    let padding = format!("pad={}", "x".repeat(20 * 1024));
+    let mut client = Client::connect(
+        &format!("{}?ticket={ticket}", stack.nodes[0].ws_url()),
+        &[("cookie", &padding)],
+    )
+    .await
+    .expect("accepted");
+    assert_eq!(client.recv().await["type"], "welcome");
 }
