@@ -170,22 +170,68 @@ impl Accepted {
         matches!(self.then, Then::Serve { .. })
     }
 
-    /// Serves the upgraded socket until it closes.
-    pub async fn serve(self, stream: ClientStream) {
-        let socket: Socket = WebSocketStream::from_raw_socket(
-            stream,
-            Role::Server,
-            Some(socket_config(&self.node.config)),
-        )
-        .await;
+    /// Opens the WebSocket over `stream`, which has been answered (or will
+    /// be, by the first frame written).
+    pub async fn open(self, stream: ClientStream) -> Opened {
+        let config = socket_config(&self.node.config);
+        let socket: Socket =
+            WebSocketStream::from_raw_socket(stream, Role::Server, Some(config)).await;
+        let node = self.node;
         match self.then {
             Then::Serve {
                 admitted,
                 principal,
-            } => connection::run(self.node, socket, admitted.hand_over(), principal).await,
-            Then::AwaitAuth { origin, slot } => {
-                connection::run_unauthenticated(self.node, socket, origin, slot).await;
-            }
+            } => Opened::Authenticated {
+                node,
+                socket,
+                id: admitted.hand_over(),
+                principal,
+            },
+            Then::AwaitAuth { origin, slot } => Opened::AwaitingAuth {
+                node,
+                socket,
+                origin,
+                slot,
+            },
+        }
+    }
+}
+
+/// An open WebSocket and whom it serves: what [`connection::run`] or
+/// [`connection::run_unauthenticated`] takes.
+pub enum Opened {
+    Authenticated {
+        node: NodeState,
+        socket: Socket,
+        id: ConnId,
+        principal: Principal,
+    },
+    AwaitingAuth {
+        node: NodeState,
+        socket: Socket,
+        origin: Option<String>,
+        slot: PendingSlot,
+    },
+}
+
+impl Opened {
+    /// Serves the socket until it closes. (The accept path matches on
+    /// `Opened` itself instead, to keep its long-lived task small: see
+    /// [`crate::server`].)
+    pub async fn serve(self) {
+        match self {
+            Self::Authenticated {
+                node,
+                socket,
+                id,
+                principal,
+            } => connection::run(node, socket, id, principal).await,
+            Self::AwaitingAuth {
+                node,
+                socket,
+                origin,
+                slot,
+            } => connection::run_unauthenticated(node, socket, origin, slot).await,
         }
     }
 }
@@ -234,7 +280,13 @@ pub async fn upgrade(
     };
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => accepted.serve(ClientStream::upgraded(upgraded)).await,
+            Ok(upgraded) => {
+                accepted
+                    .open(ClientStream::upgraded(upgraded))
+                    .await
+                    .serve()
+                    .await
+            }
             // Dropping `accepted` releases the admission.
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

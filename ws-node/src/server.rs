@@ -13,7 +13,8 @@
 //! hyper with the bytes read so far, and from there to the axum router, which
 //! also upgrades `GET /ws` when it comes later on a kept-alive connection.
 
-use crate::handshake::{self, UpgradeRequest};
+use crate::connection;
+use crate::handshake::{self, Opened, UpgradeRequest};
 use crate::state::NodeState;
 use crate::stream::ClientStream;
 use axum::Router;
@@ -66,12 +67,40 @@ enum FirstRequest {
     Other,
 }
 
-async fn serve_connection(
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: NodeState, router: Router) {
+    // The task's future lives as long as the connection, so it is kept to
+    // little more than the socket's own: the handshake (its futures, hyper's
+    // connection state) is boxed and gone once the socket is open, the
+    // socket's fields are passed straight on (`Opened::serve` would keep a
+    // second copy of them), and the rarer unauthenticated wait is boxed too.
+    // Inline, these cost ~2 KiB per idle socket.
+    let Some(opened) = Box::pin(handshake(stream, peer, node, router)).await else {
+        return;
+    };
+    match opened {
+        Opened::Authenticated {
+            node,
+            socket,
+            id,
+            principal,
+        } => connection::run(node, socket, id, principal).await,
+        Opened::AwaitingAuth {
+            node,
+            socket,
+            origin,
+            slot,
+        } => Box::pin(connection::run_unauthenticated(node, socket, origin, slot)).await,
+    }
+}
+
+/// Reads and answers the connection's first request. An accepted upgrade
+/// returns its socket to serve; anything else is served to the end here.
+async fn handshake(
     mut stream: TcpStream,
     peer: SocketAddr,
     node: NodeState,
     router: Router,
-) {
+) -> Option<Opened> {
     let timeout = node.config.handshake_timeout();
     let mut read = Vec::with_capacity(HEAD_BUFFER_BYTES);
     let first = tokio::time::timeout(
@@ -80,11 +109,14 @@ async fn serve_connection(
     )
     .await;
     // Closed, failed or too slow: like hyper, just close.
-    let Ok(Ok(first)) = first else { return };
+    let Ok(Ok(first)) = first else { return None };
     let read = Bytes::from(read);
     match first {
         FirstRequest::Upgrade { request, head_len } => {
-            upgrade(stream, read.slice(head_len..), request, node).await;
+            // Copied out: a slice would keep the whole read buffer alive.
+            let after_head = Bytes::copy_from_slice(&read[head_len..]);
+            drop(read);
+            upgrade(stream, after_head, request, &node).await
         }
         FirstRequest::Other => {
             serve_with_hyper(
@@ -94,6 +126,7 @@ async fn serve_connection(
                 timeout,
             )
             .await;
+            None
         }
     }
 }
@@ -148,33 +181,31 @@ async fn read_first_request(
     }
 }
 
-/// Authenticates the upgrade and serves the socket, or writes the refusal.
+/// Authenticates the upgrade: the socket to serve, or the refusal written.
 async fn upgrade(
     mut stream: TcpStream,
     after_head: Bytes,
     request: UpgradeRequest,
-    node: NodeState,
-) {
-    match handshake::authenticate(&node, request).await {
+    node: &NodeState,
+) -> Option<Opened> {
+    match handshake::authenticate(node, request).await {
         Ok(accepted) => {
             let head = accepted.head();
             let unsent = if accepted.server_speaks_first() {
                 head
             } else {
-                if stream.write_all(&head).await.is_err() {
-                    return;
-                }
+                stream.write_all(&head).await.ok()?;
                 Vec::new()
             };
-            accepted
-                .serve(ClientStream::tcp(stream, after_head, unsent))
-                .await;
+            Some(
+                accepted
+                    .open(ClientStream::tcp(stream, after_head, unsent))
+                    .await,
+            )
         }
         Err(refusal) => {
             tracing::debug!(code = refusal.code(), "websocket upgrade refused");
-            if stream.write_all(&refusal.http_bytes()).await.is_err() {
-                return;
-            }
+            stream.write_all(&refusal.http_bytes()).await.ok()?;
             // Closing with unread bytes would reset the connection, and a
             // reset can destroy the answer before the client reads it: end
             // the sending side, then read until the client closes (briefly).
@@ -184,6 +215,7 @@ async fn upgrade(
                 while matches!(stream.read(&mut discard).await, Ok(n) if n > 0) {}
             })
             .await;
+            None
         }
     }
 }
