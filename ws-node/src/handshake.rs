@@ -558,6 +558,63 @@ fn session_cookie(header: &str, name: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn parse(get_http11: bool, query: &str, headers: &[(&str, &str)]) -> UpgradeRequest {
+        UpgradeRequest::new(
+            "127.0.0.1:1".parse().expect("addr"),
+            get_http11,
+            Some(query),
+            headers.iter().map(|(n, v)| (*n, v.as_bytes())),
+            "session",
+        )
+    }
+
+    const UPGRADE: [(&str, &str); 4] = [
+        ("Upgrade", "WebSocket"),
+        ("Connection", "keep-alive, Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+
+    #[test]
+    fn an_upgrade_needs_every_header_of_one_and_http_1_1() {
+        let request = parse(true, "", &UPGRADE);
+        assert_eq!(
+            request.websocket_key.as_deref(),
+            Some(&b"dGhlIHNhbXBsZSBub25jZQ=="[..])
+        );
+        assert!(parse(false, "", &UPGRADE).websocket_key.is_none());
+        for (missing, (name, _)) in UPGRADE.iter().enumerate() {
+            let mut headers = UPGRADE.to_vec();
+            headers.remove(missing);
+            assert!(
+                parse(true, "", &headers).websocket_key.is_none(),
+                "without {name}"
+            );
+        }
+        let mut old_version = UPGRADE.to_vec();
+        old_version[2].1 = "8";
+        assert!(parse(true, "", &old_version).websocket_key.is_none());
+    }
+
+    #[test]
+    fn reads_the_credentials_wherever_they_are() {
+        let mut headers = UPGRADE.to_vec();
+        headers.extend([
+            ("sec-websocket-protocol", "chat"),
+            ("sec-websocket-protocol", "json, ticket.abc"),
+            ("cookie", "theme=dark; session=\"s3cret\""),
+            ("ORIGIN", "https://app.example"),
+        ]);
+        let request = parse(true, "x=1&ticket=q", &headers);
+        assert_eq!(request.protocol_ticket.as_deref(), Some("abc"));
+        assert_eq!(request.query_ticket.as_deref(), Some("q"));
+        assert_eq!(request.session_cookie.as_deref(), Some("s3cret"));
+        assert_eq!(request.origin.as_deref(), Some("https://app.example"));
+        let bare = parse(true, "", &UPGRADE);
+        assert!(bare.protocol_ticket.is_none() && bare.query_ticket.is_none());
+        assert!(bare.session_cookie.is_none() && bare.origin.is_none());
+    }
+
     #[test]
     fn finds_the_ticket_parameter() {
         assert_eq!(ticket_from_query("ticket=abc"), Some("abc"));

@@ -161,3 +161,48 @@ impl AsyncWrite for ClientStream {
         on_transport!(&mut this.transport, s => s.poll_shutdown(cx))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A connected pair of real loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn the_held_back_head_leaves_with_the_first_write() {
+        let (server, mut client) = pair().await;
+        let mut stream = ClientStream::tcp(server, Bytes::new(), b"HEAD|".to_vec());
+        stream.write_all(b"frame").await.expect("write");
+        stream.flush().await.expect("flush");
+        assert!(stream.extra.is_none(), "the extras are freed once used");
+        stream.write_all(b"|more").await.expect("write");
+        stream.flush().await.expect("flush");
+        drop(stream);
+        let mut received = Vec::new();
+        client.read_to_end(&mut received).await.expect("read");
+        assert_eq!(received, b"HEAD|frame|more");
+    }
+
+    #[tokio::test]
+    async fn bytes_read_ahead_come_first() {
+        let (server, mut client) = pair().await;
+        let mut stream = ClientStream::tcp(server, Bytes::from_static(b"early|"), Vec::new());
+        client.write_all(b"late").await.expect("write");
+        drop(client);
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).await.expect("read");
+        assert_eq!(received, b"early|late");
+        assert!(stream.extra.is_none());
+    }
+}
