@@ -21,7 +21,7 @@ use crate::limits::{PendingRefusal, PendingSlot};
 use crate::state::NodeState;
 use crate::stream::{ClientStream, Socket};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, Version, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use shared::scope::{Scope, Scopes};
 use shared::secret::TokenHash;
@@ -128,15 +128,29 @@ enum Then {
 }
 
 impl Accepted {
-    /// The `101 Switching Protocols` head, for writing by hand.
+    /// The headers of the `101 Switching Protocols` answer, whichever way it
+    /// is written.
+    fn answer_headers(&self) -> impl Iterator<Item = (HeaderName, &str)> {
+        [
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, "websocket"),
+            (header::SEC_WEBSOCKET_ACCEPT, self.accept_key.as_str()),
+        ]
+        .into_iter()
+        .chain(
+            self.protocol
+                .as_deref()
+                .map(|protocol| (header::SEC_WEBSOCKET_PROTOCOL, protocol)),
+        )
+    }
+
+    /// The answer's head, for writing by hand.
     pub fn head(&self) -> Vec<u8> {
-        let mut head = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: {}\r\n",
-            self.accept_key
-        );
-        if let Some(protocol) = &self.protocol {
-            head.push_str("sec-websocket-protocol: ");
-            head.push_str(protocol);
+        let mut head = String::from("HTTP/1.1 101 Switching Protocols\r\n");
+        for (name, value) in self.answer_headers() {
+            head.push_str(name.as_str());
+            head.push_str(": ");
+            head.push_str(value);
             head.push_str("\r\n");
         }
         head.push_str("\r\n");
@@ -146,18 +160,11 @@ impl Accepted {
     /// The same answer as a response, for hyper to write.
     fn response(&self) -> Result<Response, Error> {
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        headers.insert(
-            header::SEC_WEBSOCKET_ACCEPT,
-            HeaderValue::from_str(&self.accept_key).map_err(|_| Error::NotWebSocket)?,
-        );
-        if let Some(protocol) = &self.protocol {
-            headers.insert(
-                header::SEC_WEBSOCKET_PROTOCOL,
-                HeaderValue::from_str(protocol).map_err(|_| Error::InvalidTicket)?,
-            );
+        for (name, value) in self.answer_headers() {
+            // Only a subprotocol (the ticket, as the client sent it) could
+            // hold bytes a header value may not.
+            let value = HeaderValue::from_str(value).map_err(|_| Error::InvalidTicket)?;
+            response.headers_mut().insert(name, value);
         }
         Ok(response)
     }
@@ -271,10 +278,11 @@ pub async fn upgrade(
         Ok(accepted) => accepted,
         Err(e) => return e.into_response(),
     };
-    let (response, Some(on_upgrade)) = (accepted.response(), on_upgrade) else {
+    // Never `None` here: an upgrade without it is not a WebSocket request.
+    let Some(on_upgrade) = on_upgrade else {
         return Error::NotWebSocket.into_response();
     };
-    let response = match response {
+    let response = match accepted.response() {
         Ok(response) => response,
         Err(e) => return e.into_response(),
     };

@@ -130,12 +130,7 @@ impl Application {
         let coalescing = tokio::spawn(drive_write_coalescing(state.clone(), flush_tick));
         let revalidation = tokio::spawn(revalidate_connections(state.clone()));
         let router = routes::router(state.clone());
-        let accept = tokio::spawn(server::accept_loop(
-            listener,
-            state.clone(),
-            router,
-            state.draining.clone(),
-        ));
+        let accept = tokio::spawn(server::accept_loop(listener, state.clone(), router));
         tracing::info!(%addr, node = %state.node_id, "ws-node listening");
 
         shutdown.await;

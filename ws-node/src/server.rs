@@ -24,7 +24,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// Room for a first request head; grown up to [`MAX_HEAD_BYTES`].
 const HEAD_BUFFER_BYTES: usize = 2048;
@@ -35,15 +34,10 @@ const MAX_HEADERS: usize = 64;
 /// How long a refused client gets to read the refusal before the socket closes.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
-/// Accepts connections until `draining` turns true, then drops the listener
-/// (new connections are refused by the OS from then on).
-pub async fn accept_loop(
-    listener: TcpListener,
-    node: NodeState,
-    router: Router,
-    draining: watch::Receiver<bool>,
-) {
-    let draining = NodeState::drained(draining);
+/// Accepts connections until the node starts draining, then drops the
+/// listener (new connections are refused by the OS from then on).
+pub async fn accept_loop(listener: TcpListener, node: NodeState, router: Router) {
+    let draining = NodeState::drained(node.draining.clone());
     tokio::pin!(draining);
     loop {
         tokio::select! {
@@ -110,17 +104,15 @@ async fn handshake(
     .await;
     // Closed, failed or too slow: like hyper, just close.
     let Ok(Ok(first)) = first else { return None };
-    let read = Bytes::from(read);
     match first {
         FirstRequest::Upgrade { request, head_len } => {
             // Copied out: a slice would keep the whole read buffer alive.
             let after_head = Bytes::copy_from_slice(&read[head_len..]);
-            drop(read);
             upgrade(stream, after_head, request, &node).await
         }
         FirstRequest::Other => {
             serve_with_hyper(
-                ClientStream::tcp(stream, read, Vec::new()),
+                ClientStream::tcp(stream, Bytes::from(read), Vec::new()),
                 peer,
                 router,
                 timeout,
@@ -150,17 +142,17 @@ async fn read_first_request(
         let mut head = httparse::Request::new(&mut headers);
         match head.parse(read) {
             Ok(httparse::Status::Complete(head_len)) => {
-                let Some((path, query)) = head.path.map(|p| p.split_once('?').unwrap_or((p, "")))
-                else {
+                let Some(target) = head.path else {
                     return Ok(FirstRequest::Other);
                 };
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
                 if path != "/ws" || head.method != Some("GET") {
                     return Ok(FirstRequest::Other);
                 }
                 // What hyper's trace layer logs for other requests; the query
                 // may carry a ticket, so never unredacted.
                 tracing::debug!(
-                    uri = %shared::redact::redact_uri(head.path.unwrap_or_default()),
+                    uri = %shared::redact::redact_uri(target),
                     %peer,
                     "websocket upgrade request"
                 );

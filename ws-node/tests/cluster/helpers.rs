@@ -297,6 +297,14 @@ pub struct Refusal {
 }
 
 impl Client {
+    /// A client over a socket upgraded some other way than [`Client::connect`].
+    pub fn over(socket: Socket) -> Self {
+        Self {
+            socket,
+            protocol: None,
+        }
+    }
+
     /// Connects with extra request headers; a refused handshake gives its status and error code.
     pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<Self, Refusal> {
         let mut request = url.into_client_request().expect("request");
