@@ -64,8 +64,9 @@ pub struct Config {
     pub session_absolute_timeout_secs: u64,
 
     /// Threads that serve HTTP, each a single-threaded runtime with its own
-    /// Redis connection; a connection stays on the thread that accepted it, so
-    /// a request never hops threads (on 2 cores a mint then costs a quarter
+    /// Redis connection; a connection stays on one thread (the one that
+    /// accepted it, or the least busy one if that held more than its share),
+    /// so a request never hops threads (on 2 cores a mint then costs a quarter
     /// less CPU than on one shared work-stealing runtime). Defaults to the
     /// number of CPUs.
     #[arg(long, env = "SERVE_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]

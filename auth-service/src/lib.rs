@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod csrf;
@@ -97,9 +98,10 @@ impl Application {
     ///
     /// The calling task serves, and `SERVE_THREADS - 1` more threads serve the
     /// same listening socket, each on its own single-threaded runtime with its
-    /// own Redis connection. A connection is handled start to end by the
-    /// thread that accepted it: no request hops threads, so answering one
-    /// wakes no other thread (on 2 cores auth-service then spends a quarter
+    /// own Redis connection. A connection is handled start to end by one
+    /// thread: the one that accepted it, or the least busy one if that held
+    /// more than its share ([`balance`]). No request hops threads, so
+    /// answering one wakes no other thread (on 2 cores auth-service then spends a quarter
     /// less CPU per mint than on one shared work-stealing runtime; see
     /// BENCHMARKS.md). The database pool, the caches and the
     /// password-hashing slots stay shared by all threads.
@@ -117,10 +119,17 @@ impl Application {
         let listener = self.listener.into_std().context("detaching the listener")?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (abandon_tx, abandon_rx) = watch::channel(false);
+        let (balancer, mut inboxes) = balance::Balancer::new(self.state.config.serve_threads());
+        let own_inbox = inboxes.remove(0);
         let mut helpers = Vec::new();
-        for index in 1..self.state.config.serve_threads() {
+        for (index, inbox) in (1..).zip(inboxes) {
             let listener = listener.try_clone().context("sharing the listener")?;
             let (state, stop) = (self.state.clone(), stop_rx.clone());
+            let thread = Serving {
+                index,
+                balancer: Arc::clone(&balancer),
+                inbox,
+            };
             let mut abandon = abandon_rx.clone();
             let work = async move {
                 let redis = shared::redis_conn::connect(&state.config.redis_url)
@@ -128,7 +137,7 @@ impl Application {
                     .context("connecting a serving thread to Redis")?;
                 let listener = TcpListener::from_std(listener).context("listening")?;
                 tokio::select! {
-                    () = serve(listener, state.with_redis(redis), stop) => {}
+                    () = serve(listener, thread, state.with_redis(redis), stop) => {}
                     // Returning ends the thread's runtime, and with it every
                     // connection task still on it.
                     _ = abandon.wait_for(|abandoned| *abandoned) => {}
@@ -151,7 +160,12 @@ impl Application {
             }
             anyhow::Ok(())
         };
-        let own = serve(listener, self.state, stop_rx);
+        let own_thread = Serving {
+            index: 0,
+            balancer,
+            inbox: own_inbox,
+        };
+        let own = serve(listener, own_thread, self.state, stop_rx);
         let shutdown_then_drain = async {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -182,31 +196,52 @@ impl Application {
     }
 }
 
+/// One serving thread's place among the others: its number, and its share
+/// of the connections ([`balance`]).
+struct Serving {
+    index: usize,
+    balancer: Arc<balance::Balancer>,
+    inbox: balance::Inbox,
+}
+
 /// Serves `listener` on the current runtime until `stop` turns true, then
 /// until the connections it holds have finished. Each connection is served by
 /// hyper directly ([`shared::http`]), so that a request must arrive within
-/// `REQUEST_READ_TIMEOUT_SECS`.
-async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Receiver<bool>) {
+/// `REQUEST_READ_TIMEOUT_SECS`. A connection accepted while this thread holds
+/// more than its share goes to another thread, and this thread serves those
+/// the others pass to it.
+async fn serve(
+    listener: TcpListener,
+    mut thread: Serving,
+    state: AppState,
+    mut stop: watch::Receiver<bool>,
+) {
     let http = shared::http::builder(state.config.request_read_timeout());
     let router = routes::app(state);
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        tokio::select! {
+        let (stream, peer, counted) = tokio::select! {
             () = async {
                 // (The guard `wait_for` returns must not live across an await.)
                 let _ = stop.wait_for(|stopping| *stopping).await;
             } => break,
             (stream, peer) = shared::http::accept(&listener, "http_accept_errors_total") => {
-                let service = shared::http::RouterService::new(router.clone(), peer);
-                let connection = connections
-                    .watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, %peer, "http connection ended with an error");
-                    }
-                });
+                match thread.balancer.assign(thread.index, stream, peer) {
+                    Some((stream, counted)) => (stream, peer, counted),
+                    None => continue,
+                }
             }
-        }
+            Some(passed) = thread.inbox.next() => passed,
+        };
+        let service = shared::http::RouterService::new(router.clone(), peer);
+        let connection =
+            connections.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _counted = counted;
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "http connection ended with an error");
+            }
+        });
     }
     drop(listener);
     connections.shutdown().await;

@@ -53,8 +53,7 @@ pub fn available_cpus() -> usize {
 /// Starts the OS thread `serve-{index}`, which runs `work` on a
 /// single-threaded runtime of its own. auth-service serves one listening socket
 /// from several such threads (see its `run_until_stopped`): a connection then
-/// lives on the thread that accepted it, and answering it never wakes another
-/// thread, which a shared work-stealing runtime does for most wake-ups.
+/// lives on one thread, and answering it never wakes another thread, which a shared work-stealing runtime does for most wake-ups.
 ///
 /// ws-node does not: its fan-out wakes sockets from the subscriber's thread,
 /// and waking a task on another single-threaded runtime signals that

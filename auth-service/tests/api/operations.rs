@@ -264,6 +264,79 @@ async fn several_serving_threads_answer_alike_and_stop_together() {
     );
 }
 
+/// Connections that arrive in a burst are spread over the serving threads
+/// (one thread may accept them all, and passes some on): every one of them,
+/// wherever it ends up, answers request after request on the same connection.
+#[tokio::test]
+async fn a_burst_of_kept_alive_connections_is_served_whichever_thread_takes_it() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = TestApp::spawn_with(|config| config.serve_threads = Some(4)).await;
+    let user = app.create_user("burst").await;
+    let key = app.api_key(&user, "connect").await;
+    let addr = app
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    // All connected before any request, so they wait in the accept queue together.
+    let mut sockets = Vec::new();
+    for _ in 0..24 {
+        sockets.push(
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect"),
+        );
+    }
+    let request = format!(
+        "POST /v1/tickets HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {key}\r\ncontent-length: 0\r\n\r\n"
+    );
+    for round in 0..2 {
+        for socket in &mut sockets {
+            socket.write_all(request.as_bytes()).await.expect("write");
+        }
+        for (i, socket) in sockets.iter_mut().enumerate() {
+            let mut answer = Vec::new();
+            let body = loop {
+                let mut chunk = [0; 4096];
+                let n = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    socket.read(&mut chunk),
+                )
+                .await
+                .expect("answered within 5 s")
+                .expect("read");
+                assert!(n > 0, "connection {i} closed in round {round}");
+                answer.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&answer);
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_owned)
+                        })
+                        .and_then(|v| v.trim().parse().ok())
+                        .expect("content-length");
+                    assert!(
+                        head.starts_with("HTTP/1.1 201"),
+                        "connection {i}, round {round}: {head}"
+                    );
+                    if body.len() >= length {
+                        break body.to_owned();
+                    }
+                }
+            };
+            let minted: Value = serde_json::from_str(&body).expect("json");
+            let ticket = minted["ticket"].as_str().expect("ticket");
+            assert!(
+                app.consume(ticket).await.is_some(),
+                "connection {i}, round {round}"
+            );
+        }
+    }
+}
+
 /// Past `SHUTDOWN_TIMEOUT_SECS`, requests that never finish are cut off: no
 /// serving thread outlives the application. The application runs as in the
 /// binary, on a runtime of its own that ends when `run_until_stopped` returns.
