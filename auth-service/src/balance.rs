@@ -7,7 +7,7 @@
 //! the thread that accepted it, that thread then does all the work while the
 //! other idles. Measured with wrk's 40 connections on 2 threads: in 3 of 10
 //! runs one thread held them all, and minted 39–44 k tickets/s against
-//! 50–54 k when they were spread (and the split was lopsided in others).
+//! 49–54 k when they were spread (and the split was lopsided in others).
 //!
 //! So each thread counts the connections it serves, and one that accepts a
 //! connection while it holds more than [`SLACK`] above the least busy thread
