@@ -5,6 +5,9 @@
 //!   flush, kill or restart Redis (never the machine's shared instance).
 //! * [`unique_prefix`]: a Redis key prefix no other test uses, for tests that
 //!   share the machine's Redis.
+//! * [`raw_http`]: reading an HTTP answer off a socket, for hand-written requests.
+
+pub mod raw_http;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -269,7 +269,7 @@ async fn several_serving_threads_answer_alike_and_stop_together() {
 /// wherever it ends up, answers request after request on the same connection.
 #[tokio::test]
 async fn a_burst_of_kept_alive_connections_is_served_whichever_thread_takes_it() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let app = TestApp::spawn_with(|config| config.serve_threads = Some(4)).await;
     let user = app.create_user("burst").await;
     let key = app.api_key(&user, "connect").await;
@@ -295,39 +295,12 @@ async fn a_burst_of_kept_alive_connections_is_served_whichever_thread_takes_it()
             socket.write_all(request.as_bytes()).await.expect("write");
         }
         for (i, socket) in sockets.iter_mut().enumerate() {
-            let mut answer = Vec::new();
-            let body = loop {
-                let mut chunk = [0; 4096];
-                let n = tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    socket.read(&mut chunk),
-                )
-                .await
-                .expect("answered within 5 s")
-                .expect("read");
-                assert!(n > 0, "connection {i} closed in round {round}");
-                answer.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&answer);
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length: ")
-                                .map(str::to_owned)
-                        })
-                        .and_then(|v| v.trim().parse().ok())
-                        .expect("content-length");
-                    assert!(
-                        head.starts_with("HTTP/1.1 201"),
-                        "connection {i}, round {round}: {head}"
-                    );
-                    if body.len() >= length {
-                        break body.to_owned();
-                    }
-                }
-            };
-            let minted: Value = serde_json::from_str(&body).expect("json");
+            let (head, body) = testkit::raw_http::read_response(socket).await;
+            assert!(
+                head.starts_with("HTTP/1.1 201"),
+                "connection {i}, round {round}: {head}"
+            );
+            let minted: Value = serde_json::from_slice(&body).expect("json");
             let ticket = minted["ticket"].as_str().expect("ticket");
             assert!(
                 app.consume(ticket).await.is_some(),

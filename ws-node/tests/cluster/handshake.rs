@@ -325,26 +325,6 @@ async fn a_client_that_vanishes_mid_handshake_does_not_keep_its_place() {
     }
 }
 
-/// Reads from `stream` until a whole HTTP head has arrived; returns the head
-/// and whatever followed it.
-async fn read_http_head(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
-    use tokio::io::AsyncReadExt as _;
-    let mut read = Vec::new();
-    loop {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
-            .await
-            .expect("an answer in time")
-            .expect("read");
-        assert!(n > 0, "closed before the head ended");
-        read.extend_from_slice(&chunk[..n]);
-        if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = read.split_off(end + 4);
-            return (String::from_utf8(read).expect("utf-8 head"), rest);
-        }
-    }
-}
-
 #[tokio::test]
 async fn frames_sent_right_behind_the_upgrade_request_are_not_lost() {
     use tokio::io::AsyncWriteExt as _;
@@ -373,7 +353,7 @@ async fn frames_sent_right_behind_the_upgrade_request_are_not_lost() {
         .expect("connect");
     stream.write_all(&bytes).await.expect("write");
 
-    let (head, rest) = read_http_head(&mut stream).await;
+    let (head, rest) = testkit::raw_http::read_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     // RFC 6455's own example key and answer.
     assert!(
@@ -400,7 +380,7 @@ async fn frames_sent_right_behind_the_upgrade_request_are_not_lost() {
 
 #[tokio::test]
 async fn an_upgrade_later_on_a_kept_alive_connection_is_served_too() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
     let stack = Stack::start(1).await;
     let user = stack.create_user("joe").await;
     let key = stack.api_key(&user, "connect").await;
@@ -413,25 +393,8 @@ async fn an_upgrade_later_on_a_kept_alive_connection_is_served_too() {
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("write");
-    let (head, body) = read_http_head(&mut stream).await;
+    let (head, _body) = testkit::raw_http::read_response(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_owned)
-        })
-        .expect("content-length")
-        .trim()
-        .parse()
-        .expect("length");
-    assert!(body.len() <= length, "nothing beyond the first answer");
-    let mut rest_of_body = vec![0; length - body.len()];
-    tokio::time::timeout(PATIENCE, stream.read_exact(&mut rest_of_body))
-        .await
-        .expect("the body in time")
-        .expect("the whole body");
 
     // ...then the upgrade on the same connection, the ticket as subprotocol.
     let ticket = stack.ticket(&key).await;
