@@ -4,19 +4,7 @@
 # fault tests, and cargo-nextest. Idempotent: does nothing that is already done.
 set -euo pipefail
 
-log() { printf '[ensure-services] %s\n' "$*" >&2; }
-
-apt_install() {
-  if command -v apt-get >/dev/null 2>&1; then
-    log "installing $*"
-    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@"
-  else
-    log "please install: $*"
-    exit 1
-  fi
-}
+source "$(dirname "$0")/lib.sh"
 
 # --- PostgreSQL -------------------------------------------------------------
 if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! command -v psql >/dev/null 2>&1; then
