@@ -32,6 +32,11 @@ pub struct Config {
     #[arg(long, env = "AUTH_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Serve `/metrics` on this address only (e.g. `0.0.0.0:9100`, reached by
+    /// Prometheus but not through the public proxy) instead of on `AUTH_LISTEN`.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Browser origins allowed to use cookie sessions (comma-separated, exact match,
     /// e.g. `https://app.example.com`). Also the CORS allowlist.
     #[arg(

@@ -153,8 +153,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
-/// The client's IP: the socket peer, or the last `X-Forwarded-For` hop when
-/// `TRUST_PROXY_HEADERS` is on (the entry our own proxy appended).
+/// The client's IP: the socket peer, or, when `TRUST_PROXY_HEADERS` is on and
+/// the request came through the proxy, the entry the proxy appended to
+/// `X-Forwarded-For` ([`shared::net::last_forwarded_for`]).
 pub struct ClientIp(pub IpAddr);
 
 impl FromRequestParts<AppState> for ClientIp {
@@ -162,14 +163,13 @@ impl FromRequestParts<AppState> for ClientIp {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         if state.config.trust_proxy_headers
-            && let Some(ip) = parts
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|s| s.trim().parse::<IpAddr>().ok())
-                .next_back()
+            && let Some(ip) = shared::net::last_forwarded_for(
+                parts
+                    .headers
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )
         {
             return Ok(Self(ip));
         }

@@ -71,6 +71,8 @@ impl AppState {
 /// A bound, ready-to-run auth-service.
 pub struct Application {
     listener: TcpListener,
+    /// `METRICS_LISTEN`'s socket, when metrics are served apart.
+    metrics_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -79,8 +81,25 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let listener = shared::net::bind(config.listen)
             .with_context(|| format!("binding AUTH_LISTEN={}", config.listen))?;
+        let metrics_listener = config
+            .metrics_listen
+            .map(|addr| {
+                shared::net::bind(addr).with_context(|| format!("binding METRICS_LISTEN={addr}"))
+            })
+            .transpose()?;
         let state = AppState::build(config).await?;
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            metrics_listener,
+            state,
+        })
+    }
+
+    /// Where `/metrics` is served when `METRICS_LISTEN` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -116,6 +135,13 @@ impl Application {
     ) -> anyhow::Result<()> {
         let drain = Duration::from_secs(self.state.config.shutdown_timeout_secs);
         let addr = self.local_addr();
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tokio::spawn(shared::http::serve_side_listener(
+                listener,
+                routes::metrics_only(self.state.clone()),
+                "http_accept_errors_total",
+            ))
+        });
         let listener = self.listener.into_std().context("detaching the listener")?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let (abandon_tx, abandon_rx) = watch::channel(false);
@@ -190,6 +216,9 @@ impl Application {
                     break;
                 }
             }
+        }
+        if let Some(server) = metrics_server {
+            server.abort();
         }
         tracing::info!("auth-service stopped");
         Ok(())

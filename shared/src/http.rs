@@ -89,3 +89,33 @@ where
         self.service.clone().call(request)
     }
 }
+
+/// How long a side listener's client may take to send a request head, and
+/// how long it keeps an idle connection (a Prometheus scrape interval is
+/// usually 15-60 s, and a scraper keeps its connection between scrapes).
+const SIDE_LISTENER_HEAD_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Serves `router` on every connection `listener` accepts, for as long as the
+/// future is polled: for a side listener such as `METRICS_LISTEN`, which
+/// needs neither draining nor the main listeners' tuning. Stop it by
+/// dropping (or aborting) the future; connections already open end with
+/// their client or at the head timeout.
+pub async fn serve_side_listener(
+    listener: TcpListener,
+    router: axum::Router,
+    errors_metric: &'static str,
+) {
+    let http = builder(SIDE_LISTENER_HEAD_TIMEOUT);
+    loop {
+        let (stream, peer) = accept(&listener, errors_metric).await;
+        let connection = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            RouterService::new(router.clone(), peer),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "side-listener connection ended with an error");
+            }
+        });
+    }
+}

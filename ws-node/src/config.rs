@@ -46,6 +46,18 @@ pub struct Config {
     #[arg(long, env = "CHANNEL_NAMESPACES")]
     pub channel_namespaces: Option<String>,
 
+    /// Take the client's IP from the last `X-Forwarded-For` entry (only behind
+    /// a proxy that sets it; otherwise clients could pick their own IP). The
+    /// per-IP limit on sockets awaiting first-message auth counts it: behind a
+    /// proxy, the socket's peer is the proxy, for every client.
+    #[arg(long, env = "TRUST_PROXY_HEADERS", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub trust_proxy_headers: bool,
+
+    /// Serve `/metrics` on this address only (e.g. `0.0.0.0:9100`, reached by
+    /// Prometheus but not through the public proxy) instead of on `WS_LISTEN`.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Milliseconds a socket opened without credentials has to send its `auth` frame (then 4002).
     #[arg(long, env = "AUTH_TIMEOUT_MS", default_value_t = 5000)]
     pub auth_timeout_ms: u64,

@@ -26,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use shared::scope::{Scope, Scopes};
 use shared::secret::TokenHash;
 use shared::ticket::{AuthSource, TicketClaims};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
@@ -39,6 +39,9 @@ pub const TICKET_PROTOCOL_PREFIX: &str = "ticket.";
 #[derive(Debug)]
 pub struct UpgradeRequest {
     peer: SocketAddr,
+    /// The entry our proxy appended to `X-Forwarded-For`, if any: the
+    /// client's address when `TRUST_PROXY_HEADERS` is on.
+    forwarded_for: Option<IpAddr>,
     /// `Sec-WebSocket-Key`, if this is a WebSocket upgrade at all (a `GET`
     /// over HTTP/1.1 with `Upgrade: websocket`, `Connection: upgrade` and
     /// `Sec-WebSocket-Version: 13`).
@@ -62,6 +65,7 @@ impl UpgradeRequest {
         let (mut upgrade, mut connection, mut version) = (false, false, false);
         let mut request = Self {
             peer,
+            forwarded_for: None,
             websocket_key: None,
             origin: None,
             protocol_ticket: None,
@@ -69,6 +73,7 @@ impl UpgradeRequest {
             session_cookie: None,
         };
         let mut key = None;
+        let mut forwarded_for = None;
         for (name, value) in headers {
             let text = std::str::from_utf8(value).ok();
             if name.eq_ignore_ascii_case("upgrade") {
@@ -96,12 +101,24 @@ impl UpgradeRequest {
                 }
             } else if name.eq_ignore_ascii_case("cookie") && request.session_cookie.is_none() {
                 request.session_cookie = text.and_then(|t| session_cookie(t, cookie_name));
+            } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+                forwarded_for = Some(value);
             }
         }
+        request.forwarded_for = shared::net::last_forwarded_for(forwarded_for);
         if get_http11 && upgrade && connection && version {
             request.websocket_key = key;
         }
         request
+    }
+
+    /// The client's address: the socket's peer, or behind our own proxy
+    /// (`trust_proxy_headers`) the address the proxy saw.
+    pub fn client_ip(&self, trust_proxy_headers: bool) -> IpAddr {
+        match self.forwarded_for {
+            Some(ip) if trust_proxy_headers => ip,
+            _ => self.peer.ip(),
+        }
     }
 }
 
@@ -303,6 +320,7 @@ pub async fn upgrade(
 }
 
 async fn decide(node: &NodeState, request: UpgradeRequest) -> Result<Accepted, Error> {
+    let client_ip = request.client_ip(node.config.trust_proxy_headers);
     let key = request.websocket_key.ok_or(Error::NotWebSocket)?;
     if node.is_draining() {
         return Err(Error::Draining);
@@ -353,7 +371,7 @@ async fn decide(node: &NodeState, request: UpgradeRequest) -> Result<Accepted, E
     let slot = node
         .pending_auth
         .try_acquire(
-            request.peer.ip(),
+            client_ip,
             node.config.max_pending_auth_per_ip,
             node.config.max_pending_auth,
         )

@@ -40,6 +40,8 @@ use tokio::sync::watch;
 /// A bound, ready-to-run ws-node.
 pub struct Application {
     listener: TcpListener,
+    /// `METRICS_LISTEN`'s socket, when metrics are served apart.
+    metrics_listener: Option<TcpListener>,
     state: NodeState,
     draining: watch::Sender<bool>,
     subscriber: subscriber::Subscriber,
@@ -52,6 +54,12 @@ impl Application {
         config.validate()?;
         let listener = shared::net::bind(config.listen)
             .with_context(|| format!("binding WS_LISTEN={}", config.listen))?;
+        let metrics_listener = config
+            .metrics_listen
+            .map(|addr| {
+                shared::net::bind(addr).with_context(|| format!("binding METRICS_LISTEN={addr}"))
+            })
+            .transpose()?;
         let redis = shared::redis_conn::connect(&config.redis_url)
             .await
             .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
@@ -93,6 +101,7 @@ impl Application {
         });
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             draining: draining_tx,
             subscriber,
@@ -104,6 +113,13 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| self.state.config.listen)
+    }
+
+    /// Where `/metrics` is served when `METRICS_LISTEN` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &NodeState {
@@ -119,6 +135,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            metrics_listener,
             state,
             draining,
             subscriber,
@@ -130,6 +147,13 @@ impl Application {
         let coalescing = tokio::spawn(drive_write_coalescing(state.clone(), flush_tick));
         let revalidation = tokio::spawn(revalidate_connections(state.clone()));
         let router = routes::router(state.clone());
+        let metrics_server = metrics_listener.map(|listener| {
+            tokio::spawn(shared::http::serve_side_listener(
+                listener,
+                routes::metrics_only(state.clone()),
+                "ws_accept_errors_total",
+            ))
+        });
         let accept = tokio::spawn(server::accept_loop(listener, state.clone(), router));
         tracing::info!(%addr, node = %state.node_id, "ws-node listening");
 
@@ -163,6 +187,9 @@ impl Application {
         maintenance.abort();
         coalescing.abort();
         revalidation.abort();
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         tracing::info!(elapsed = ?started.elapsed(), "ws-node stopped");
         Ok(())
     }

@@ -12,12 +12,15 @@ use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 pub fn router(state: NodeState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/ws", get(crate::handshake::upgrade))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .route("/readyz", get(readyz));
+    if state.config.metrics_listen.is_none() {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
+        .fallback(not_found)
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -31,6 +34,19 @@ pub fn router(state: NodeState) -> Router {
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .with_state(state)
+}
+
+/// What `METRICS_LISTEN` serves: `/metrics` alone, which [`router`] then
+/// leaves out.
+pub fn metrics_only(state: NodeState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
 async fn healthz(State(node): State<NodeState>) -> Response {

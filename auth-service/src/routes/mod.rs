@@ -77,11 +77,14 @@ pub fn app(
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
         .max_age(Duration::from_secs(600));
-    let router = Router::new()
+    let mut router = Router::new()
         .merge(api)
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+        .route("/readyz", get(health::readyz));
+    if state.config.metrics_listen.is_none() {
+        router = router.route("/metrics", get(health::metrics));
+    }
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
@@ -123,6 +126,15 @@ pub fn app(
         .layer(trace)
         .layer(cors)
         .service(router)
+}
+
+/// What `METRICS_LISTEN` serves: `/metrics` alone, which the public router
+/// then leaves out.
+pub fn metrics_only(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .with_state(state)
 }
 
 async fn not_found() -> Response {

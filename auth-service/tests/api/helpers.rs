@@ -16,6 +16,8 @@ pub const APP_ORIGIN: &str = "https://app.example";
 
 pub struct TestApp {
     pub base_url: String,
+    /// Where `/metrics` is served, when `METRICS_LISTEN` set one apart.
+    pub metrics_url: Option<String>,
     pub http: reqwest::Client,
     pub state: AppState,
     /// Kept so the database lives as long as the app, and is dropped after it.
@@ -87,10 +89,12 @@ impl TestApp {
         shared::telemetry::init(shared::telemetry::LogFormat::Pretty, "warn");
         let app = Application::build(config).await.expect("app builds");
         let base_url = format!("http://{}", app.local_addr());
+        let metrics_url = app.metrics_addr().map(|a| format!("http://{a}/metrics"));
         let state = app.state().clone();
         let server = tokio::spawn(app.run_until_stopped(shutdown));
         let app = Self {
             base_url,
+            metrics_url,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()

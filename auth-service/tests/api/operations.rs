@@ -42,6 +42,40 @@ async fn health_readiness_and_metrics() {
 }
 
 #[tokio::test]
+async fn metrics_listen_serves_metrics_apart_and_the_public_listener_no_longer_does() {
+    let app =
+        TestApp::spawn_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr")))
+            .await;
+    let public = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(error_code(public, StatusCode::NOT_FOUND).await, "not_found");
+
+    let metrics_url = app.metrics_url.clone().expect("a metrics listener");
+    let apart = app.http.get(&metrics_url).send().await.expect("request");
+    assert_eq!(apart.status(), StatusCode::OK);
+    assert_eq!(apart.headers()["content-type"], "text/plain; version=0.0.4");
+    let text = apart.text().await.expect("text");
+    // The public listener's 404 above was counted, under "unmatched".
+    assert!(
+        text.contains(r#"http_requests_total{method="GET",route="unmatched",status="4xx"}"#),
+        "{text}"
+    );
+    // Nothing but metrics is served there.
+    let login = app
+        .http
+        .post(metrics_url.replace("/metrics", "/v1/login"))
+        .json(&serde_json::json!({ "username": "a", "password": "b" }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(error_code(login, StatusCode::NOT_FOUND).await, "not_found");
+}
+
+#[tokio::test]
 async fn readiness_fails_and_requests_fail_closed_when_redis_is_gone() {
     let mut redis = testkit::RedisServer::start();
     let url = redis.url();

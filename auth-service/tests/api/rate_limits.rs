@@ -138,3 +138,81 @@ async fn parallel_guesses_cannot_exceed_the_failure_limit() {
         .count();
     assert_eq!((hashed, refused), (3, 9), "{statuses:?}");
 }
+
+/// A failed login sent as if through the proxy: `forwarded` is the
+/// `X-Forwarded-For` header the proxy passed on.
+async fn failed_login_via_proxy(app: &TestApp, forwarded: &str) -> StatusCode {
+    app.http
+        .post(app.url("/v1/login"))
+        .header("x-forwarded-for", forwarded)
+        .json(&serde_json::json!({ "username": "nobody", "password": "wrong" }))
+        .send()
+        .await
+        .expect("request")
+        .status()
+}
+
+#[tokio::test]
+async fn behind_the_proxy_the_per_ip_limit_counts_the_address_the_proxy_appended() {
+    let app = TestApp::spawn_with(|c| {
+        c.trust_proxy_headers = true;
+        c.login_max_failures_per_ip = 2;
+        c.login_max_failures_per_account = 100;
+    })
+    .await;
+    // Two clients behind one proxy: each has its own budget, although both
+    // arrive from the proxy's address.
+    for _ in 0..2 {
+        assert_eq!(
+            failed_login_via_proxy(&app, "198.51.100.1").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        failed_login_via_proxy(&app, "198.51.100.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        failed_login_via_proxy(&app, "198.51.100.2").await,
+        StatusCode::UNAUTHORIZED
+    );
+    // An address the client wrote in front of the proxy's own entry changes
+    // nothing: the throttled client stays throttled.
+    assert_eq!(
+        failed_login_via_proxy(&app, "203.0.113.77, 198.51.100.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Nor does an unreadable last entry let an earlier, forged one count: the
+    // socket's own address is used, with its own budget.
+    for _ in 0..2 {
+        assert_eq!(
+            failed_login_via_proxy(&app, "198.51.100.9, not-an-ip").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        failed_login_via_proxy(&app, "198.51.100.9").await,
+        StatusCode::UNAUTHORIZED,
+        "the forged 198.51.100.9 was counted"
+    );
+}
+
+#[tokio::test]
+async fn without_trust_proxy_headers_the_forwarded_address_is_ignored() {
+    let app = TestApp::spawn_with(|c| {
+        c.login_max_failures_per_ip = 2;
+        c.login_max_failures_per_account = 100;
+    })
+    .await;
+    for forwarded in ["198.51.100.1", "198.51.100.2"] {
+        assert_eq!(
+            failed_login_via_proxy(&app, forwarded).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Both counted against the socket's address.
+    assert_eq!(
+        failed_login_via_proxy(&app, "198.51.100.3").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

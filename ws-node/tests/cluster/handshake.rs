@@ -235,6 +235,67 @@ async fn unauthenticated_sockets_are_capped_per_ip() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_unauthenticated_sockets_are_capped_per_client() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| {
+            c.max_pending_auth_per_ip = 2;
+            c.trust_proxy_headers = true;
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    let url = stack.nodes[0].ws_url();
+    // All arrive from the proxy's address (here 127.0.0.1), for two clients.
+    let via_proxy = |client: &'static str| [("x-forwarded-for", client)];
+    let _a = Client::connect(&url, &via_proxy("198.51.100.1"))
+        .await
+        .expect("first");
+    let _b = Client::connect(&url, &via_proxy("198.51.100.1"))
+        .await
+        .expect("second");
+    let refused = Client::connect(&url, &via_proxy("198.51.100.1"))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        (refused.status, refused.code.as_str()),
+        (429, "too_many_pending")
+    );
+    // Another client behind the same proxy has its own allowance…
+    let _c = Client::connect(&url, &via_proxy("198.51.100.2"))
+        .await
+        .expect("another client");
+    // …which an address forged in front of the proxy's entry does not change.
+    let forged = Client::connect(&url, &via_proxy("198.51.100.3, 198.51.100.1"))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(forged.code, "too_many_pending");
+}
+
+#[tokio::test]
+async fn without_trust_proxy_headers_a_forwarded_address_is_ignored() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| c.max_pending_auth_per_ip = 2),
+        ..StackOptions::default()
+    })
+    .await;
+    let url = stack.nodes[0].ws_url();
+    let mut waiting = Vec::new();
+    for client in ["198.51.100.1", "198.51.100.2"] {
+        let socket = Client::connect(&url, &[("x-forwarded-for", client)]).await;
+        waiting.push(socket.expect("accepted"));
+    }
+    let refused = Client::connect(&url, &[("x-forwarded-for", "198.51.100.3")])
+        .await
+        .err()
+        .expect("refused: all three come from 127.0.0.1");
+    assert_eq!(refused.code, "too_many_pending");
+}
+
+#[tokio::test]
 async fn connections_per_user_are_capped_across_nodes() {
     let stack = Stack::start_with(StackOptions {
         nodes: 2,

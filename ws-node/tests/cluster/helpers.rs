@@ -23,6 +23,8 @@ pub const PATIENCE: Duration = Duration::from_secs(5);
 
 pub struct Node {
     pub addr: std::net::SocketAddr,
+    /// Where `/metrics` is served, when `METRICS_LISTEN` set one apart.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub state: ws_node::state::NodeState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -262,6 +264,7 @@ pub fn node_config(redis_url: &str, prefix: &str, node_id: &str) -> ws_node::con
 pub async fn start_node(config: ws_node::config::Config) -> Node {
     let app = ws_node::Application::build(config).await.expect("ws-node");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let state = app.state().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async move {
@@ -275,6 +278,7 @@ pub async fn start_node(config: ws_node::config::Config) -> Node {
         .expect("subscriber alive");
     Node {
         addr,
+        metrics_addr,
         state,
         stop: Some(stop),
         task: Some(task),

@@ -38,6 +38,57 @@ async fn health_readiness_and_metrics() {
 }
 
 #[tokio::test]
+async fn metrics_listen_serves_metrics_apart_and_the_public_listener_no_longer_does() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"))),
+        ..StackOptions::default()
+    })
+    .await;
+    let node = &stack.nodes[0];
+    let user = stack.create_user("mia").await;
+    let key = stack.api_key(&user, "connect").await;
+    let _client = stack.connect(0, &key).await;
+
+    let public = stack
+        .http
+        .get(node.http_url("/metrics"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(public.status(), 404);
+    let body: Value = public.json().await.expect("JSON error body");
+    assert_eq!(body["error"]["code"], "not_found");
+
+    let metrics_addr = node.metrics_addr.expect("a metrics listener");
+    let apart = stack
+        .http
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(apart.status(), 200);
+    assert_eq!(apart.headers()["content-type"], "text/plain; version=0.0.4");
+    let text = apart.text().await.expect("text");
+    assert!(text.contains("ws_handshakes_total"), "{text}");
+    // Nothing else is served there: the WebSocket and health stay public.
+    let elsewhere = stack
+        .http
+        .get(format!("http://{metrics_addr}/ws"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(elsewhere.status(), 404);
+    let health = stack
+        .http
+        .get(node.http_url("/healthz"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
 async fn without_redis_handshakes_fail_closed_and_readiness_drops_then_recovers() {
     let mut redis = testkit::RedisServer::start();
     let stack = Stack::start_with(StackOptions {
