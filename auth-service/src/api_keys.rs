@@ -318,7 +318,7 @@ pub async fn create(
     .bind(scopes.to_strings())
     .fetch_one(db)
     .await?;
-    metrics::counter!("api_keys_created_total").increment(1);
+    metrics::counter!(crate::telemetry::API_KEYS_CREATED).increment(1);
     Ok((key, info))
 }
 

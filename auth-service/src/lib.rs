@@ -21,6 +21,7 @@ pub mod rate_limit;
 pub mod routes;
 pub mod sessions;
 pub mod state;
+pub mod telemetry;
 
 use anyhow::Context as _;
 use config::Config;
@@ -60,7 +61,7 @@ impl AppState {
                 .max_capacity(1_000_000)
                 .time_to_live(touch_interval)
                 .build(),
-            metrics: shared::telemetry::prometheus(),
+            metrics: telemetry::register(),
             config: Arc::new(config),
             db,
             redis,
@@ -139,7 +140,7 @@ impl Application {
             tokio::spawn(shared::http::serve_side_listener(
                 listener,
                 routes::metrics_only(self.state.clone()),
-                "http_accept_errors_total",
+                crate::telemetry::ACCEPT_ERRORS,
             ))
         });
         let listener = self.listener.into_std().context("detaching the listener")?;
@@ -254,7 +255,7 @@ async fn serve(
                 // (The guard `wait_for` returns must not live across an await.)
                 let _ = stop.wait_for(|stopping| *stopping).await;
             } => break,
-            (stream, peer) = shared::http::accept(&listener, "http_accept_errors_total") => {
+            (stream, peer) = shared::http::accept(&listener, crate::telemetry::ACCEPT_ERRORS) => {
                 match thread.balancer.assign(thread.index, stream, peer) {
                     Some((stream, counted)) => (stream, peer, counted),
                     None => continue,

@@ -179,7 +179,7 @@ impl PasswordHasher {
             .await
             .map_err(|_| Error::Busy("too many logins at once; retry shortly"))?
             .map_err(|e| Error::Internal(e.into()))?;
-        metrics::gauge!("password_hashes_in_progress").increment(1.0);
+        metrics::gauge!(crate::telemetry::PASSWORD_HASHES_IN_PROGRESS).increment(1.0);
         let (done, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             // A panicking hash must not take its thread down with it.
@@ -191,7 +191,7 @@ impl PasswordHasher {
             Ok(()) => result.await.map_err(internal),
             Err(_) => Err(internal("the hashing threads are gone")),
         };
-        metrics::gauge!("password_hashes_in_progress").decrement(1.0);
+        metrics::gauge!(crate::telemetry::PASSWORD_HASHES_IN_PROGRESS).decrement(1.0);
         result?.map_err(|_| internal("argon2 panicked"))?
     }
 }

@@ -9,6 +9,7 @@
 
 use crate::error::{Error, Result};
 use redis::aio::ConnectionManager;
+use shared::keys::RateBucket;
 use std::time::Duration;
 
 fn window_ms(window: Duration) -> u64 {
@@ -33,10 +34,20 @@ pub fn add_hit(pipe: &mut redis::Pipeline, key: &str, window: Duration) {
         .ignore();
 }
 
-/// The 429 for a counter over its limit, with `Retry-After` from the
-/// counter's remaining window (read only now, off the hot path).
-pub async fn refusal(redis: &mut ConnectionManager, key: &str) -> Error {
-    metrics::counter!("rate_limited_total").increment(1);
+/// The `limit` label of [`crate::telemetry::RATE_LIMITED`] for each bucket.
+pub fn limit_label(bucket: RateBucket) -> &'static str {
+    match bucket {
+        RateBucket::LoginFailuresByAccount => "login_account",
+        RateBucket::LoginFailuresByIp => "login_ip",
+        RateBucket::MintByUser => "mint_user",
+        RateBucket::MintByApiKey => "mint_key",
+    }
+}
+
+/// The 429 for `bucket`'s counter `key` over its limit, with `Retry-After`
+/// from the counter's remaining window (read only now, off the hot path).
+pub async fn refusal(redis: &mut ConnectionManager, bucket: RateBucket, key: &str) -> Error {
+    metrics::counter!(crate::telemetry::RATE_LIMITED, "limit" => limit_label(bucket)).increment(1);
     let ttl_ms: i64 = redis::cmd("PTTL")
         .arg(key)
         .query_async(redis)
@@ -47,24 +58,24 @@ pub async fn refusal(redis: &mut ConnectionManager, key: &str) -> Error {
     }
 }
 
-/// Counts one attempt against each counter *before* the work it guards, and
+/// Counts one attempt against each counter (its bucket, key and limit) *before* the work it guards, and
 /// refuses with 429 if any is now over its limit. Counting first is what makes
 /// the limit hold under concurrency: attempts racing in parallel each see the
 /// others' counts (a check-then-count-on-failure would let a burst of guesses
 /// all pass the check while their hashes are still being computed).
 pub async fn count_attempt(
     redis: &mut ConnectionManager,
-    counters: &[(String, u64)],
+    counters: &[(RateBucket, String, u64)],
     window: Duration,
 ) -> Result<()> {
     let mut pipe = redis::pipe();
-    for (key, _) in counters {
+    for (_, key, _) in counters {
         add_hit(&mut pipe, key, window);
     }
     let counts: Vec<u64> = pipe.query_async(redis).await?;
-    for ((key, max), count) in counters.iter().zip(counts) {
+    for ((bucket, key, max), count) in counters.iter().zip(counts) {
         if count > *max {
-            return Err(refusal(redis, key).await);
+            return Err(refusal(redis, *bucket, key).await);
         }
     }
     Ok(())

@@ -59,7 +59,7 @@ pub async fn create(
     if let Err(e) = cache_session(&mut state.redis.clone(), &state.keys, &hash, &record).await {
         tracing::warn!(error = %e, "could not cache new session");
     }
-    metrics::counter!("sessions_created_total").increment(1);
+    metrics::counter!(crate::telemetry::SESSIONS_CREATED).increment(1);
     Ok((Secret::new(token), record))
 }
 

@@ -236,3 +236,73 @@ impl Drop for RedisServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Every `.rs` file under `src_dir` with its text, for tests that hold a
+/// crate's code to a rule (such as naming metrics only through one module).
+pub fn rust_sources(src_dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut pending = vec![src_dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("readable source dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let source = std::fs::read_to_string(&path).expect("readable source");
+                found.push((path, source));
+            }
+        }
+    }
+    found
+}
+
+/// The first argument of each `counter!`, `gauge!` and `histogram!` call in
+/// `source`, as written: a constant's path, or a string literal.
+pub fn metric_macro_names(source: &str) -> Vec<String> {
+    ["counter!(", "gauge!(", "histogram!("]
+        .into_iter()
+        .flat_map(|call| source.split(call).skip(1))
+        .map(|args| {
+            args.split([',', ')'])
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Checks a crate's metrics against its `telemetry` module: outside
+/// `telemetry.rs`, every metric macro names its metric by a constant of that
+/// module, and every constant declared there is used somewhere. Panics with
+/// what breaks the rule.
+pub fn assert_metrics_named_through_telemetry(crate_dir: &str) {
+    let sources = rust_sources(&Path::new(crate_dir).join("src"));
+    let (telemetry, others): (Vec<_>, Vec<_>) = sources
+        .iter()
+        .partition(|(path, _)| path.ends_with("telemetry.rs"));
+    let declared: Vec<&str> = telemetry
+        .iter()
+        .flat_map(|(_, source)| source.lines())
+        .filter_map(|line| line.strip_prefix("pub const "))
+        .filter_map(|rest| rest.split(':').next())
+        .collect();
+    assert!(!declared.is_empty(), "no metric constants in telemetry.rs");
+    for (path, source) in &others {
+        for name in metric_macro_names(source) {
+            let constant = name.strip_prefix("crate::telemetry::");
+            assert!(
+                constant.is_some_and(|c| declared.contains(&c)),
+                "{} names a metric as `{name}`, not by a constant of crate::telemetry",
+                path.display()
+            );
+        }
+    }
+    for constant in declared {
+        let path = format!("telemetry::{constant}");
+        assert!(
+            others.iter().any(|(_, source)| source.contains(&path)),
+            "telemetry::{constant} is declared but never counted"
+        );
+    }
+}

@@ -438,7 +438,7 @@ impl Connection {
                         next_ping = now + ping_interval;
                         let unanswered = ping_sent.is_some_and(|sent| self.last_heard < sent);
                         if unanswered && self.last_heard.elapsed() > self.node.config.idle_timeout() {
-                            metrics::counter!("ws_idle_timeouts_total").increment(1);
+                            metrics::counter!(crate::telemetry::IDLE_TIMEOUTS).increment(1);
                             return (Some(close::GOING_AWAY), "idle timeout");
                         }
                         if !unanswered {
@@ -469,6 +469,8 @@ impl Connection {
         &mut self,
         first: Arc<Delivery>,
     ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        // The batch's oldest message: its delay is the batch's longest.
+        let sampled_at = first.sampled_at;
         let mut next = Some(first);
         let mut written = 0;
         while let Some(delivery) = next.take() {
@@ -482,7 +484,12 @@ impl Connection {
                 next = self.rx.try_recv().ok();
             }
         }
-        self.socket.flush().await
+        self.socket.flush().await?;
+        if let Some(dispatched) = sampled_at {
+            metrics::histogram!(crate::telemetry::FANOUT_LATENCY)
+                .record(dispatched.elapsed().as_secs_f64());
+        }
+        Ok(())
     }
 
     /// Whether a delivery goes out: not if history already replayed it.
@@ -513,7 +520,7 @@ impl Connection {
     async fn on_text(&mut self, text: &Utf8Bytes) -> Outcome {
         if !self.bucket.try_take() {
             self.strikes += 1;
-            metrics::counter!("ws_rate_limited_frames_total").increment(1);
+            metrics::counter!(crate::telemetry::RATE_LIMITED_FRAMES).increment(1);
             if self.strikes > RATE_STRIKES {
                 return Err((close::RATE_LIMITED, "message rate exceeded"));
             }
@@ -671,7 +678,7 @@ impl Connection {
             }
         };
         let recovered = history.covers_page(&since.epoch, since.offset, REPLAY_PAGE);
-        metrics::counter!("ws_recoveries_total", "recovered" => if recovered { "true" } else { "false" }).increment(1);
+        metrics::counter!(crate::telemetry::RECOVERIES, "recovered" => if recovered { "true" } else { "false" }).increment(1);
         let position = history.epoch.clone().map(|epoch| StreamPosition {
             epoch,
             offset: history.offset,
@@ -720,7 +727,7 @@ impl Connection {
                 self.take_page(replay, page)
             }
             _ => {
-                metrics::counter!("ws_unrecoverable_gaps_total").increment(1);
+                metrics::counter!(crate::telemetry::UNRECOVERABLE_GAPS).increment(1);
                 vec![protocol::recovery_lost(replay.channel.as_str())]
             }
         }
@@ -811,7 +818,7 @@ impl Connection {
         .await
         {
             Ok(published) => {
-                metrics::counter!("ws_client_publishes_total").increment(1);
+                metrics::counter!(crate::telemetry::CLIENT_PUBLISHES).increment(1);
                 let mut ack = serde_json::json!({ "type": "ack", "channel": channel.as_str() });
                 if let Some(id) = id {
                     ack["id"] = serde_json::to_value(id).unwrap_or_default();

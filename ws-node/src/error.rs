@@ -34,6 +34,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every `error.code` a handshake refusal can carry (the metrics' label
+    /// values are registered from it).
+    pub const CODES: &[&str] = &[
+        "not_websocket",
+        "invalid_ticket",
+        "invalid_session",
+        "origin_not_allowed",
+        "origin_mismatch",
+        "insufficient_scope",
+        "too_many_connections",
+        "too_many_pending",
+        "draining",
+        "unavailable",
+    ];
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::NotWebSocket => (StatusCode::BAD_REQUEST, "not_websocket"),
@@ -117,5 +132,31 @@ impl IntoResponse for Error {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn codes_lists_every_refusal() {
+        let unavailable = redis::RedisError::from((redis::ErrorKind::Io, "gone"));
+        let every = [
+            Error::NotWebSocket,
+            Error::InvalidTicket,
+            Error::InvalidSession,
+            Error::OriginNotAllowed,
+            Error::OriginMismatch,
+            Error::InsufficientScope,
+            Error::TooManyConnections,
+            Error::TooManyPending,
+            Error::Draining,
+            Error::NotSubscribed,
+            Error::Unavailable(unavailable),
+        ];
+        let mut codes: Vec<_> = every.iter().map(Error::code).collect();
+        codes.dedup();
+        assert_eq!(codes, Error::CODES);
     }
 }

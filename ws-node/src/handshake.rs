@@ -267,7 +267,7 @@ pub async fn authenticate(node: &NodeState, request: UpgradeRequest) -> Result<A
         Ok(_) => "accepted",
         Err(e) => e.code(),
     };
-    metrics::counter!("ws_handshakes_total", "outcome" => outcome).increment(1);
+    metrics::counter!(crate::telemetry::HANDSHAKES, "outcome" => outcome).increment(1);
     result
 }
 
@@ -376,7 +376,7 @@ async fn decide(node: &NodeState, request: UpgradeRequest) -> Result<Accepted, E
             node.config.max_pending_auth,
         )
         .map_err(|refusal| {
-            metrics::counter!("ws_pending_auth_refused_total", "limit" => match refusal {
+            metrics::counter!(crate::telemetry::PENDING_AUTH_REFUSED, "limit" => match refusal {
                 PendingRefusal::PerIp => "ip",
                 PendingRefusal::PerNode => "node",
             })
@@ -502,14 +502,20 @@ pub async fn consume(
 ) -> Result<Principal, Error> {
     let mut redis = node.redis.clone();
     // Only the atomic take here: the revocation check rides in `admit`'s round trip.
-    let claims = shared::ticket::take_ticket(&mut redis, &node.keys, ticket)
+    let principal = shared::ticket::take_ticket(&mut redis, &node.keys, ticket)
         .await
         .map_err(|e| match e {
             shared::ticket::TicketError::Redis(e) => Error::Unavailable(e),
             shared::ticket::TicketError::Corrupt(_) => Error::InvalidTicket,
-        })?
-        .ok_or(Error::InvalidTicket)?;
-    principal_from_ticket(claims, origin)
+        })
+        .and_then(|claims| claims.ok_or(Error::InvalidTicket))
+        .and_then(|claims| principal_from_ticket(claims, origin));
+    let outcome = match &principal {
+        Ok(_) => "consumed",
+        Err(e) => e.code(),
+    };
+    metrics::counter!(crate::telemetry::TICKETS, "outcome" => outcome).increment(1);
+    principal
 }
 
 fn principal_from_ticket(claims: TicketClaims, origin: Option<&str>) -> Result<Principal, Error> {

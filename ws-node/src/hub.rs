@@ -37,7 +37,16 @@ pub struct Delivery {
     /// The node lost track of the channel (a `recovery` notice): offsets seen
     /// so far no longer say anything about what comes next.
     pub resets: bool,
+    /// When it was dispatched, for one message in [`FANOUT_SAMPLE_EVERY`]:
+    /// the writes that carry it report their delay to
+    /// [`crate::telemetry::FANOUT_LATENCY`].
+    pub sampled_at: Option<std::time::Instant>,
 }
+
+/// One message in this many is timed from dispatch to its writes: timing
+/// every one would add a histogram update to every socket write, the hot
+/// path of fan-out.
+pub const FANOUT_SAMPLE_EVERY: u64 = 16;
 
 /// What other tasks may ask of a connection: close it, with a code.
 #[derive(Debug)]
@@ -154,6 +163,8 @@ pub enum JoinError {
 pub struct Hub {
     /// Deliveries queued since the coalescing ticker last looked.
     delivered: AtomicU64,
+    /// Messages dispatched, to pick which are timed ([`FANOUT_SAMPLE_EVERY`]).
+    dispatched: AtomicU64,
     channels: RwLock<HashMap<String, ChannelEntry>>,
     connections: RwLock<HashMap<ConnId, ConnHandle>>,
     commands: mpsc::UnboundedSender<SubscriberCommand>,
@@ -176,6 +187,7 @@ impl Hub {
     pub fn new(commands: mpsc::UnboundedSender<SubscriberCommand>) -> Self {
         Self {
             delivered: AtomicU64::new(0),
+            dispatched: AtomicU64::new(0),
             channels: RwLock::new(HashMap::new()),
             connections: RwLock::new(HashMap::new()),
             commands,
@@ -185,12 +197,12 @@ impl Hub {
 
     pub fn register(&self, conn: ConnHandle) {
         write(&self.connections).insert(conn.id, conn);
-        metrics::gauge!("ws_connections").increment(1.0);
+        metrics::gauge!(crate::telemetry::CONNECTIONS).increment(1.0);
     }
 
     pub fn unregister(&self, id: ConnId) {
         if write(&self.connections).remove(&id).is_some() {
-            metrics::gauge!("ws_connections").decrement(1.0);
+            metrics::gauge!(crate::telemetry::CONNECTIONS).decrement(1.0);
         }
     }
 
@@ -327,11 +339,13 @@ impl Hub {
         let Some(entry) = channels.get(channel) else {
             return 0;
         };
+        let sampled = self.dispatched.fetch_add(1, Ordering::Relaxed) % FANOUT_SAMPLE_EVERY == 0;
         let delivery = Arc::new(Delivery {
             channel: Arc::from(channel),
             offset,
             frame: frame.clone(),
             resets,
+            sampled_at: sampled.then(std::time::Instant::now),
         });
         let mut delivered = 0;
         for member in entry.members.iter() {
@@ -339,7 +353,7 @@ impl Hub {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if member.control.requested_close().is_none() {
-                        metrics::counter!("ws_slow_consumers_closed_total").increment(1);
+                        metrics::counter!(crate::telemetry::SLOW_CONSUMERS_CLOSED).increment(1);
                     }
                     member.control.close(crate::protocol::close::RATE_LIMITED);
                 }

@@ -7,6 +7,7 @@
 //! * [`subscriber`]: the one Redis subscriber connection, with reconnection.
 //! * [`server`]: the accept loop and the upgrade of a connection's first request.
 //! * [`stream`]: the bytes under a WebSocket, however it was upgraded.
+//! * [`telemetry`]: every metric the node exports.
 //!
 //! ws-node talks to Redis only, never to Postgres: the handshake path is a
 //! couple of Redis round trips.
@@ -24,6 +25,7 @@ pub mod server;
 pub mod state;
 pub mod stream;
 pub mod subscriber;
+pub mod telemetry;
 
 use anyhow::Context as _;
 use config::Config;
@@ -96,7 +98,7 @@ impl Application {
             subscribed: subscribed_rx,
             draining: draining_rx,
             next_connection: Arc::new(AtomicU64::new(1)),
-            metrics: shared::telemetry::prometheus(),
+            metrics: telemetry::register(),
             config: Arc::new(config),
         });
         Ok(Self {
@@ -151,7 +153,7 @@ impl Application {
             tokio::spawn(shared::http::serve_side_listener(
                 listener,
                 routes::metrics_only(state.clone()),
-                "ws_accept_errors_total",
+                crate::telemetry::ACCEPT_ERRORS,
             ))
         });
         let accept = tokio::spawn(server::accept_loop(listener, state.clone(), router));
@@ -241,7 +243,7 @@ async fn revalidate_connections(state: NodeState) {
         }
         for (id, source, user) in connections {
             if revoked_sources.contains(&source) || revoked_users.contains(&user) {
-                metrics::counter!("ws_revalidation_closes_total").increment(1);
+                metrics::counter!(crate::telemetry::REVALIDATION_CLOSES).increment(1);
                 state.hub.close_connection(id, protocol::close::FORBIDDEN);
             }
         }

@@ -90,7 +90,7 @@ impl PendingAuth {
             return Err(PendingRefusal::PerIp);
         }
         *count += 1;
-        metrics::gauge!("ws_pending_auth").increment(1.0);
+        metrics::gauge!(crate::telemetry::PENDING_AUTH).increment(1.0);
         Ok(PendingSlot {
             owner: self.clone(),
             ip,
@@ -111,7 +111,7 @@ impl Drop for PendingSlot {
                 by_ip.remove(&self.ip);
             }
         }
-        metrics::gauge!("ws_pending_auth").decrement(1.0);
+        metrics::gauge!(crate::telemetry::PENDING_AUTH).decrement(1.0);
     }
 }
 

@@ -42,7 +42,7 @@ pub async fn accept_loop(listener: TcpListener, node: NodeState, router: Router)
     loop {
         tokio::select! {
             () = &mut draining => break,
-            (stream, peer) = shared::http::accept(&listener, "ws_accept_errors_total") => {
+            (stream, peer) = shared::http::accept(&listener, crate::telemetry::ACCEPT_ERRORS) => {
                 tokio::spawn(serve_connection(stream, peer, node.clone(), router.clone()));
             }
         }

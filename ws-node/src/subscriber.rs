@@ -93,7 +93,7 @@ impl Subscriber {
                     tracing::info!("redis subscription live");
                     let reason = self.serve(sink, stream).await;
                     self.ready.send_replace(false);
-                    metrics::counter!("ws_subscription_losses_total").increment(1);
+                    metrics::counter!(crate::telemetry::SUBSCRIPTION_LOSSES).increment(1);
                     tracing::warn!(%reason, "redis subscription lost; reconnecting");
                 }
                 Err(e) => {
@@ -149,7 +149,7 @@ impl Subscriber {
             discarded += 1;
         }
         if discarded > 0 {
-            metrics::counter!("ws_subscriber_commands_discarded_total").increment(discarded);
+            metrics::counter!(crate::telemetry::SUBSCRIBER_COMMANDS_DISCARDED).increment(discarded);
             tracing::debug!(
                 discarded,
                 "dropped subscription commands superseded by a reconnect"
@@ -269,7 +269,7 @@ impl Subscriber {
                 return;
             };
             let channel = channel.to_owned();
-            metrics::counter!("ws_messages_received_total").increment(1);
+            metrics::counter!(crate::telemetry::MESSAGES_RECEIVED).increment(1);
             let Some(position) = frame_position(&frame) else {
                 // No history position: a message of a channel without history, or a presence event.
                 self.deliver(&channel, None, &frame);
@@ -293,7 +293,7 @@ impl Subscriber {
 
     fn deliver(&self, channel: &str, offset: Option<u64>, frame: &Utf8Bytes) {
         let delivered = self.hub.dispatch(channel, offset, frame);
-        metrics::counter!("ws_deliveries_total").increment(delivered as u64);
+        metrics::counter!(crate::telemetry::DELIVERIES).increment(delivered as u64);
     }
 
     /// Decides whether a live history message is dispatched, first filling any
@@ -305,7 +305,7 @@ impl Subscriber {
         match cursor.epoch.as_deref() {
             Some(epoch) if epoch == position.epoch => {
                 if position.offset <= cursor.offset {
-                    metrics::counter!("ws_duplicates_dropped_total").increment(1);
+                    metrics::counter!(crate::telemetry::DUPLICATES_DROPPED).increment(1);
                     return false;
                 }
                 if position.offset > cursor.offset + 1 {
@@ -413,7 +413,7 @@ impl Subscriber {
                 },
             );
             if reached_until || history.messages.is_empty() || last >= history.offset {
-                metrics::counter!("ws_gap_fills_total").increment(1);
+                metrics::counter!(crate::telemetry::GAP_FILLS).increment(1);
                 return Ok(());
             }
             after_id = history.last_id;
@@ -449,7 +449,7 @@ impl Subscriber {
             reason,
             "history cannot fill a gap; telling the channel's members"
         );
-        metrics::counter!("ws_unrecoverable_gaps_total").increment(1);
+        metrics::counter!(crate::telemetry::UNRECOVERABLE_GAPS).increment(1);
         let frame = crate::protocol::recovery_lost(channel);
         self.hub.dispatch_reset(channel, &Utf8Bytes::from(frame));
     }

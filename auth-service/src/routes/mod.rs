@@ -198,7 +198,7 @@ impl HttpMetrics {
         let index = (route * METHODS.len() + method) * STATUS_CLASSES.len() + status;
         self.requests[index].get_or_init(|| {
             metrics::counter!(
-                "http_requests_total",
+                crate::telemetry::HTTP_REQUESTS,
                 "method" => METHODS[method],
                 "route" => route_label(route),
                 "status" => STATUS_CLASSES[status],
@@ -209,7 +209,7 @@ impl HttpMetrics {
     fn duration(&self, route: usize, method: usize) -> &Histogram {
         self.durations[route * METHODS.len() + method].get_or_init(|| {
             metrics::histogram!(
-                "http_request_duration_seconds",
+                crate::telemetry::HTTP_REQUEST_DURATION,
                 "method" => METHODS[method],
                 "route" => route_label(route),
             )

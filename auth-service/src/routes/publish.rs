@@ -74,7 +74,7 @@ pub async fn publish(
         ),
         PublishError::InvalidIdempotencyKey => Error::unprocessable("invalid_field", e.to_string()),
     })?;
-    metrics::counter!("server_publishes_total").increment(1);
+    metrics::counter!(crate::telemetry::SERVER_PUBLISHES).increment(1);
     let mut body = json!({ "channel": request.channel, "duplicate": published.duplicate });
     if let Some(position) = published.position {
         body["epoch"] = position.epoch.into();

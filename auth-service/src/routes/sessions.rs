@@ -49,6 +49,7 @@ pub async fn login(
     let username = Username::parse(&request.username).ok();
     let config = &state.config;
     let mut counters = vec![(
+        RateBucket::LoginFailuresByIp,
         state.keys.rate_limit(RateBucket::LoginFailuresByIp, ip),
         config.login_max_failures_per_ip,
     )];
@@ -58,7 +59,11 @@ pub async fn login(
             .rate_limit(RateBucket::LoginFailuresByAccount, u.as_str())
     });
     if let Some(key) = &account_counter {
-        counters.push((key.clone(), config.login_max_failures_per_account));
+        counters.push((
+            RateBucket::LoginFailuresByAccount,
+            key.clone(),
+            config.login_max_failures_per_account,
+        ));
     }
     let mut redis = state.redis.clone();
     let window = Duration::from_secs(config.login_failure_window_secs);
@@ -80,19 +85,19 @@ pub async fn login(
         Ok(user) => user,
         // Not a failed login (hashing queue full, database down): not counted.
         Err(e) => {
-            let keys: Vec<&str> = counters.iter().map(|(k, _)| k.as_str()).collect();
+            let keys: Vec<&str> = counters.iter().map(|(_, k, _)| k.as_str()).collect();
             rate_limit::uncount(&mut redis, &keys).await?;
             return Err(e);
         }
     };
     let Some(user) = user else {
-        metrics::counter!("logins_total", "outcome" => "failed").increment(1);
+        metrics::counter!(crate::telemetry::LOGINS, "outcome" => "failed").increment(1);
         return Err(Error::Unauthenticated {
             code: "invalid_credentials",
             message: "invalid username or password",
         });
     };
-    rate_limit::uncount(&mut redis, &[counters[0].0.as_str()]).await?;
+    rate_limit::uncount(&mut redis, &[counters[0].1.as_str()]).await?;
     if let Some(key) = account_counter {
         rate_limit::reset(&mut redis, key).await?;
     }
@@ -111,7 +116,7 @@ pub async fn login(
         ip: Some(ip.to_string()),
     };
     let (token, _) = sessions::create(&state, &user, client).await?;
-    metrics::counter!("logins_total", "outcome" => "succeeded").increment(1);
+    metrics::counter!(crate::telemetry::LOGINS, "outcome" => "succeeded").increment(1);
     let cookie = sessions::session_cookie(&state, &token).to_string();
     Ok((
         AppendHeaders([(header::SET_COOKIE, cookie)]),

@@ -100,13 +100,17 @@ pub async fn mint(
         let mut cleanup = redis::pipe();
         add_ticket_removal(&mut cleanup, &state.keys, &ticket);
         cleanup.query_async::<()>(&mut redis).await?;
-        return Err(rate_limit::refusal(&mut redis, &counter).await);
+        let bucket = match source {
+            AuthSource::Session { .. } => RateBucket::MintByUser,
+            AuthSource::ApiKey { .. } => RateBucket::MintByApiKey,
+        };
+        return Err(rate_limit::refusal(&mut redis, bucket, &counter).await);
     }
     let kind = match source {
         AuthSource::Session { .. } => "session",
         AuthSource::ApiKey { .. } => "api_key",
     };
-    metrics::counter!("tickets_minted_total", "source" => kind).increment(1);
+    metrics::counter!(crate::telemetry::TICKETS_MINTED, "source" => kind).increment(1);
     Ok((
         StatusCode::CREATED,
         Json(Minted {
