@@ -10,6 +10,7 @@ mod faults;
 mod handshake;
 mod helpers;
 mod limits;
+mod monitoring;
 mod operations;
 mod presence_control;
 mod protocol;
