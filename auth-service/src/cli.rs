@@ -47,6 +47,10 @@ pub enum UserCommand {
         /// Scopes the user may give API keys they create themselves over HTTP.
         #[arg(long, default_value = "connect")]
         key_scopes: String,
+        /// Succeed without changing anything if the user already exists (for
+        /// scripts that set up a deployment and may run again).
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Disable a user: logins, sessions, API keys and open sockets all stop working.
     Disable { username: String },
@@ -95,9 +99,21 @@ async fn user_command(state: AppState, command: UserCommand) -> anyhow::Result<(
         UserCommand::Add {
             username,
             key_scopes,
+            if_missing,
         } => {
             let username = Username::parse(&username).map_err(anyhow::Error::msg)?;
             let key_scopes = Scopes::parse_list(&key_scopes)?;
+            if if_missing
+                && let Some(user) = accounts::find_by_username(&state.db, &username)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                eprintln_info(&format!(
+                    "user {} ({}) exists; left as it is",
+                    user.username, user.id
+                ));
+                return Ok(());
+            }
             let password = read_password()?;
             let user = accounts::create_user(
                 &state.db,

@@ -50,6 +50,17 @@ async fn user_and_api_key_commands() {
         .output()
         .expect("run");
     assert!(!dup.status.success());
+    // Unless a script says it may run again: then the user is left as it is.
+    let again = cmd(&["user", "add", "bob", "--if-missing"])
+        .env("AUTH_PASSWORD", "another password entirely")
+        .output()
+        .expect("run");
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(app.login("bob", PASSWORD).await.status(), StatusCode::OK);
     let weak = cmd(&["user", "add", "carol"])
         .env("AUTH_PASSWORD", "short")
         .output()
