@@ -3,6 +3,7 @@
 mod api_keys;
 mod control;
 mod health;
+pub mod openapi;
 mod publish;
 mod sessions;
 mod tickets;
@@ -82,6 +83,7 @@ pub fn app(
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
@@ -210,7 +212,7 @@ fn route_label(route: usize) -> &'static str {
 }
 
 /// Every route template the router serves (the `route` metric label).
-const ROUTES: &[&str] = &[
+pub const ROUTES: &[&str] = &[
     "/v1/login",
     "/v1/logout",
     "/v1/me",
@@ -227,6 +229,7 @@ const ROUTES: &[&str] = &[
     "/healthz",
     "/readyz",
     "/metrics",
+    "/openapi.json",
 ];
 
 /// The `status` label: the status class, which is what dashboards alert on.
@@ -251,7 +254,7 @@ mod tests {
             .filter_map(|call| call.split('"').nth(1))
             .filter(|path| path.starts_with('/'))
             .collect();
-        assert!(routes.len() >= 16, "{routes:?}");
+        assert!(routes.len() >= 17, "{routes:?}");
         for route in routes {
             assert!(ROUTES.contains(&route), "{route} is missing from ROUTES");
         }
