@@ -27,8 +27,12 @@ use uuid::Uuid;
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     username: String,
-    /// At most 1024 bytes (UTF-8); longer is refused before any hashing.
-    #[schema(max_length = 1024)]
+    /// More than 1024 bytes (UTF-8) is refused before any hashing (422
+    /// `password_too_long`); 256 characters always fit.
+    // JSON Schema counts characters, and a character takes up to 4 bytes: a
+    // `maxLength` of 1024 would call a 300-character password of emoji
+    // valid, which the server refuses.
+    #[schema(max_length = 256)]
     password: String,
 }
 
