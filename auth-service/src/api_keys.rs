@@ -250,12 +250,13 @@ async fn lookup(db: &PgPool, hash: TokenHash) -> Result<Option<VerifiedKey>> {
 }
 
 /// An API key as listed (never with its secret).
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiKeyInfo {
     pub id: Uuid,
     pub name: String,
     pub prefix: String,
     #[sqlx(try_from = "Vec<String>")]
+    #[schema(value_type = Vec<Scope>)]
     pub scopes: ScopeList,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,

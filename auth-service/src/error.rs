@@ -7,7 +7,10 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -149,9 +152,83 @@ fn is_unavailable_redis(e: &redis::RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
+/// Every `code` an error body can carry (the `ErrorCode` schema of
+/// `GET /openapi.json`). A unit test below finds the codes written in the
+/// source and checks that this list names exactly those.
+pub const ERROR_CODES: &[&str] = &[
+    // 400
+    "malformed_json",
+    "unreadable_body",
+    "invalid_path",
+    // 401
+    "unauthenticated",
+    "invalid_credentials",
+    // 403
+    "cross_site_request",
+    "origin_not_allowed",
+    "insufficient_scope",
+    "scope_not_allowed",
+    // 404, 405
+    "not_found",
+    "method_not_allowed",
+    // 408, 409, 413, 415
+    "request_timeout",
+    "username_taken",
+    "payload_too_large",
+    "unsupported_media_type",
+    // 422
+    "invalid_field",
+    "password_too_long",
+    "weak_password",
+    "invalid_name",
+    "invalid_scopes",
+    "unknown_namespace",
+    "idempotency_unsupported",
+    // 429, 500, 503
+    "rate_limited",
+    "internal",
+    "busy",
+    "unavailable",
+];
+
+/// The body of every error answer: `{"error":{"code","message"}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// What went wrong, for a program to branch on; stable.
+    #[schema(value_type = ErrorCode)]
+    pub code: &'a str,
+    /// What went wrong, for a person; may change.
+    pub message: &'a str,
+}
+
+/// The schema of [`ErrorDetail::code`]: a string, one of [`ERROR_CODES`].
+pub struct ErrorCode;
+
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "Stable error code. `weak_password` and `username_taken` come only from the \
+                 operator CLI; every other code is an HTTP answer.",
+            ))
+            .enum_values(Some(ERROR_CODES.iter().copied()))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCode {}
+
 /// Builds the standard error body; also used by fallbacks and middleware.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({ "error": { "code": code, "message": message } });
+    let body = ErrorBody {
+        error: ErrorDetail { code, message },
+    };
     (status, axum::Json(body)).into_response()
 }
 
@@ -186,5 +263,81 @@ impl IntoResponse for Error {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ERROR_CODES;
+    use std::collections::BTreeSet;
+
+    /// The codes written in one source file outside its tests: the literal
+    /// after `Error::bad_request(`, `Error::unprocessable(`,
+    /// `Error::forbidden(`, `code:` and `StatusCode::…,` (the fixed codes
+    /// above and `error_response` calls), with whitespace ignored so
+    /// rustfmt's line breaks do not matter.
+    fn codes_in(source: &str) -> Vec<String> {
+        let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+        let compact: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+        let literal_after = |marker: &str| -> Vec<String> {
+            compact
+                .split(marker)
+                .skip(1)
+                .filter_map(|rest| rest.strip_prefix('"'))
+                .filter_map(|rest| rest.split('"').next())
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut codes = Vec::new();
+        for marker in [
+            "Error::bad_request(",
+            "Error::unprocessable(",
+            "Error::forbidden(",
+            "code:",
+        ] {
+            codes.extend(literal_after(marker));
+        }
+        codes.extend(
+            compact
+                .split("StatusCode::")
+                .skip(1)
+                .map(|rest| rest.trim_start_matches(|c: char| c.is_ascii_uppercase() || c == '_'))
+                .filter_map(|rest| rest.strip_prefix(",\""))
+                .filter_map(|rest| rest.split('"').next())
+                .map(str::to_owned),
+        );
+        codes
+    }
+
+    fn source_files(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("readable src dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                source_files(&path, files);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn error_codes_lists_every_code_in_the_source() {
+        let mut files = Vec::new();
+        source_files(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
+        let mut found = BTreeSet::new();
+        for file in &files {
+            let source = std::fs::read_to_string(file).expect("readable source");
+            found.extend(codes_in(&source));
+        }
+        let listed: BTreeSet<String> = ERROR_CODES.iter().map(|c| (*c).to_owned()).collect();
+        assert_eq!(
+            listed.len(),
+            ERROR_CODES.len(),
+            "ERROR_CODES repeats a code"
+        );
+        assert_eq!(found, listed, "codes in the source vs ERROR_CODES");
     }
 }

@@ -111,7 +111,9 @@ async fn drain(mut body: axum::body::BodyDataStream, mut read: usize) {
     .await;
 }
 
-/// Parses a JSON body after checking its content type.
+/// Parses a JSON body after checking its content type. Every body is a JSON
+/// object: serde would also read a struct from an array of its fields in
+/// order (`["alice","password"]`), which no documented request is.
 pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -124,6 +126,12 @@ pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Resu
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = T::deserialize(&mut deserializer).map_err(json_error)?;
     deserializer.end().map_err(json_error)?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::unprocessable(
+            "invalid_field",
+            "the request body must be a JSON object",
+        ));
+    }
     Ok(value)
 }
 

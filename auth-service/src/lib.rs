@@ -48,11 +48,13 @@ impl AppState {
         let touch_interval = Duration::from_secs((idle / 4).clamp(1, 60));
         let command_connections = shared::redis_conn::CommandConnections::default();
         command_connections.add(redis.clone());
+        let namespaces = config.namespaces()?;
         Ok(Self::new(state::AppStateInner {
             command_connections,
             keys: config.redis_keys()?,
             origins: Arc::new(config.origin_allowlist()?),
-            namespaces: Arc::new(config.namespaces()?),
+            openapi: routes::openapi::document(&config, &namespaces),
+            namespaces: Arc::new(namespaces),
             passwords: password::PasswordHasher::new(config.hash_concurrency(), config.hash_nice)?,
             api_keys: Arc::new(api_keys::ApiKeyVerifier::new(Duration::from_millis(
                 config.api_key_cache_ms,

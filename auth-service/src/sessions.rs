@@ -218,7 +218,7 @@ async fn forget(state: &AppState, hashes: &[Vec<u8>], session_ids: &[Uuid]) -> R
 }
 
 /// A session as listed to its owner.
-#[derive(Debug, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SessionInfo {
     pub id: Uuid,
     #[serde(with = "time::serde::rfc3339")]

@@ -58,4 +58,6 @@ pub struct AppStateInner {
     /// Sessions whose activity this process wrote to Postgres recently.
     pub recently_seen_sessions: moka::sync::Cache<Uuid, ()>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// `GET /openapi.json`'s body, built once ([`crate::routes::openapi::document`]).
+    pub openapi: bytes::Bytes,
 }

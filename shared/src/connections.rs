@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 /// A live connection as listed by the control API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConnectionInfo {
     /// `<node>:<id>`, unique in the cluster.
     pub id: String,

@@ -3,6 +3,7 @@
 mod api_keys;
 mod control;
 mod health;
+pub mod openapi;
 mod publish;
 mod sessions;
 mod tickets;
@@ -80,7 +81,8 @@ pub fn app(
     let mut router = Router::new()
         .merge(api)
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi_json));
     if state.config.metrics_listen.is_none() {
         router = router.route("/metrics", get(health::metrics));
     }
@@ -222,7 +224,7 @@ fn route_label(route: usize) -> &'static str {
 }
 
 /// Every route template the router serves (the `route` metric label).
-const ROUTES: &[&str] = &[
+pub const ROUTES: &[&str] = &[
     "/v1/login",
     "/v1/logout",
     "/v1/me",
@@ -239,6 +241,7 @@ const ROUTES: &[&str] = &[
     "/healthz",
     "/readyz",
     "/metrics",
+    "/openapi.json",
 ];
 
 /// The `status` label: the status class, which is what dashboards alert on.
@@ -263,7 +266,7 @@ mod tests {
             .filter_map(|call| call.split('"').nth(1))
             .filter(|path| path.starts_with('/'))
             .collect();
-        assert!(routes.len() >= 16, "{routes:?}");
+        assert!(routes.len() >= 17, "{routes:?}");
         for route in routes {
             assert!(ROUTES.contains(&route), "{route} is missing from ROUTES");
         }

@@ -2,35 +2,80 @@
 
 use crate::error::{Error, Result};
 use crate::extract::{ApiJson, ApiKeyUser};
+use crate::routes::openapi::{
+    BadRequest, Forbidden, PayloadTooLarge, RequestTimeout, Unauthenticated, Unavailable,
+    Unprocessable, UnsupportedMediaType,
+};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use shared::channel::{ChannelName, PublishError, publish as publish_to_channel};
 use shared::scope::Scope;
+use utoipa::ToSchema;
 
 /// Largest `data` accepted: what a WebSocket frame may carry (DESIGN §5).
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
+    /// `namespace:name` in a configured namespace; the pattern served at
+    /// `/openapi.json` names this deployment's namespaces.
+    #[schema(value_type = String, max_length = 128, pattern = r"^[a-z0-9_-]{1,32}:[A-Za-z0-9_.:@=+-]+$")]
     channel: ChannelName,
+    /// Any JSON value, at most 64 KiB as sent; delivered as is.
+    #[schema(value_type = Value)]
     data: Box<RawValue>,
     /// Makes retries safe: a key already published within the idempotency
-    /// window (10 min) is not delivered again.
+    /// window (10 min) is not delivered again. 1-64 printable ASCII
+    /// characters; only on channels with history.
     #[serde(default)]
+    #[schema(pattern = r"^[!-~]{1,64}$")]
     idempotency_key: Option<String>,
+}
+
+/// Where the message landed.
+#[derive(Serialize, ToSchema)]
+pub struct Published {
+    #[schema(value_type = String)]
+    channel: ChannelName,
+    /// The idempotency key was seen before: nothing was published this time,
+    /// and `epoch`/`offset` are the first publish's.
+    duplicate: bool,
+    /// The history's incarnation (channels with history only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<String>,
+    /// The message's position in the history, from 1 (channels with history only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
 }
 
 /// Publishes to any configured channel, including `user:<id>` and
 /// `broadcast:` channels that clients cannot write. Any auth-service process
 /// accepts it; Redis carries it to every ws-node. Answers 202 with the
 /// message's history position when the channel keeps history.
+#[utoipa::path(
+    post,
+    path = "/v1/publish",
+    tag = "publish",
+    security(("api_key" = [])),
+    request_body = PublishRequest,
+    responses(
+        (status = 202, description = "Published (or recognised as a duplicate)", body = Published),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthenticated),
+        (status = 403, response = Forbidden),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn publish(
     State(state): State<AppState>,
     ApiKeyUser(key): ApiKeyUser,
@@ -75,10 +120,14 @@ pub async fn publish(
         PublishError::InvalidIdempotencyKey => Error::unprocessable("invalid_field", e.to_string()),
     })?;
     metrics::counter!(crate::telemetry::SERVER_PUBLISHES).increment(1);
-    let mut body = json!({ "channel": request.channel, "duplicate": published.duplicate });
-    if let Some(position) = published.position {
-        body["epoch"] = position.epoch.into();
-        body["offset"] = position.offset.into();
-    }
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    let (epoch, offset) = published.position.map(|p| (p.epoch, p.offset)).unzip();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Published {
+            channel: request.channel,
+            duplicate: published.duplicate,
+            epoch,
+            offset,
+        }),
+    ))
 }

@@ -1,28 +1,65 @@
 //! Login, logout, who-am-I, and a user's own sessions.
 
 use crate::accounts::{self, Username};
+use crate::error::ErrorBody;
 use crate::error::{Error, Result};
 use crate::extract::{ApiJson, ApiPath, Caller, ClientIp, SessionUser, session_cookie_value};
 use crate::password::MAX_PASSWORD_BYTES;
 use crate::rate_limit;
+use crate::routes::openapi::{
+    BadRequest, Forbidden, NotFound, PayloadTooLarge, RateLimited, RequestTimeout, Unauthenticated,
+    Unavailable, Unprocessable, UnsupportedMediaType,
+};
 use crate::sessions::{self, ClientInfo};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use shared::keys::RateBucket;
 use shared::secret::Secret;
 use std::time::Duration;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     username: String,
+    /// More than 1024 bytes (UTF-8) is refused before any hashing (422
+    /// `password_too_long`); 256 characters always fit.
+    // JSON Schema counts characters, and a character takes up to 4 bytes: a
+    // `maxLength` of 1024 would call a 300-character password of emoji
+    // valid, which the server refuses.
+    #[schema(max_length = 256)]
     password: String,
+}
+
+/// Who a credential belongs to.
+#[derive(Serialize, ToSchema)]
+pub struct UserSummary<'a> {
+    id: Uuid,
+    username: &'a str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse<'a> {
+    user: UserSummary<'a>,
+}
+
+/// The caller's live sessions, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct SessionList {
+    sessions: Vec<ListedSession>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ListedSession {
+    #[serde(flatten)]
+    session: sessions::SessionInfo,
+    /// Whether this is the session of the request's own cookie.
+    current: bool,
 }
 
 /// `POST /v1/login`: verifies the password and starts a new session.
@@ -31,6 +68,25 @@ pub struct LoginRequest {
 /// same body, after the same argon2 work. Failures are counted per account and
 /// per IP in Redis (each attempt counted before hashing, taken back if it
 /// succeeds); over the limit, 429 before any hashing.
+#[utoipa::path(
+    post,
+    path = "/v1/login",
+    tag = "sessions",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in; the session cookie is set (HttpOnly, SameSite=Lax, Path=/)",
+            body = LoginResponse<'_>, headers(("set-cookie" = String, description = "The new session cookie"))),
+        (status = 400, response = BadRequest),
+        (status = 401, description = "Unknown user, wrong password or disabled user, all alike (`invalid_credentials`)", body = ErrorBody<'_>),
+        (status = 403, response = Forbidden),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -120,13 +176,31 @@ pub async fn login(
     let cookie = sessions::session_cookie(&state, &token).to_string();
     Ok((
         AppendHeaders([(header::SET_COOKIE, cookie)]),
-        Json(json!({ "user": { "id": user.id, "username": user.username } })),
-    ))
+        Json(LoginResponse {
+            user: UserSummary {
+                id: user.id,
+                username: &user.username,
+            },
+        }),
+    )
+        .into_response())
 }
 
 /// `POST /v1/logout`: revokes the session (everywhere, including its open
 /// sockets) and deletes the cookie. Idempotent: without a live session it still
 /// answers 204 and clears the cookie.
+#[utoipa::path(
+    post,
+    path = "/v1/logout",
+    tag = "sessions",
+    security((), ("session_cookie" = [])),
+    responses(
+        (status = 204, description = "Logged out (or was not logged in); the cookie is deleted",
+            headers(("set-cookie" = String, description = "Deletes the session cookie"))),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -147,27 +221,64 @@ pub async fn logout(
 }
 
 /// `GET /v1/me`: the caller (by session cookie or API key).
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "sessions",
+    security(("session_cookie" = []), ("api_key" = [])),
+    responses(
+        (status = 200, description = "The caller", body = UserSummary<'_>),
+        (status = 401, response = Unauthenticated),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn me(caller: Caller) -> impl IntoResponse {
-    Json(json!({ "id": caller.user_id(), "username": caller.username() }))
+    Json(UserSummary {
+        id: caller.user_id(),
+        username: caller.username(),
+    })
+    .into_response()
 }
 
 /// `GET /v1/sessions`: the caller's live sessions, the current one marked.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    tag = "sessions",
+    security(("session_cookie" = [])),
+    responses(
+        (status = 200, description = "The caller's live sessions", body = SessionList),
+        (status = 401, response = Unauthenticated),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn list(State(state): State<AppState>, user: SessionUser) -> Result<impl IntoResponse> {
     let sessions = sessions::list_for_user(&state, user.session.user_id).await?;
     let current = user.session.session_id;
-    let sessions: Vec<_> = sessions
+    let sessions = sessions
         .into_iter()
-        .map(|s| {
-            let is_current = s.id == current;
-            let mut value = serde_json::to_value(s).unwrap_or_default();
-            value["current"] = is_current.into();
-            value
+        .map(|session| ListedSession {
+            current: session.id == current,
+            session,
         })
         .collect();
-    Ok(Json(json!({ "sessions": sessions })))
+    Ok(Json(SessionList { sessions }))
 }
 
 /// `POST /v1/sessions/revoke-all`: logs the user out everywhere (this browser too).
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/revoke-all",
+    tag = "sessions",
+    security(("session_cookie" = [])),
+    responses(
+        (status = 204, description = "Every session of the user is revoked; the cookie is deleted",
+            headers(("set-cookie" = String, description = "Deletes the session cookie"))),
+        (status = 401, response = Unauthenticated),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn revoke_all(
     State(state): State<AppState>,
     user: SessionUser,
@@ -184,6 +295,22 @@ pub async fn revoke_all(
 }
 
 /// `DELETE /v1/sessions/{id}`: revokes one of the caller's sessions.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    security(("session_cookie" = [])),
+    params(("id" = Uuid, Path, description = "A session id from `GET /v1/sessions`")),
+    responses(
+        (status = 204, description = "Revoked; if it was the request's own session, the cookie is deleted",
+            headers(("set-cookie" = String, description = "Deletes the session cookie (own session only)"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthenticated),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn revoke_one(
     State(state): State<AppState>,
     user: SessionUser,

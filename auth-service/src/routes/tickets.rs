@@ -3,6 +3,10 @@
 use crate::error::{Error, Result};
 use crate::extract::{Caller, RawBody, parse_json};
 use crate::rate_limit;
+use crate::routes::openapi::{
+    BadRequest, Forbidden, PayloadTooLarge, RateLimited, RequestTimeout, Unauthenticated,
+    Unavailable, Unprocessable, UnsupportedMediaType,
+};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
@@ -13,12 +17,16 @@ use shared::keys::RateBucket;
 use shared::scope::{Scope, Scopes};
 use shared::ticket::{AuthSource, TicketClaims, add_ticket, add_ticket_removal};
 use std::time::Duration;
+use utoipa::ToSchema;
 
 /// Optional body: narrow the ticket's scopes below the credential's.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MintRequest {
+pub struct MintRequest {
+    /// The ticket's scopes, a subset of the credential's (`connect` is always
+    /// added); absent or `null`, the credential's own.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Scope>>)]
     scopes: Option<Scopes>,
 }
 
@@ -26,6 +34,25 @@ struct MintRequest {
 /// to the request's Origin) or by an API key with the `connect` scope. Counted
 /// against a per-user (cookie) or per-key limit. Answers
 /// `201 {"ticket","expires_in","ws_url"}`.
+#[utoipa::path(
+    post,
+    path = "/v1/tickets",
+    tag = "tickets",
+    security(("session_cookie" = []), ("api_key" = [])),
+    request_body(content = MintRequest, description = "Optional; without one, the credential's scopes"),
+    responses(
+        (status = 201, description = "A single-use ticket for `ws_url`", body = Minted<'_>),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthenticated),
+        (status = 403, response = Forbidden),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn mint(
     State(state): State<AppState>,
     caller: Caller,
@@ -124,9 +151,12 @@ pub async fn mint(
 
 /// The answer to a mint (a struct rather than `json!`, which would build a
 /// map of owned strings on every mint).
-#[derive(Serialize)]
-struct Minted<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct Minted<'a> {
+    /// Opens one WebSocket within `expires_in` seconds, once.
     ticket: &'a str,
+    /// Seconds.
     expires_in: u64,
+    /// Where to open the WebSocket.
     ws_url: &'a str,
 }

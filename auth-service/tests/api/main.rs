@@ -8,6 +8,7 @@ mod cli;
 mod durability;
 mod helpers;
 mod login;
+mod openapi;
 mod operations;
 mod publish;
 mod rate_limits;

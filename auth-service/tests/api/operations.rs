@@ -73,6 +73,18 @@ async fn metrics_listen_serves_metrics_apart_and_the_public_listener_no_longer_d
         .await
         .expect("request");
     assert_eq!(error_code(login, StatusCode::NOT_FOUND).await, "not_found");
+    // Nor does this API's description list it any more.
+    let doc: serde_json::Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(doc["paths"]["/readyz"].is_object());
+    assert!(doc["paths"].get("/metrics").is_none());
 }
 
 #[tokio::test]
