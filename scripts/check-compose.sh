@@ -6,8 +6,8 @@
 #    volumes, bind-mounted paths) and the rule that only nginx publishes a
 #    port (tools/compose-check/check-compose.mjs);
 # 2. proves that check bites: broken copies of the file (an unknown key, a
-#    misspelt condition, a YAML error, an undeclared volume, a published
-#    Redis port) must each be refused;
+#    misspelt condition, an unknown restart policy, a YAML error, an
+#    undeclared volume, a published Redis port) must each be refused;
 # 3. renders deploy/nginx/nginx.conf.template with the nginx service's own
 #    environment from the file and runs `nginx -t` on it (Debian's nginx).
 #    Outside Docker the upstream names do not resolve and nginx 1.22 lacks
@@ -59,6 +59,7 @@ broken() {
 }
 broken unknown-key       's/\n    restart: unless-stopped\n/\n    restrat: unless-stopped\n/'
 broken bad-condition     's/condition: service_healthy/condition: service_healty/'
+broken bad-restart       's/\n    restart: unless-stopped\n/\n    restart: sometimes\n/'
 broken yaml-syntax       's/"--appendfsync", "everysec"\]/"--appendfsync", "everysec"/'
 broken undeclared-volume 's/- redis-data:\/data/- redis-dta:\/data/'
 broken public-redis      's/\n  redis:\n/\n  redis:\n    ports: ["6379:6379"]\n/'

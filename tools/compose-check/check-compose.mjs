@@ -12,6 +12,7 @@
 // Beyond the schema, what Compose would refuse or what this project requires
 // of its compose file:
 //   - every depends_on target is a service of the file;
+//   - restart is a restart policy Docker knows;
 //   - every named volume a service mounts is declared under `volumes`;
 //   - every bind-mounted path exists (relative to the file), except the
 //     pending ones listed below;
@@ -51,7 +52,10 @@ function schemaErrors(compose) {
   const ajv = new Ajv2020({ allErrors: true, strict: false });
   const validate = ajv.compile(schema);
   if (validate(compose)) return [];
-  return validate.errors.map((e) => {
+  // The most specific first: a wrong value deep inside a oneOf also fails
+  // the oneOf's other branches higher up, which says less.
+  const errors = [...validate.errors].sort((a, b) => b.instancePath.split("/").length - a.instancePath.split("/").length);
+  return errors.map((e) => {
     const where = e.instancePath || "(top level)";
     const extra = e.params?.additionalProperty
       ? ` (${e.params.additionalProperty})`
@@ -116,6 +120,10 @@ function crossReferenceErrors(compose, file) {
       } else {
         errors.push(`services.${name}.volumes: bind-mounted path ${v.source} does not exist`);
       }
+    }
+    // The schema takes any string here; Docker refuses other policies.
+    if (service.restart !== undefined && !/^(no|always|unless-stopped|on-failure(:\d+)?)$/.test(String(service.restart))) {
+      errors.push(`services.${name}.restart: "${service.restart}" is not a restart policy (no, always, on-failure[:N], unless-stopped)`);
     }
     const ports = publishedPorts(service);
     const inProfile = (service.profiles ?? []).length > 0;
