@@ -17,7 +17,7 @@
 #    compose rendering: listen address, resolver, limits, locations, maps,
 #    log format, error pages.
 #
-# Installs what it needs if missing (Node.js and npm, nginx-light, the
+# Installs what it needs if missing (Node.js and npm, nginx, the
 # validator's packages from tools/compose-check/package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ compose=docker-compose.yml
 tools=tools/compose-check
 ensure_command node nodejs
 ensure_command npm npm
-ensure_command nginx nginx-light
+ensure_command nginx nginx
 if ! cmp -s "$tools/package-lock.json" "$tools/node_modules/.tessera-lock" 2>/dev/null; then
   log "installing the validator's packages into $tools/node_modules"
   (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error)

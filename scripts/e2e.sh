@@ -5,7 +5,7 @@
 # running the repository's own proxy config (deploy/nginx/nginx.conf.template,
 # rendered with these upstreams). The suite talks to nginx only.
 #
-# Installs what it needs if missing (nginx-light, gettext-base, a Python venv
+# Installs what it needs if missing (nginx, gettext-base, a Python venv
 # in .venv-e2e), stops everything it started and drops the database on exit,
 # and exits with the suite's status. Extra arguments go to pytest
 # (e.g. -k logout). Bounded: each wait has a limit, the suite 120 s.
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 bash scripts/ensure-services.sh
-ensure_command nginx nginx-light
+ensure_command nginx nginx
 ensure_command envsubst gettext-base
 ensure_venv .venv-e2e e2e/requirements.txt
 # The same build as scripts/test.sh's (every target of the workspace, so the
