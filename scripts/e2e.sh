@@ -35,7 +35,10 @@ pids=()
 
 cleanup() {
   local status=$?
-  trap - EXIT INT TERM
+  # Ignored from here on, not reset: a signal that arrived during the suite is
+  # delivered only now, and would otherwise kill the cleanup half-way.
+  trap - EXIT
+  trap '' INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
