@@ -54,12 +54,15 @@ RUN set -eux; \
 # Runtime: the same Debian release as the build image (the binaries link
 # against its glibc).
 FROM debian:bookworm-slim AS runtime
+# The user tessera, uid/gid 10001: compose's e2e service runs as that id to
+# read what its e2e-setup service (this image) writes.
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends ca-certificates curl; \
     rm -rf /var/lib/apt/lists/*; \
-    useradd --system --uid 10001 --user-group --no-create-home --home-dir /var/lib/tessera \
-            --shell /usr/sbin/nologin tessera; \
+    groupadd --gid 10001 tessera; \
+    useradd --uid 10001 --gid tessera --no-log-init --no-create-home \
+            --home-dir /var/lib/tessera --shell /usr/sbin/nologin tessera; \
     install -d -o tessera -g tessera -m 0750 /var/lib/tessera
 
 COPY --from=build /src/target/release/auth-service /src/target/release/ws-node /usr/local/bin/
@@ -71,7 +74,8 @@ WORKDIR /var/lib/tessera
 # The other settings come from the environment (see README, Configuration).
 ENV AUTH_LISTEN=0.0.0.0:8080 \
     WS_LISTEN=0.0.0.0:8081
-EXPOSE 8080 8081
+# auth-service, ws-node, and /metrics where METRICS_LISTEN puts it.
+EXPOSE 8080 8081 9100
 
 # For the default command (auth-service on 8080); docker-compose.yml gives
 # each service its own check (ws-node: port 8081) with the same curl.
