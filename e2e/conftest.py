@@ -24,6 +24,7 @@ def cfg() -> Config:
         password=required("E2E_PASSWORD"),
         api_key=required("E2E_API_KEY"),
         access_log=os.environ.get("E2E_PROXY_ACCESS_LOG", "").strip() or None,
+        metrics_urls=tuple(os.environ.get("E2E_METRICS_URLS", "").split()),
     )
 
 

@@ -15,6 +15,9 @@ environment:
   E2E_PROXY_ACCESS_LOG  the proxy's access log file; when set, the suite
                         checks that no ticket ever appears in it (and fails if
                         the file is missing)
+  E2E_METRICS_URLS      the services' private /metrics URLs (METRICS_LISTEN),
+                        space-separated; when set, the suite checks that each
+                        serves Prometheus text that the proxy never shows
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class Config:
     password: str
     api_key: str
     access_log: str | None
+    metrics_urls: tuple[str, ...]
 
     @property
     def host(self) -> str:

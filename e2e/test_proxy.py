@@ -5,10 +5,12 @@ services' private endpoints are not reachable through it."""
 from __future__ import annotations
 
 import json
+import urllib.parse
+import urllib.request
 
 import pytest
 
-from helpers import bearer, http_request, parse_raw, raw_exchange, unique
+from helpers import HTTP_TIMEOUT, bearer, http_request, parse_raw, raw_exchange, unique
 
 # auth-service's MAX_BODY_BYTES (auth-service/src/extract.rs), and the proxy's
 # client_max_body_size.
@@ -74,6 +76,31 @@ def test_private_endpoints_are_not_exposed(cfg, path):
     assert r.status in (400, 404), (path, r.status, r.body[:200])
     r.error_code()
     assert b"# TYPE" not in r.body
+
+
+def test_metrics_are_served_on_the_private_listener_only(cfg):
+    if not cfg.metrics_urls:
+        pytest.skip("E2E_METRICS_URLS is not set: the services' private listeners are not reachable from here")
+    for url in cfg.metrics_urls:
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:
+            assert response.status == 200, url
+            assert response.headers.get("Content-Type", "").startswith("text/plain"), url
+            text = response.read().decode()
+        # Every metric is exported from start-up, with its help text.
+        assert "# TYPE" in text and ("ws_handshakes_total" in text or "tickets_minted_total" in text), url
+        path = urllib.parse.urlsplit(url).path
+        r = http_request(cfg, "GET", path)
+        assert r.status == 404 and b"# TYPE" not in r.body, (path, r.status)
+
+
+def test_openapi_document_is_served_through_the_proxy(cfg):
+    r = http_request(cfg, "GET", "/openapi.json")
+    assert r.status == 200
+    doc = r.json()
+    assert doc["openapi"].startswith("3.1"), doc["openapi"]
+    assert "/v1/tickets" in doc["paths"] and "/v1/login" in doc["paths"]
+    # The public document does not advertise what the proxy keeps private.
+    assert "/metrics" not in doc["paths"]
 
 
 def test_proxy_health_and_index(cfg):

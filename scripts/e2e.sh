@@ -82,6 +82,10 @@ if (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null; then proxy_port=$(pick_port); 
 auth_port=$(pick_port)
 ws1_port=$(pick_port)
 ws2_port=$(pick_port)
+# Each process's private /metrics listener (METRICS_LISTEN), as in compose.
+auth_metrics_port=$(pick_port)
+ws1_metrics_port=$(pick_port)
+ws2_metrics_port=$(pick_port)
 base_url="http://127.0.0.1:$proxy_port"
 
 # What both services share, as docker-compose.yml sets it (behind the proxy).
@@ -96,12 +100,15 @@ export SHUTDOWN_TIMEOUT_SECS=2 DRAIN_TIMEOUT_SECS=2
 
 log "auth-service :$auth_port, ws-nodes :$ws1_port :$ws2_port, nginx $base_url, database $database, Redis prefix $prefix"
 AUTH_LISTEN="127.0.0.1:$auth_port" PUBLIC_WS_URL="ws://127.0.0.1:$proxy_port/ws" \
+METRICS_LISTEN="127.0.0.1:$auth_metrics_port" \
   target/debug/auth-service >"$work/auth-service.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$auth_port/readyz" 60 "${pids[-1]}" || { log "auth-service did not become ready"; exit 1; }
 for n in 1 2; do
   port_var="ws${n}_port"
+  metrics_port_var="ws${n}_metrics_port"
   WS_LISTEN="127.0.0.1:${!port_var}" NODE_ID="e2e-node-$n" \
+  METRICS_LISTEN="127.0.0.1:${!metrics_port_var}" \
     target/debug/ws-node >"$work/ws-node-$n.log" 2>&1 &
   pids+=($!)
 done
@@ -139,5 +146,6 @@ E2E_USERNAME="$username" \
 E2E_PASSWORD="$password" \
 E2E_API_KEY="$api_key" \
 E2E_PROXY_ACCESS_LOG="$work/access.log" \
+E2E_METRICS_URLS="http://127.0.0.1:$auth_metrics_port/metrics http://127.0.0.1:$ws1_metrics_port/metrics http://127.0.0.1:$ws2_metrics_port/metrics" \
 PYTHONDONTWRITEBYTECODE=1 \
   timeout 120 .venv-e2e/bin/python -m pytest -c e2e/pytest.ini --rootdir e2e e2e "$@"
