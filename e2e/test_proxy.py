@@ -112,6 +112,12 @@ def test_proxy_health_and_index(cfg):
     assert b"/ws" in r.body and b"/v1/" in r.body
 
 
+@pytest.mark.parametrize("method", ["POST", "OPTIONS"])
+def test_method_not_allowed_on_the_websocket_endpoint_is_json(cfg, method):
+    r = http_request(cfg, method, "/ws", body=b"" if method == "POST" else None)
+    assert (r.status, r.error_code()) == (405, "method_not_allowed")
+
+
 def test_method_not_allowed_on_static_is_json(cfg):
     r = http_request(cfg, "POST", "/", body=b"x")
     assert (r.status, r.error_code()) == (405, "method_not_allowed")

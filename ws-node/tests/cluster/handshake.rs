@@ -344,6 +344,18 @@ async fn plain_http_requests_to_the_websocket_endpoint_get_a_json_error() {
     assert_eq!(response.status(), 400);
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "not_websocket");
+    // Another method gets the JSON shape too, not an empty 405.
+    for method in [reqwest::Method::POST, reqwest::Method::OPTIONS] {
+        let response = stack
+            .http
+            .request(method.clone(), stack.nodes[0].http_url("/ws"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 405, "{method}");
+        let body: serde_json::Value = response.json().await.expect("a JSON body");
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{method}");
+    }
 }
 
 #[tokio::test]
