@@ -18,7 +18,8 @@ MAX_SECONDS="${SCHEMATHESIS_MAX_SECONDS:-400}"
 
 bash scripts/ensure-services.sh
 ensure_venv .venv-schemathesis tools/schemathesis/requirements.txt
-cargo build -p auth-service
+# The same build as scripts/test.sh's (see scripts/e2e.sh): a no-op after the tests.
+cargo build --quiet --workspace --all-targets
 bin=target/debug/auth-service
 
 run_id="$(date +%s)_$$_${RANDOM}"
