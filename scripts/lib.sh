@@ -26,17 +26,25 @@ ensure_command() {
 }
 
 # ensure_venv DIR REQUIREMENTS: a Python virtual environment in DIR holding
-# exactly what REQUIREMENTS pins; rebuilt only when that file changed.
+# exactly what REQUIREMENTS pins; rebuilt only when that file changed. Tests
+# running at once may ask for the same one: the first builds it while the
+# others wait (a lock per directory), and a build cut short is redone, since
+# the stamp is written last.
 ensure_venv() {
   local dir="$1" requirements="$2"
   local stamp="$dir/.requirements"
-  if [ -x "$dir/bin/python" ] && cmp -s "$requirements" "$stamp" 2>/dev/null; then
-    return 0
-  fi
-  log "creating $dir from $requirements"
-  python3 -m venv "$dir"
-  "$dir/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$stamp"
+  local lock
+  lock="${TMPDIR:-/tmp}/tessera-venv-$(realpath -m "$dir" | sha256sum | cut -c1-16).lock"
+  (
+    flock 9
+    if [ -x "$dir/bin/python" ] && cmp -s "$requirements" "$stamp" 2>/dev/null; then
+      exit 0
+    fi
+    log "creating $dir from $requirements"
+    python3 -m venv --clear "$dir"
+    "$dir/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$stamp"
+  ) 9>"$lock"
 }
 
 # A TCP port below the kernel's ephemeral range that nothing listens on, so a
