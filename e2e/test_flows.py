@@ -4,6 +4,7 @@ WebSockets, delivery across nodes, logout, origin checks, single-use tickets."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -164,3 +165,17 @@ def test_replayed_ticket_refused(cfg, form):
     with pytest.raises(InvalidStatus) as refusal:
         ws_connect(cfg, **how)
     assert refused(refusal) == (401, "invalid_ticket")
+
+
+def test_a_client_initiated_close_is_answered_with_its_code(cfg):
+    """The node completes the close handshake through the proxy: the client's
+    close frame comes back (same code) at once, so the close is clean, not a
+    1006 "abnormal closure" after the client's own timeout."""
+    ws = ws_connect(cfg, ticket=mint_ticket(cfg, bearer(cfg)))
+    welcome(ws)
+    started = time.monotonic()
+    ws.close(code=4000, reason="bye")
+    received = ws.protocol.close_rcvd
+    assert received is not None, "no close frame came back"
+    assert (received.code, received.reason) == (4000, "bye")
+    assert time.monotonic() - started < 2

@@ -74,7 +74,8 @@ pub async fn run_unauthenticated(
                     Some(Err(e)) if is_too_big(&e) => {
                         return close_socket(&mut socket, close::TOO_BIG, "message too big").await;
                     }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(Message::Close(_))) => return answer_close(&mut socket).await,
+                    None | Some(Err(_)) => return,
                     Some(Ok(Message::Binary(_))) => {
                         return close_socket(&mut socket, close::UNAUTHORIZED, "expected an auth frame").await;
                     }
@@ -150,10 +151,22 @@ pub async fn run(node: NodeState, socket: WebSocket, id: ConnId, principal: Prin
         floors: HashMap::new(),
         replay: None,
     };
-    let (code, reason) = conn.serve().await;
-    if let Some(code) = code {
-        close_socket(&mut conn.socket, code, reason).await;
+    match conn.serve().await {
+        Ending::Close(code, reason) => close_socket(&mut conn.socket, code, reason).await,
+        Ending::ClientClosed => answer_close(&mut conn.socket).await,
+        Ending::Lost => {}
     }
+}
+
+/// How a connection's loop ended, and so what is left to do with its socket.
+enum Ending {
+    /// The node closes it, with this code and reason.
+    Close(u16, &'static str),
+    /// The client sent a close frame: the node answers it, then ends.
+    ClientClosed,
+    /// The connection is gone (end of stream, a read or write error):
+    /// nothing more can be sent.
+    Lost,
 }
 
 /// Undoes a connection's registrations however its task ends (even by panic):
@@ -311,7 +324,7 @@ type Outcome = Result<Vec<String>, (u16, &'static str)>;
 
 impl Connection {
     /// The connection's main loop; returns the close code to send, if any.
-    async fn serve(&mut self) -> (Option<u16>, &'static str) {
+    async fn serve(&mut self) -> Ending {
         let own_channel = ChannelName::for_user(self.principal.user_id);
         if self
             .node
@@ -320,7 +333,7 @@ impl Connection {
             .await
             .is_err()
         {
-            return (Some(close::TRY_AGAIN_LATER), "cannot subscribe right now");
+            return Ending::Close(close::TRY_AGAIN_LATER, "cannot subscribe right now");
         }
         self.guard.channels.insert(own_channel.as_str().to_owned());
         let welcome = ServerFrame::Welcome {
@@ -361,10 +374,10 @@ impl Connection {
         loop {
             tokio::select! {
                 biased;
-                code = &mut closed => return (Some(code), close_reason(code)),
-                () = &mut draining => return (Some(close::GOING_AWAY), "node shutting down"),
+                code = &mut closed => return Ending::Close(code, close_reason(code)),
+                () = &mut draining => return Ending::Close(close::GOING_AWAY, "node shutting down"),
                 delivery = self.rx.recv() => {
-                    let Some(delivery) = delivery else { return (None, "") };
+                    let Some(delivery) = delivery else { return Ending::Lost };
                     // Under heavy load, write on the node's next flush tick
                     // rather than at once: what queues meanwhile goes out in
                     // the same write (one syscall for many messages).
@@ -372,7 +385,7 @@ impl Connection {
                         flush_tick.borrow_and_update();
                         tokio::select! {
                             biased;
-                            code = &mut closed => return (Some(code), close_reason(code)),
+                            code = &mut closed => return Ending::Close(code, close_reason(code)),
                             _ = flush_tick.changed() => {}
                         }
                     }
@@ -380,10 +393,10 @@ impl Connection {
                     // request (slow consumer, revocation) must still get through.
                     tokio::select! {
                         biased;
-                        code = &mut closed => return (Some(code), close_reason(code)),
+                        code = &mut closed => return Ending::Close(code, close_reason(code)),
                         written = self.write_batch(delivery) => {
                             if written.is_err() {
-                                return (None, "");
+                                return Ending::Lost;
                             }
                         }
                     }
@@ -410,7 +423,7 @@ impl Connection {
                                     }
                                 }
                             }
-                            Err((code, reason)) => return (Some(code), reason),
+                            Err((code, reason)) => return Ending::Close(code, reason),
                         },
                         Some(Ok(Message::Binary(_))) => {
                             let reply = protocol::error(None, "unsupported", "binary frames are not supported; send JSON text");
@@ -419,12 +432,13 @@ impl Connection {
                             }
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                        Some(Ok(Message::Close(_))) | None => return (None, ""),
+                        Some(Ok(Message::Close(_))) => return Ending::ClientClosed,
+                        None => return Ending::Lost,
                         Some(Err(e)) => {
                             return if is_too_big(&e) {
-                                (Some(close::TOO_BIG), "message too big")
+                                Ending::Close(close::TOO_BIG, "message too big")
                             } else {
-                                (None, "")
+                                Ending::Lost
                             };
                         }
                     }
@@ -432,14 +446,14 @@ impl Connection {
                 () = &mut timer => {
                     let now = Instant::now();
                     if expires.is_some_and(|e| now >= e) {
-                        return (Some(close::UNAUTHORIZED), "credential expired");
+                        return Ending::Close(close::UNAUTHORIZED, "credential expired");
                     }
                     if now >= next_ping {
                         next_ping = now + ping_interval;
                         let unanswered = ping_sent.is_some_and(|sent| self.last_heard < sent);
                         if unanswered && self.last_heard.elapsed() > self.node.config.idle_timeout() {
                             metrics::counter!(crate::telemetry::IDLE_TIMEOUTS).increment(1);
-                            return (Some(close::GOING_AWAY), "idle timeout");
+                            return Ending::Close(close::GOING_AWAY, "idle timeout");
                         }
                         if !unanswered {
                             ping_sent = Some(now);
@@ -455,12 +469,12 @@ impl Connection {
     }
 
     /// Sends one frame, unless a close is requested while the peer is not reading.
-    async fn send(&mut self, message: Message) -> Result<(), (Option<u16>, &'static str)> {
+    async fn send(&mut self, message: Message) -> Result<(), Ending> {
         let control = self.control.clone();
         tokio::select! {
             biased;
-            code = control.closed() => Err((Some(code), close_reason(code))),
-            sent = self.socket.send(message) => sent.map_err(|_| (None, "")),
+            code = control.closed() => Err(Ending::Close(code, close_reason(code))),
+            sent = self.socket.send(message) => sent.map_err(|_| Ending::Lost),
         }
     }
 
@@ -929,6 +943,16 @@ fn ack_subscribed(
 /// Whether a read error was the message size limit (answered with 1009).
 fn is_too_big(e: &tokio_tungstenite::tungstenite::Error) -> bool {
     matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
+}
+
+/// Completes a close the client started. tungstenite queued the echo of the
+/// client's close frame (same code) when it read it; flushing sends it, and
+/// then the node ends the TCP connection (RFC 6455 §7.1.1: the server closes
+/// first), all within [`CLOSE_TIMEOUT`]. Without the echo, every clean close
+/// reads as 1006 (`wasClean: false`) to the client, as if the network had
+/// failed.
+async fn answer_close(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, futures_util::SinkExt::close(socket)).await;
 }
 
 /// Closes the WebSocket properly: sends the close frame, then reads (and

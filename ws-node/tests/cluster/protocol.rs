@@ -220,3 +220,48 @@ async fn a_client_that_stops_reading_is_closed_while_a_reader_keeps_receiving() 
         "the stalled client was closed as a slow consumer (4008): {metrics}"
     );
 }
+
+/// A client that closes gets the close handshake completed: its own close
+/// frame echoed (same code), then the end of the stream, promptly. Before,
+/// the node dropped the connection without answering, and every clean close
+/// read as 1006 ("abnormal") to the client.
+#[tokio::test]
+async fn a_client_initiated_close_is_answered_with_the_same_code() {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let stack = Stack::start(1).await;
+    let user = stack.create_user("carla").await;
+    let key = stack.api_key(&user, "connect").await;
+    let check = |mut socket: Socket| async move {
+        let started = std::time::Instant::now();
+        socket
+            .send(Message::Close(Some(CloseFrame {
+                code: 4000.into(),
+                reason: "bye".into(),
+            })))
+            .await
+            .expect("close sent");
+        let mut echoed = None;
+        while let Some(frame) = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("the node answers, then ends the stream")
+        {
+            match frame {
+                Ok(Message::Close(frame)) => echoed = frame.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(e) => panic!("not a clean close: {e}"),
+            }
+        }
+        assert_eq!(echoed, Some(4000));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    };
+    // An authenticated connection, and one still waiting for its auth frame.
+    check(stack.connect(0, &key).await.socket).await;
+    check(
+        Client::connect(&stack.nodes[0].ws_url(), &[])
+            .await
+            .expect("upgraded")
+            .socket,
+    )
+    .await;
+}
