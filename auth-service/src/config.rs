@@ -47,6 +47,12 @@ pub struct Config {
     )]
     pub allowed_origins: Vec<String>,
 
+    /// Serve this directory's files at `/` (GET and HEAD), e.g. the demo app
+    /// in clients/demo or your own single-page app, so that the page and the
+    /// API share one origin. Unset: only the API is served.
+    #[arg(long, env = "STATIC_DIR")]
+    pub static_dir: Option<std::path::PathBuf>,
+
     /// The `ws_url` returned with every ticket: where clients connect.
     #[arg(long, env = "PUBLIC_WS_URL", default_value = "ws://127.0.0.1:8081/ws")]
     pub public_ws_url: String,
@@ -200,6 +206,13 @@ impl Config {
             self.session_idle_timeout_secs <= self.session_absolute_timeout_secs,
             "SESSION_IDLE_TIMEOUT_SECS must not exceed SESSION_ABSOLUTE_TIMEOUT_SECS"
         );
+        if let Some(dir) = &self.static_dir {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "STATIC_DIR={} is not a directory",
+                dir.display()
+            );
+        }
         Ok(())
     }
 }

@@ -86,8 +86,11 @@ pub fn app(
     if state.config.metrics_listen.is_none() {
         router = router.route("/metrics", get(health::metrics));
     }
+    let router = match &state.config.static_dir {
+        Some(dir) => router.fallback_service(static_files(dir)),
+        None => router.fallback(not_found),
+    };
     let router = router
-        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(record_metrics))
         .with_state(state);
@@ -129,6 +132,45 @@ pub fn app(
         .layer(cors)
         .service(router)
 }
+
+/// The files of `STATIC_DIR`, for whatever path no route matched: GET and
+/// HEAD only, `index.html` for a directory, and the API's JSON 404 for
+/// anything else (a missing file, another method, a path leaving the
+/// directory). Pages are revalidated on every load (`no-cache`, with the
+/// `ETag`/`Last-Modified` ServeDir sends), so a deployment's new version is
+/// picked up at once, and they may load scripts, styles and connections from
+/// this origin and open WebSockets to the nodes, nothing else.
+fn static_files(
+    dir: &std::path::Path,
+) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send>
++ Clone
++ Send
++ Sync
++ 'static {
+    use axum::handler::HandlerWithoutStateExt as _;
+    let files = tower_http::services::ServeDir::new(dir)
+        .call_fallback_on_method_not_allowed(true)
+        .not_found_service(not_found.into_service());
+    let set =
+        |name, value| SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value));
+    ServiceBuilder::new()
+        .map_response(IntoResponse::into_response)
+        .layer(set(header::CACHE_CONTROL, "no-cache"))
+        .layer(set(
+            header::CONTENT_SECURITY_POLICY,
+            STATIC_CONTENT_SECURITY_POLICY,
+        ))
+        .layer(set(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(set(header::REFERRER_POLICY, "no-referrer"))
+        .service(files)
+}
+
+/// What pages from `STATIC_DIR` may load and connect to: this origin, and
+/// WebSockets anywhere (the nodes are on other origins unless a proxy puts
+/// them on this one).
+const STATIC_CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws: wss:; \
+     img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
 
 /// What `METRICS_LISTEN` serves: `/metrics` alone, which the public router
 /// then leaves out.

@@ -13,4 +13,5 @@ mod operations;
 mod publish;
 mod rate_limits;
 mod sessions;
+mod static_files;
 mod tickets;
