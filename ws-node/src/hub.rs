@@ -339,7 +339,10 @@ impl Hub {
         let Some(entry) = channels.get(channel) else {
             return 0;
         };
-        let sampled = self.dispatched.fetch_add(1, Ordering::Relaxed) % FANOUT_SAMPLE_EVERY == 0;
+        let sampled = self
+            .dispatched
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(FANOUT_SAMPLE_EVERY);
         let delivery = Arc::new(Delivery {
             channel: Arc::from(channel),
             offset,
