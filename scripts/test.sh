@@ -21,6 +21,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+# A one-off build (CI's fresh clone) gains nothing from incremental
+# compilation, whose caches would take about as much disk as the build.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 bash scripts/ensure-services.sh || exit 1
 
