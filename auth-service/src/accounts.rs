@@ -122,11 +122,12 @@ async fn set_disabled(db: &PgPool, user_id: Uuid) -> Result<()> {
 /// Disables a user everywhere: no more logins, sessions revoked, API keys and
 /// outstanding tickets refused, open sockets closed.
 pub async fn disable(state: &crate::state::AppState, user_id: Uuid) -> Result<()> {
-    use shared::control::{self, ControlMessage, Revoked};
+    use shared::control::{self, ControlMessage};
+    use shared::credential::{Revoked, mark_revoked};
     set_disabled(&state.db, user_id).await?;
     crate::sessions::revoke_all_for_user(state, user_id).await?;
     let mut redis = state.redis.clone();
-    control::mark_revoked(&mut redis, &state.keys, &[Revoked::User(user_id)]).await?;
+    mark_revoked(&mut redis, &state.keys, &[Revoked::User(user_id)]).await?;
     control::broadcast(
         &mut redis,
         &state.keys,

@@ -363,15 +363,16 @@ pub async fn revoke_everywhere(
     key_id: Uuid,
     owner: Option<Uuid>,
 ) -> Result<bool> {
-    use shared::control::{self, ControlMessage, Revoked};
-    use shared::ticket::AuthSource;
+    use shared::control::{self, ControlMessage};
+    use shared::credential::AuthSource;
+    use shared::credential::{Revoked, mark_revoked};
     let Some((hash, _)) = revoke(&state.db, key_id, owner).await? else {
         return Ok(false);
     };
     state.api_keys.forget(hash).await;
     let source = AuthSource::ApiKey { key_id };
     let mut redis = state.redis.clone();
-    control::mark_revoked(&mut redis, &state.keys, &[Revoked::Source(source)]).await?;
+    mark_revoked(&mut redis, &state.keys, &[Revoked::Source(source)]).await?;
     control::broadcast(
         &mut redis,
         &state.keys,

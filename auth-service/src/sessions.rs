@@ -8,10 +8,11 @@
 use crate::accounts::User;
 use crate::error::Result;
 use crate::state::AppState;
-use shared::control::{self, ControlMessage, Revoked};
+use shared::control::{self, ControlMessage};
+use shared::credential::AuthSource;
+use shared::credential::{Revoked, mark_revoked};
 use shared::secret::{Secret, TokenHash, looks_like_token, random_token};
 use shared::session::{SessionRecord, cache_session, evict_sessions, touch_cached_session};
-use shared::ticket::AuthSource;
 use time::OffsetDateTime;
 use tower_cookies::cookie::{Cookie, SameSite};
 use uuid::Uuid;
@@ -205,7 +206,7 @@ async fn forget(state: &AppState, hashes: &[Vec<u8>], session_ids: &[Uuid]) -> R
         .map(|&session_id| AuthSource::Session { session_id })
         .collect();
     let markers: Vec<Revoked> = sources.iter().copied().map(Revoked::Source).collect();
-    control::mark_revoked(&mut redis, &state.keys, &markers).await?;
+    mark_revoked(&mut redis, &state.keys, &markers).await?;
     for source in sources {
         control::broadcast(
             &mut redis,

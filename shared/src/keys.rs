@@ -6,21 +6,21 @@
 //! (`{...}`), so the same code runs unchanged on Redis Cluster: a channel's live
 //! pub/sub name and its history stream both hash on `{<channel>}`.
 //!
-//! | name | type | written by | read by |
-//! |---|---|---|---|
-//! | `P:ticket:<sha256>` | string (JSON [`TicketClaims`](crate::ticket::TicketClaims)), TTL ≤ 30 s | auth-service | ws-node (`GETDEL`) |
-//! | `P:session:<sha256>` | string (JSON [`SessionRecord`](crate::session::SessionRecord)), TTL = idle timeout | auth-service | both |
-//! | `P:rl:<bucket>:<subject>` | counter with TTL (fixed window) | auth-service | auth-service |
-//! | `P:ch:{<channel>}:live` | pub/sub channel carrying ready-to-send frames | both | ws-node |
-//! | `P:ch:{<channel>}:hist` | stream: the channel's bounded history | both | ws-node |
-//! | `P:ch:{<channel>}:meta` | hash: the history's epoch and last offset | both | ws-node |
-//! | `P:ch:{<channel>}:idem:<key>` | string, TTL 10 min: an idempotency key already published | both | both |
-//! | `P:ch:{<channel>}:presence` | sorted set of present connections, scored by lease expiry | ws-node | ws-node |
-//! | `P:ch:{<channel>}:presence-idx` | the same members scored 0, searchable by user prefix | ws-node | ws-node |
-//! | `P:conn:<node>:<id>` | hash: a live connection's node, user, since, channels; TTL = lease | ws-node | auth-service |
-//! | `P:revoked:<kind>:<id>` | marker, TTL 30 days: this credential's tickets and sockets are void | auth-service | ws-node |
-//! | `P:user-conns:<user id>` | sorted set of live connections, scored by lease expiry | ws-node | ws-node |
-//! | `P:control` | pub/sub channel for revocations and disconnects | auth-service | ws-node |
+//! | name | type | format owned by | written by | read by |
+//! |---|---|---|---|---|
+//! | `P:ticket:<sha256>` | string (JSON [`TicketClaims`](crate::ticket::TicketClaims)), TTL ≤ 30 s | [`crate::ticket`] | auth-service | ws-node (`GETDEL`) |
+//! | `P:session:<sha256>` | string (JSON [`SessionRecord`](crate::session::SessionRecord)), TTL = idle timeout | [`crate::session`] | auth-service | both |
+//! | `P:rl:<bucket>:<subject>` | counter with TTL (fixed window) | auth-service's `rate_limit` | auth-service | auth-service |
+//! | `P:ch:{<channel>}:live` | pub/sub channel carrying ready-to-send frames | [`crate::channel::frame`] | both (publish), ws-node (presence) | ws-node |
+//! | `P:ch:{<channel>}:hist` | stream: the channel's bounded history | [`crate::channel`] | both | ws-node |
+//! | `P:ch:{<channel>}:meta` | hash: the history's epoch and last offset | [`crate::channel`] | both | ws-node |
+//! | `P:ch:{<channel>}:idem:<key>` | string, TTL 10 min: an idempotency key already published | [`crate::channel`] | both | both |
+//! | `P:ch:{<channel>}:presence` | sorted set of present connections, scored by lease expiry | ws-node's `presence` | ws-node | ws-node |
+//! | `P:ch:{<channel>}:presence-idx` | the same members scored 0, searchable by user prefix | ws-node's `presence` | ws-node | ws-node |
+//! | `P:conn:<node>:<id>` | hash: a live connection's node, user, since, channels; TTL = lease | [`crate::connections`] | ws-node | auth-service |
+//! | `P:user-conns:<user id>` | sorted set of live connections, scored by lease expiry | [`crate::connections`] | ws-node | both |
+//! | `P:revoked:<kind>:<id>` | marker, TTL 30 days: this credential's tickets and sockets are void | [`crate::credential`] | auth-service | ws-node |
+//! | `P:control` | pub/sub channel for revocations and disconnects | [`crate::control`] | auth-service | ws-node |
 
 use crate::channel::ChannelName;
 use crate::secret::TokenHash;

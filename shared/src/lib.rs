@@ -6,6 +6,7 @@
 //!
 //! * [`keys`]: the only place that formats a Redis key or pub/sub channel name.
 //! * [`secret`]: random tokens and their SHA-256 digests (what we store instead of secrets).
+//! * [`credential`]: which credential a session or ticket belongs to, and the revocation check.
 //! * [`ticket`]: the WebSocket ticket record, minting and the atomic single-use consume.
 //! * [`session`]: the session record cached in Redis for cookie handshakes.
 //! * [`scope`]: permission scopes carried by API keys and tickets.
@@ -22,6 +23,7 @@
 pub mod channel;
 pub mod connections;
 pub mod control;
+pub mod credential;
 pub mod http;
 pub mod keys;
 pub mod namespace;

@@ -7,6 +7,7 @@
 //! handshakes presenting one ticket, across any number of nodes, exactly one
 //! gets the claims.
 
+use crate::credential::{AuthSource, RevocationStatus};
 use crate::keys::RedisKeys;
 use crate::scope::Scopes;
 use crate::secret::{Secret, TokenHash, looks_like_token, random_token};
@@ -16,15 +17,6 @@ use uuid::Uuid;
 
 /// The longest ticket lifetime the system allows (DESIGN §5).
 pub const MAX_TICKET_TTL: Duration = Duration::from_secs(30);
-
-/// The credential a ticket was minted with; revoking it also voids its tickets
-/// and closes the sockets opened with them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AuthSource {
-    Session { session_id: Uuid },
-    ApiKey { key_id: Uuid },
-}
 
 /// What a consumed ticket proves about the connecting client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,33 +78,32 @@ pub fn ttl_millis(ttl: Duration) -> u64 {
         .max(1)
 }
 
-/// Consumes a ticket atomically: returns its claims the first time, `None` ever
-/// after (and for anything that is not a ticket at all, without asking Redis).
-/// A ticket whose credential or user was revoked after minting is consumed and
-/// refused.
+/// Consumes a ticket atomically and checks its credential: returns its
+/// claims the first time, `None` ever after (and for anything that is not a
+/// ticket at all, without asking Redis). A ticket whose credential or user was
+/// revoked after minting is consumed and refused.
 pub async fn consume_ticket(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,
     ticket: &str,
 ) -> Result<Option<TicketClaims>, TicketError> {
-    let Some(claims) = take_ticket(conn, keys, ticket).await? else {
+    let Some(taken) = take_ticket(conn, keys, ticket).await? else {
         return Ok(None);
     };
-    if crate::control::is_revoked(conn, keys, claims.source, claims.user_id).await? {
-        return Ok(None);
-    }
-    Ok(Some(claims))
+    let status = taken.revocation_check().ask(conn, keys).await?;
+    Ok(taken.verified(status))
 }
 
-/// The atomic half of [`consume_ticket`]: `GETDEL` of the hashed ticket. The
-/// caller **must** still check the revocation markers
-/// ([`crate::control::add_revocation_check`]); ws-node does so in the same
-/// pipeline as the rest of its admission, saving a round trip per handshake.
+/// The atomic half of [`consume_ticket`]: `GETDEL` of the hashed ticket. What
+/// it returns gives up its claims only against the answer to its
+/// [`RevocationCheck`](crate::credential::RevocationCheck), which a caller can
+/// put in a pipeline of its own (ws-node asks it in the same round trip as
+/// the rest of its admission).
 pub async fn take_ticket(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,
     ticket: &str,
-) -> Result<Option<TicketClaims>, TicketError> {
+) -> Result<Option<TakenTicket>, TicketError> {
     if !looks_like_token(ticket) {
         return Ok(None);
     }
@@ -120,7 +111,36 @@ pub async fn take_ticket(
         .arg(keys.ticket(&TokenHash::of(ticket)))
         .query_async(conn)
         .await?;
-    Ok(record.map(|r| serde_json::from_str(&r)).transpose()?)
+    Ok(record
+        .map(|r| serde_json::from_str(&r))
+        .transpose()?
+        .map(TakenTicket))
+}
+
+/// A ticket taken from Redis: genuine, unexpired and now used up, but its
+/// credential may have been revoked since it was minted.
+#[derive(Debug)]
+pub struct TakenTicket(TicketClaims);
+
+impl TakenTicket {
+    /// The claims, to decide on before the revocation check (origin binding,
+    /// scopes); not to act on.
+    pub fn unverified_claims(&self) -> &TicketClaims {
+        &self.0
+    }
+
+    /// What must be asked of Redis before the claims can be trusted.
+    pub fn revocation_check(&self) -> crate::credential::RevocationCheck {
+        crate::credential::RevocationCheck {
+            source: self.0.source,
+            user_id: self.0.user_id,
+        }
+    }
+
+    /// The claims, if the check found nothing revoked.
+    pub fn verified(self, status: RevocationStatus) -> Option<TicketClaims> {
+        (!status.is_revoked()).then_some(self.0)
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! bounded: a client that does not read fills it and is closed with 4008,
 //! while everyone else keeps receiving and memory stays flat.
 
-use crate::handshake;
+use crate::handshake::{self, Principal};
 use crate::hub::{ConnControl, ConnHandle, ConnId, Delivery};
 use crate::limits::{PendingSlot, TokenBucket};
 use crate::presence::{self, Membership};
@@ -16,10 +16,10 @@ use crate::state::NodeState;
 use crate::stream::Socket as WebSocket;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::value::RawValue;
-use shared::channel::{ChannelName, HistorySince, PublishError, StreamPosition, history_frame};
+use shared::channel::{ChannelName, HistorySince, PublishError, StreamPosition, frame};
+use shared::connections;
 use shared::namespace::{Access, NamespaceRule};
-use shared::scope::{Scope, Scopes};
-use shared::ticket::AuthSource;
+use shared::scope::Scope;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,18 +27,6 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use uuid::Uuid;
-
-/// Who is on the other end, as established at the handshake.
-#[derive(Clone, Debug)]
-pub struct Principal {
-    pub user_id: Uuid,
-    pub username: String,
-    pub source: AuthSource,
-    pub scopes: Scopes,
-    /// When the credential ends (a session's absolute expiry, unix seconds):
-    /// the socket closes with 4001 then.
-    pub expires_at: Option<u64>,
-}
 
 /// Deliveries written per flush at most (bounds one batch's latency).
 const MAX_BATCH: usize = 256;
@@ -58,7 +46,7 @@ pub async fn run_unauthenticated(
     tokio::pin!(deadline);
     let draining = NodeState::drained(node.draining.clone());
     tokio::pin!(draining);
-    let principal = loop {
+    let candidate = loop {
         tokio::select! {
             () = &mut deadline => {
                 return close_socket(&mut socket, close::AUTH_TIMEOUT, "no auth frame in time").await;
@@ -85,7 +73,7 @@ pub async fn run_unauthenticated(
                     _ => return close_socket(&mut socket, close::UNAUTHORIZED, "expected an auth frame").await,
                 };
                 match handshake::consume(&node, &ticket, origin.as_deref()).await {
-                    Ok(principal) => break principal,
+                    Ok(candidate) => break candidate,
                     Err(crate::error::Error::Unavailable(_)) => {
                         return close_socket(&mut socket, close::TRY_AGAIN_LATER, "redis unavailable").await;
                     }
@@ -98,8 +86,8 @@ pub async fn run_unauthenticated(
         }
     };
     drop(slot);
-    match handshake::admit(&node, &principal).await {
-        Ok(admitted) => run(node, socket, admitted.hand_over(), principal).await,
+    match handshake::admit(&node, candidate).await {
+        Ok((admitted, principal)) => run(node, socket, admitted.hand_over(), principal).await,
         Err(crate::error::Error::TooManyConnections) => {
             close_socket(
                 &mut socket,
@@ -207,23 +195,15 @@ impl Drop for Registration {
 /// If Redis cannot be reached they lapse with their lease.
 pub async fn forget_connection(node: NodeState, user_id: Uuid, name: String) {
     let mut redis = node.redis.clone();
-    let forgotten: redis::RedisResult<()> = redis::pipe()
-        .cmd("ZREM")
-        .arg(node.keys.user_connections(user_id))
-        .arg(&name)
-        .ignore()
-        .cmd("DEL")
-        .arg(node.keys.connection_info(&name))
-        .ignore()
-        .query_async(&mut redis)
-        .await;
-    if let Err(e) = forgotten {
+    let mut pipe = redis::pipe();
+    connections::add_removal(&mut pipe, &node.keys, user_id, &name);
+    if let Err(e) = pipe.query_async::<()>(&mut redis).await {
         tracing::debug!(error = %e, "could not clear a closed connection's entries; their leases will expire");
     }
 }
 
 /// Writes again the per-user slots and directory entries of live connections
-/// whose entries Redis lost (see [`crate::limits::renew_user_slots`]).
+/// whose entries Redis lost (see [`shared::connections::renew`]).
 pub async fn restore_connection_entries(node: &NodeState, lost: &[(ConnId, Uuid)]) {
     let ids: Vec<ConnId> = lost.iter().map(|(id, _)| *id).collect();
     let details = node.hub.connection_details(&ids);
@@ -237,7 +217,7 @@ pub async fn restore_connection_entries(node: &NodeState, lost: &[(ConnId, Uuid)
         let name = node.connection_name(*id);
         let mut channels: Vec<&str> = channels.iter().map(String::as_str).collect();
         channels.sort_unstable();
-        crate::limits::add_slot(&mut pipe, &node.keys, *user_id, &name, lease);
+        connections::add_slot(&mut pipe, &node.keys, *user_id, &name, lease);
         add_directory_entry(&mut pipe, node, &name, *user_id, *connected_at, &channels);
     }
     let mut redis = node.redis.clone();
@@ -250,8 +230,8 @@ pub async fn restore_connection_entries(node: &NodeState, lost: &[(ConnId, Uuid)
     }
 }
 
-/// Adds the `HSET` + `PEXPIRE` that write a connection's directory entry (what
-/// the control API lists) to `pipe`; no replies.
+/// Adds the writing of a connection's directory entry (what the control API
+/// lists), leased, to `pipe`; no replies.
 pub fn add_directory_entry(
     pipe: &mut redis::Pipeline,
     node: &NodeState,
@@ -260,23 +240,14 @@ pub fn add_directory_entry(
     connected_at: u64,
     channels: &[&str],
 ) {
-    let key = node.keys.connection_info(name);
-    let lease_ms = u64::try_from(node.config.connection_lease().as_millis()).unwrap_or(u64::MAX);
-    pipe.cmd("HSET")
-        .arg(&key)
-        .arg("node")
-        .arg(&*node.node_id)
-        .arg("user_id")
-        .arg(user_id.to_string())
-        .arg("connected_at")
-        .arg(connected_at)
-        .arg("channels")
-        .arg(serde_json::to_string(channels).unwrap_or_default())
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&key)
-        .arg(lease_ms)
-        .ignore();
+    let entry = connections::DirectoryEntry {
+        connection: name,
+        node: &node.node_id,
+        user_id,
+        connected_at,
+        channels,
+    };
+    connections::add_directory_entry(pipe, &node.keys, &entry, node.config.connection_lease());
 }
 
 struct Connection {
@@ -759,7 +730,7 @@ impl Connection {
                 epoch: replay.epoch.clone(),
                 offset: *offset,
             };
-            frames.push(history_frame(&replay.channel, &at, data));
+            frames.push(frame::message(&replay.channel, Some(&at), data));
             replay.sent = *offset;
         }
         if replay.sent < replay.until && !frames.is_empty() {

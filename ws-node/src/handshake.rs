@@ -14,7 +14,7 @@
 //! Everything that can be refused is refused before the upgrade, with a JSON
 //! body. If Redis cannot be asked, the answer is 503: the node fails closed.
 
-use crate::connection::{self, Principal};
+use crate::connection;
 use crate::error::Error;
 use crate::hub::ConnId;
 use crate::limits::{PendingRefusal, PendingSlot};
@@ -23,12 +23,16 @@ use crate::stream::{ClientStream, Socket};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
+use shared::credential::AuthSource;
+use shared::credential::{RevocationCheck, RevocationStatus};
 use shared::scope::{Scope, Scopes};
 use shared::secret::TokenHash;
-use shared::ticket::{AuthSource, TicketClaims};
+use shared::session::SessionRecord;
+use shared::ticket::{TakenTicket, TicketClaims};
 use std::net::{IpAddr, SocketAddr};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use uuid::Uuid;
 
 /// The subprotocol prefix that carries a ticket.
 pub const TICKET_PROTOCOL_PREFIX: &str = "ticket.";
@@ -340,8 +344,8 @@ async fn decide(node: &NodeState, request: UpgradeRequest) -> Result<Accepted, E
     };
 
     if let Some(ticket) = request.protocol_ticket {
-        let principal = consume(node, &ticket, origin.as_deref()).await?;
-        let admitted = admit(node, &principal).await?;
+        let candidate = consume(node, &ticket, origin.as_deref()).await?;
+        let (admitted, principal) = admit(node, candidate).await?;
         let echoed = format!("{TICKET_PROTOCOL_PREFIX}{ticket}");
         return Ok(accepted(
             Some(echoed),
@@ -351,15 +355,15 @@ async fn decide(node: &NodeState, request: UpgradeRequest) -> Result<Accepted, E
             },
         ));
     }
-    let principal = if let Some(ticket) = &request.query_ticket {
+    let candidate = if let Some(ticket) = &request.query_ticket {
         Some(consume(node, ticket, origin.as_deref()).await?)
     } else if let Some(cookie) = &request.session_cookie {
-        Some(session_principal(node, cookie, origin.as_deref()).await?)
+        Some(session_candidate(node, cookie, origin.as_deref()).await?)
     } else {
         None
     };
-    if let Some(principal) = principal {
-        let admitted = admit(node, &principal).await?;
+    if let Some(candidate) = candidate {
+        let (admitted, principal) = admit(node, candidate).await?;
         return Ok(accepted(
             None,
             Then::Serve {
@@ -444,81 +448,149 @@ impl Drop for Admitted {
     }
 }
 
-/// The last checks before a principal gets a socket, in one Redis round trip:
-/// the credential has not been revoked since the ticket was minted, and the user
-/// is under the cluster-wide connection cap. It also registers the connection
-/// (per-user slot, directory entry); a refusal undoes that, and so does
-/// dropping the answer (or this future, mid-way) unserved.
-pub(crate) async fn admit(node: &NodeState, principal: &Principal) -> Result<Admitted, Error> {
+/// Who is on the other end, as established at the handshake: genuine
+/// credentials that passed the revocation check. Only [`admit`] makes one.
+// The private field keeps construction in this module, after the check;
+// `#[non_exhaustive]` would only keep it inside the crate.
+#[allow(clippy::manual_non_exhaustive)]
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub username: String,
+    pub source: AuthSource,
+    pub scopes: Scopes,
+    /// When the credential ends (a session's absolute expiry, unix seconds):
+    /// the socket closes with 4001 then.
+    pub expires_at: Option<u64>,
+    /// Keeps construction here, after the check.
+    _checked: (),
+}
+
+/// A client that presented a genuine credential (a ticket just consumed, or
+/// a session found in the cache), which may still have been revoked: only
+/// [`admit`] turns it into a [`Principal`], with the revocation check in the
+/// same round trip as the rest of the admission.
+pub(crate) enum Candidate {
+    Ticket(TakenTicket),
+    Session(SessionRecord),
+}
+
+impl Candidate {
+    fn user_id(&self) -> Uuid {
+        self.revocation_check().user_id
+    }
+
+    fn revocation_check(&self) -> RevocationCheck {
+        match self {
+            Self::Ticket(ticket) => ticket.revocation_check(),
+            Self::Session(session) => RevocationCheck {
+                source: AuthSource::Session {
+                    session_id: session.session_id,
+                },
+                user_id: session.user_id,
+            },
+        }
+    }
+
+    /// The principal, unless the check found the credential revoked.
+    fn checked(self, status: RevocationStatus) -> Option<Principal> {
+        match self {
+            Self::Ticket(ticket) => ticket.verified(status).map(|claims| Principal {
+                user_id: claims.user_id,
+                username: claims.username,
+                source: claims.source,
+                scopes: claims.scopes,
+                expires_at: claims.credential_expires_at,
+                _checked: (),
+            }),
+            Self::Session(session) => (!status.is_revoked()).then(|| Principal {
+                user_id: session.user_id,
+                username: session.username,
+                source: AuthSource::Session {
+                    session_id: session.session_id,
+                },
+                scopes: Scopes::NONE.with(Scope::Connect).with(Scope::Publish),
+                expires_at: Some(session.expires_at),
+                _checked: (),
+            }),
+        }
+    }
+}
+
+/// The last checks before a candidate gets a socket, in one Redis round
+/// trip: the credential has not been revoked since the ticket was minted (or
+/// the session cached), and the user is under the cluster-wide connection
+/// cap. It also registers the connection (per-user slot, directory entry); a
+/// refusal undoes that, and so does dropping the answer (or this future,
+/// mid-way) unserved.
+pub(crate) async fn admit(
+    node: &NodeState,
+    candidate: Candidate,
+) -> Result<(Admitted, Principal), Error> {
     let id = node.new_connection_id();
     let name = node.connection_name(id);
+    let user_id = candidate.user_id();
     // Armed before the round trip: should this future be dropped while Redis
     // answers, the guard still removes what the pipeline wrote.
     let admitted = Admitted {
         node: node.clone(),
         id,
-        user_id: principal.user_id,
+        user_id,
         settled: false,
     };
     let lease = node.config.connection_lease();
     let mut pipe = redis::pipe();
-    shared::control::add_revocation_check(
-        &mut pipe,
-        &node.keys,
-        principal.source,
-        principal.user_id,
-    );
-    crate::limits::add_slot_acquisition(&mut pipe, &node.keys, principal.user_id, &name, lease);
-    let own_channel = shared::channel::ChannelName::for_user(principal.user_id);
+    candidate.revocation_check().add_to(&mut pipe, &node.keys);
+    shared::connections::add_slot_acquisition(&mut pipe, &node.keys, user_id, &name, lease);
+    let own_channel = shared::channel::ChannelName::for_user(user_id);
     connection::add_directory_entry(
         &mut pipe,
         node,
         &name,
-        principal.user_id,
+        user_id,
         shared::unix_now(),
         &[own_channel.as_str()],
     );
     let mut redis = node.redis.clone();
     let (revoked, disabled, connections): (bool, bool, u64) = pipe.query_async(&mut redis).await?;
-    let refusal = if revoked || disabled {
-        Some(Error::InvalidTicket)
-    } else if connections > u64::from(node.config.max_connections_per_user) {
-        Some(Error::TooManyConnections)
-    } else {
-        None
-    };
-    if let Some(refusal) = refusal {
+    let Some(principal) = candidate.checked(RevocationCheck::read(revoked, disabled)) else {
         admitted.release().await;
-        return Err(refusal);
+        return Err(Error::InvalidTicket);
+    };
+    if connections > u64::from(node.config.max_connections_per_user) {
+        admitted.release().await;
+        return Err(Error::TooManyConnections);
     }
-    Ok(admitted)
+    Ok((admitted, principal))
 }
 
 /// Consumes a ticket (atomically, once across all nodes) and checks its binding.
-pub async fn consume(
+pub(crate) async fn consume(
     node: &NodeState,
     ticket: &str,
     origin: Option<&str>,
-) -> Result<Principal, Error> {
+) -> Result<Candidate, Error> {
     let mut redis = node.redis.clone();
     // Only the atomic take here: the revocation check rides in `admit`'s round trip.
-    let principal = shared::ticket::take_ticket(&mut redis, &node.keys, ticket)
+    let candidate = shared::ticket::take_ticket(&mut redis, &node.keys, ticket)
         .await
         .map_err(|e| match e {
             shared::ticket::TicketError::Redis(e) => Error::Unavailable(e),
             shared::ticket::TicketError::Corrupt(_) => Error::InvalidTicket,
         })
-        .and_then(|claims| claims.ok_or(Error::InvalidTicket))
-        .and_then(|claims| principal_from_ticket(claims, origin));
-    let outcome = match &principal {
+        .and_then(|taken| taken.ok_or(Error::InvalidTicket))
+        .and_then(|taken| check_binding(taken.unverified_claims(), origin).map(|()| taken))
+        .map(Candidate::Ticket);
+    let outcome = match &candidate {
         Ok(_) => "consumed",
         Err(e) => e.code(),
     };
     metrics::counter!(crate::telemetry::TICKETS, "outcome" => outcome).increment(1);
-    principal
+    candidate
 }
 
-fn principal_from_ticket(claims: TicketClaims, origin: Option<&str>) -> Result<Principal, Error> {
+/// Whether a ticket may open a socket from `origin`.
+fn check_binding(claims: &TicketClaims, origin: Option<&str>) -> Result<(), Error> {
     // A ticket minted with a cookie carries the minting page's origin; only
     // that origin may use it (a stolen ticket is useless to another site). One
     // minted with a cookie but without an Origin (not a browser: curl, a
@@ -531,20 +603,14 @@ fn principal_from_ticket(claims: TicketClaims, origin: Option<&str>) -> Result<P
     if !claims.scopes.contains(Scope::Connect) {
         return Err(Error::InsufficientScope);
     }
-    Ok(Principal {
-        user_id: claims.user_id,
-        username: claims.username,
-        source: claims.source,
-        scopes: claims.scopes,
-        expires_at: claims.credential_expires_at,
-    })
+    Ok(())
 }
 
-async fn session_principal(
+async fn session_candidate(
     node: &NodeState,
     cookie: &str,
     origin: Option<&str>,
-) -> Result<Principal, Error> {
+) -> Result<Candidate, Error> {
     match origin {
         Some(o) if node.origins.allows(o) => {}
         _ => return Err(Error::OriginNotAllowed),
@@ -557,15 +623,7 @@ async fn session_principal(
         shared::session::read_cached_session(&mut redis, &node.keys, &TokenHash::of(cookie))
             .await?
             .ok_or(Error::InvalidSession)?;
-    Ok(Principal {
-        user_id: session.user_id,
-        username: session.username,
-        source: AuthSource::Session {
-            session_id: session.session_id,
-        },
-        scopes: Scopes::NONE.with(Scope::Connect).with(Scope::Publish),
-        expires_at: Some(session.expires_at),
-    })
+    Ok(Candidate::Session(session))
 }
 
 /// The value of the first `ticket` query parameter.
@@ -667,13 +725,13 @@ mod tests {
             issued_at: 0,
             credential_expires_at: None,
         };
-        assert!(principal_from_ticket(claims.clone(), Some("https://app.example")).is_ok());
+        assert!(check_binding(&claims, Some("https://app.example")).is_ok());
         assert!(matches!(
-            principal_from_ticket(claims.clone(), Some("https://evil.example")),
+            check_binding(&claims, Some("https://evil.example")),
             Err(Error::OriginMismatch)
         ));
         assert!(matches!(
-            principal_from_ticket(claims.clone(), None),
+            check_binding(&claims, None),
             Err(Error::OriginMismatch)
         ));
         // Minted with the cookie but no Origin (curl): usable without one only.
@@ -682,10 +740,10 @@ mod tests {
             ..claims.clone()
         };
         assert!(matches!(
-            principal_from_ticket(originless.clone(), Some("https://anywhere.example")),
+            check_binding(&originless, Some("https://anywhere.example")),
             Err(Error::OriginMismatch)
         ));
-        assert!(principal_from_ticket(originless, None).is_ok());
+        assert!(check_binding(&originless, None).is_ok());
         // An API key's ticket is not bound to an origin.
         let from_key = TicketClaims {
             origin: None,
@@ -694,6 +752,6 @@ mod tests {
             },
             ..claims
         };
-        assert!(principal_from_ticket(from_key, Some("https://anywhere.example")).is_ok());
+        assert!(check_binding(&from_key, Some("https://anywhere.example")).is_ok());
     }
 }

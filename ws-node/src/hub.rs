@@ -10,7 +10,7 @@
 
 use crate::subscriber::SubscriberCommand;
 use shared::channel::ChannelName;
-use shared::ticket::AuthSource;
+use shared::credential::AuthSource;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -227,13 +227,13 @@ async fn revalidate_connections(state: NodeState) {
         let mut redis = state.redis.clone();
         let mut failed = false;
         for chunk in sources.chunks(500) {
-            match shared::control::revoked_among_sources(&mut redis, &state.keys, chunk).await {
+            match shared::credential::revoked_among_sources(&mut redis, &state.keys, chunk).await {
                 Ok(revoked) => revoked_sources.extend(revoked),
                 Err(_) => failed = true,
             }
         }
         for chunk in users.chunks(500) {
-            match shared::control::revoked_among_users(&mut redis, &state.keys, chunk).await {
+            match shared::credential::revoked_among_users(&mut redis, &state.keys, chunk).await {
                 Ok(revoked) => revoked_users.extend(revoked),
                 Err(_) => failed = true,
             }
@@ -290,7 +290,7 @@ async fn renew_connection_leases(state: NodeState) {
             .collect();
         let memberships = state.presence_memberships();
         let mut redis = state.redis.clone();
-        match limits::renew_user_slots(&mut redis, &state.keys, &connections, lease).await {
+        match shared::connections::renew(&mut redis, &state.keys, &connections, lease).await {
             Ok(lost) if !lost.is_empty() => {
                 let lost: Vec<_> = lost.into_iter().map(|i| users[i]).collect();
                 connection::restore_connection_entries(&state, &lost).await;

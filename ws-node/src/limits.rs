@@ -1,12 +1,9 @@
 //! Per-connection and per-user limits.
 
-use redis::aio::ConnectionManager;
-use shared::keys::RedisKeys;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use uuid::Uuid;
+use std::time::Instant;
 
 /// A token bucket: `rate` frames per second sustained, `burst` at once.
 pub struct TokenBucket {
@@ -113,101 +110,6 @@ impl Drop for PendingSlot {
         }
         metrics::gauge!(crate::telemetry::PENDING_AUTH).decrement(1.0);
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Adds a connection to its user's cluster-wide connection set (its entry
-/// lapses after `lease` unless renewed, so a dead node's entries free
-/// themselves), dropping lapsed entries first. One reply: how many live
-/// connections the user has now, this one included; over the cap, the caller
-/// refuses and releases the place. Add-then-count needs no script, so it shares
-/// the handshake's single round trip; two racing handshakes at the cap may both
-/// be refused, never both admitted.
-pub fn add_slot_acquisition(
-    pipe: &mut redis::Pipeline,
-    keys: &RedisKeys,
-    user_id: Uuid,
-    member: &str,
-    lease: Duration,
-) {
-    let key = keys.user_connections(user_id);
-    pipe.cmd("ZREMRANGEBYSCORE")
-        .arg(&key)
-        .arg("-inf")
-        .arg(now_ms())
-        .ignore();
-    add_slot(pipe, keys, user_id, member, lease);
-    pipe.cmd("ZCARD").arg(&key);
-}
-
-/// Extends the leases of live connections and their directory entries (one
-/// pipeline per thousand). Returns the indices into `members` whose slot or
-/// directory entry was gone (Redis lost its data, or was away longer than a
-/// lease): the caller writes those again, so the per-user cap and the
-/// directory heal instead of silently under-counting.
-pub async fn renew_user_slots(
-    redis: &mut ConnectionManager,
-    keys: &RedisKeys,
-    members: &[(Uuid, String)],
-    lease: Duration,
-) -> redis::RedisResult<Vec<usize>> {
-    let expires = now_ms() + millis(lease);
-    let mut missing = Vec::new();
-    for (chunk_index, chunk) in members.chunks(1000).enumerate() {
-        let mut pipe = redis::pipe();
-        for (user_id, member) in chunk {
-            let key = keys.user_connections(*user_id);
-            // XX: never re-create the slot of a connection that closed after
-            // the caller's snapshot; CH: the reply says whether it existed.
-            pipe.cmd("ZADD")
-                .arg(&key)
-                .arg("XX")
-                .arg("CH")
-                .arg(expires)
-                .arg(member);
-            pipe.cmd("PEXPIRE").arg(&key).arg(millis(lease)).ignore();
-            pipe.cmd("PEXPIRE")
-                .arg(keys.connection_info(member))
-                .arg(millis(lease));
-        }
-        let replies: Vec<i64> = pipe.query_async(redis).await?;
-        for (i, pair) in replies.chunks(2).enumerate() {
-            if pair.contains(&0) {
-                missing.push(chunk_index * 1000 + i);
-            }
-        }
-    }
-    Ok(missing)
-}
-
-/// Writes a live connection's per-user slot, leased for `lease` (also to
-/// re-create it after Redis lost it); no replies.
-pub fn add_slot(
-    pipe: &mut redis::Pipeline,
-    keys: &RedisKeys,
-    user_id: Uuid,
-    member: &str,
-    lease: Duration,
-) {
-    let key = keys.user_connections(user_id);
-    pipe.cmd("ZADD")
-        .arg(&key)
-        .arg(now_ms() + millis(lease))
-        .arg(member)
-        .ignore()
-        .cmd("PEXPIRE")
-        .arg(&key)
-        .arg(millis(lease))
-        .ignore();
 }
 
 #[cfg(test)]

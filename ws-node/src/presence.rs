@@ -11,6 +11,7 @@
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 use shared::channel::ChannelName;
+use shared::channel::frame::{self, PRESENCE_FRAME_LUA, PresenceEvent};
 use shared::keys::RedisKeys;
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -75,7 +76,7 @@ return removed
 /// Removes lapsed members; publishes `leave` for users left with none.
 static SWEEP: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
-        r#"{HAS_LIVE}
+        r#"{HAS_LIVE}{PRESENCE_FRAME_LUA}
 local now = tonumber(ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 local users = {{}}
@@ -87,8 +88,7 @@ for _, m in ipairs(expired) do
 end
 for id, name in pairs(users) do
   if not has_live(id .. '|', now) then
-    redis.call('PUBLISH', KEYS[3], '{{"type":"leave","channel":' .. ARGV[2] ..
-      ',"user":{{"id":"' .. id .. '","username":"' .. name .. '"}}}}')
+    redis.call('PUBLISH', KEYS[3], presence_frame('leave', ARGV[2], id, name))
   end
 end
 return #expired
@@ -128,22 +128,12 @@ impl Membership {
     }
 }
 
-#[derive(Serialize)]
-struct UserRef<'a> {
-    id: &'a str,
-    username: &'a str,
-}
-
-fn event_frame(kind: &str, membership: &Membership) -> String {
+/// The `join` or `leave` frame of `membership`'s user.
+fn event_frame(event: PresenceEvent, membership: &Membership) -> String {
     let mut parts = membership.member.splitn(3, '|');
     let id = parts.next().unwrap_or_default();
     let username = parts.next().unwrap_or_default();
-    serde_json::json!({
-        "type": kind,
-        "channel": membership.channel.as_str(),
-        "user": UserRef { id, username },
-    })
-    .to_string()
+    frame::presence(event, &membership.channel, id, username)
 }
 
 /// Enters the channel; announces `join` if the user was not there yet.
@@ -162,7 +152,7 @@ pub async fn join(
         .arg(&membership.member)
         .arg(now + millis(lease))
         .arg(millis(lease) * 2)
-        .arg(event_frame("join", membership))
+        .arg(event_frame(PresenceEvent::Join, membership))
         .invoke_async::<i64>(redis)
         .await
         .map(|_| ())
@@ -181,7 +171,7 @@ pub async fn leave(
         .arg(membership.user_prefix())
         .arg(now_ms())
         .arg(&membership.member)
-        .arg(event_frame("leave", membership))
+        .arg(event_frame(PresenceEvent::Leave, membership))
         .invoke_async::<i64>(redis)
         .await
         .map(|_| ())
@@ -243,7 +233,7 @@ pub async fn sweep(
         .key(keys.channel_presence_index(channel))
         .key(keys.channel_live(channel))
         .arg(now_ms())
-        .arg(serde_json::to_string(channel.as_str()).unwrap_or_default())
+        .arg(frame::channel_json(channel))
         .invoke_async(redis)
         .await
 }
@@ -306,10 +296,56 @@ mod tests {
         assert_eq!(m.member, format!("{user}|ann|node-a:7"));
         assert_eq!(m.user_prefix(), format!("{user}|"));
         let event: serde_json::Value =
-            serde_json::from_str(&event_frame("join", &m)).expect("json");
+            serde_json::from_str(&event_frame(PresenceEvent::Join, &m)).expect("json");
         assert_eq!(
             event,
             serde_json::json!({"type":"join","channel":"public:a","user":{"id":user.to_string(),"username":"ann"}})
+        );
+    }
+
+    /// The sweep's `leave`, written in Lua, is the frame the Rust writer
+    /// makes for a leave (so clients cannot tell who announced it).
+    #[tokio::test]
+    async fn a_swept_leave_is_the_rust_leave_frame() {
+        use futures_util::StreamExt as _;
+        let url = testkit::shared_redis_url();
+        let keys = RedisKeys::new(&testkit::unique_prefix()).expect("prefix");
+        let channel: ChannelName = "public:sweep".parse().expect("channel");
+        let user = Uuid::new_v4();
+        let membership = Membership::new(channel.clone(), user, "ann.b-c_d", "node-x:1");
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+        pubsub
+            .subscribe(keys.channel_live(&channel))
+            .await
+            .expect("subscribe");
+        let mut messages = pubsub.on_message();
+        let mut redis = shared::redis_conn::connect(&url).await.expect("redis");
+        // Lapsed after the lease; the keys themselves live twice as long.
+        join(&mut redis, &keys, &membership, Duration::from_millis(300))
+            .await
+            .expect("join");
+        let mut next_frame = async || -> String {
+            let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                .await
+                .expect("a frame in time")
+                .expect("subscribed");
+            message.get_payload().expect("a string payload")
+        };
+        assert_eq!(
+            next_frame().await,
+            event_frame(PresenceEvent::Join, &membership)
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(sweep(&mut redis, &keys, &channel).await.expect("sweep"), 1);
+        assert_eq!(
+            next_frame().await,
+            frame::presence(
+                PresenceEvent::Leave,
+                &channel,
+                &user.to_string(),
+                "ann.b-c_d"
+            )
         );
     }
 }

@@ -24,7 +24,7 @@ use crate::protocol::close;
 use futures_util::StreamExt as _;
 use redis::aio::ConnectionManager;
 use redis::aio::{PubSubSink, PubSubStream};
-use shared::channel::{ChannelName, StreamPosition, history_frame};
+use shared::channel::{ChannelName, StreamPosition, frame};
 use shared::control::ControlMessage;
 use shared::keys::RedisKeys;
 use shared::namespace::Namespaces;
@@ -270,7 +270,7 @@ impl Subscriber {
             };
             let channel = channel.to_owned();
             metrics::counter!(crate::telemetry::MESSAGES_RECEIVED).increment(1);
-            let Some(position) = frame_position(&frame) else {
+            let Some(position) = frame::position(&frame) else {
                 // No history position: a message of a channel without history, or a presence event.
                 self.deliver(&channel, None, &frame);
                 return;
@@ -401,7 +401,7 @@ impl Subscriber {
                     epoch: epoch.clone(),
                     offset: *offset,
                 };
-                let frame = history_frame(&name, &position, data);
+                let frame = frame::message(&name, Some(&position), data);
                 self.deliver(channel, Some(*offset), &Utf8Bytes::from(frame));
                 last = *offset;
             }
@@ -568,30 +568,10 @@ fn timeout_error(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "timed out", what.to_owned()))
 }
 
-/// The epoch and offset of a history-bearing message frame. The frame's layout
-/// is ours (`shared::channel`): channel names and epochs contain no quotes, so
-/// fields found before the first `"data":` are the header's (anything after it
-/// is the payload).
-pub fn frame_position(frame: &str) -> Option<StreamPosition> {
-    let header = &frame[..frame.find("\"data\":")?];
-    let epoch_start = header.find("\"epoch\":\"")? + "\"epoch\":\"".len();
-    let epoch_len = header[epoch_start..].find('"')?;
-    let offset_start = header.find("\"offset\":")? + "\"offset\":".len();
-    let digits = &header[offset_start..];
-    let end = digits
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(digits.len());
-    Some(StreamPosition {
-        epoch: header[epoch_start..epoch_start + epoch_len].to_owned(),
-        offset: digits[..end].parse().ok()?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hub::{ConnControl, ConnHandle};
-    use shared::channel::StreamPosition;
 
     /// A subscriber and its hub on the machine's Redis, under a prefix of its own.
     async fn subscriber() -> (Subscriber, mpsc::UnboundedSender<SubscriberCommand>) {
@@ -635,7 +615,7 @@ mod tests {
             tx,
             control: Arc::new(ConnControl::new(
                 uuid::Uuid::new_v4(),
-                shared::ticket::AuthSource::ApiKey {
+                shared::credential::AuthSource::ApiKey {
                     key_id: uuid::Uuid::new_v4(),
                 },
             )),
@@ -655,33 +635,6 @@ mod tests {
         assert!(
             matches!(joined, Ok(Ok(Ok(())))),
             "the waiting join was not served: {joined:?}"
-        );
-    }
-
-    #[test]
-    fn reads_positions_from_frames() {
-        assert_eq!(
-            frame_position(
-                r#"{"type":"message","channel":"public:a","epoch":"ab","offset":42,"data":{"offset":1}}"#
-            ),
-            Some(StreamPosition {
-                epoch: "ab".into(),
-                offset: 42
-            })
-        );
-        assert_eq!(
-            frame_position(r#"{"type":"message","channel":"public:a","data":{}}"#),
-            None
-        );
-        assert_eq!(
-            frame_position(
-                r#"{"type":"message","channel":"public:a","data":{"epoch":"x","offset":1}}"#
-            ),
-            None
-        );
-        assert_eq!(
-            frame_position(r#"{"type":"join","channel":"public:a","user":{}}"#),
-            None
         );
     }
 }

@@ -13,9 +13,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
+use shared::credential::AuthSource;
 use shared::keys::RateBucket;
 use shared::scope::{Scope, Scopes};
-use shared::ticket::{AuthSource, TicketClaims, add_ticket, add_ticket_removal};
+use shared::ticket::{TicketClaims, add_ticket, add_ticket_removal};
 use std::time::Duration;
 use utoipa::ToSchema;
 

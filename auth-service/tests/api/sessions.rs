@@ -175,7 +175,7 @@ async fn logout_is_announced_to_ws_nodes_on_the_control_channel() {
     assert_eq!(
         control,
         shared::control::ControlMessage::CredentialRevoked {
-            source: shared::ticket::AuthSource::Session { session_id }
+            source: shared::credential::AuthSource::Session { session_id }
         }
     );
 }

@@ -1,8 +1,8 @@
 use crate::helpers::*;
 use reqwest::StatusCode;
 use serde_json::Value;
+use shared::credential::AuthSource;
 use shared::scope::{Scope, Scopes};
-use shared::ticket::AuthSource;
 use std::time::Duration;
 
 #[tokio::test]

@@ -248,11 +248,11 @@ async fn revalidation_closes_a_socket_whose_revocation_announcement_was_lost() {
         .expect("id");
     // Revoke the way auth-service does, minus the control message (as if it was lost).
     let mut redis = stack.auth.redis.clone();
-    shared::control::mark_revoked(
+    shared::credential::mark_revoked(
         &mut redis,
         &stack.auth.keys,
-        &[shared::control::Revoked::Source(
-            shared::ticket::AuthSource::ApiKey { key_id },
+        &[shared::credential::Revoked::Source(
+            shared::credential::AuthSource::ApiKey { key_id },
         )],
     )
     .await
