@@ -151,10 +151,12 @@ impl RedisKeys {
 
     /// The inverse of [`channel_live`](Self::channel_live), for a subscriber that
     /// receives a message and must find out which channel it belongs to.
-    pub fn channel_from_live<'a>(&self, live: &'a str) -> Option<&'a str> {
+    pub fn channel_from_live(&self, live: &str) -> Option<ChannelName> {
         live.strip_prefix(&*self.prefix)?
             .strip_prefix(":ch:{")?
-            .strip_suffix("}:live")
+            .strip_suffix("}:live")?
+            .parse()
+            .ok()
     }
 
     /// Marks a credential (`session`, `api_key`) or `user` as revoked.
@@ -197,7 +199,7 @@ mod tests {
         assert_eq!(keys.channel_meta(&channel), "p:ch:{public:lobby}:meta");
         assert_eq!(
             keys.channel_from_live("p:ch:{public:lobby}:live"),
-            Some("public:lobby")
+            Some(channel)
         );
         assert_eq!(keys.channel_from_live("q:ch:{public:lobby}:live"), None);
     }

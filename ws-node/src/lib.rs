@@ -1,35 +1,35 @@
 //! ws-node: accepts authenticated WebSockets and joins them to a Redis-backed
 //! broadcast, so that any number of nodes behind a load balancer behave as one.
 //!
-//! * [`handshake`]: ticket / cookie / first-message authentication, refused before the upgrade.
-//! * [`connection`]: one task per socket: protocol, batching, limits, heartbeat.
-//! * [`hub`]: local channel membership and fan-out.
-//! * [`subscriber`]: the one Redis subscriber connection, with reconnection.
-//! * [`server`]: the accept loop and the upgrade of a connection's first request.
-//! * [`stream`]: the bytes under a WebSocket, however it was upgraded.
-//! * [`telemetry`]: every metric the node exports.
+//! The folders follow a socket's life:
+//!
+//! * [`transport`]: accepting connections, the first request (`GET /ws`,
+//!   upgraded by hand), operations endpoints, the bytes under a socket.
+//! * [`handshake`]: who may connect: tickets, session cookies, first-message
+//!   auth, the revocation check and the per-user cap, before the upgrade.
+//! * [`session`]: one task per socket: the protocol's requests, replay from
+//!   history, batching, limits, heartbeat.
+//! * [`cluster`]: what the node shares with the others through Redis: the
+//!   subscription and fan-out, gap filling, presence, the connection registry.
+//! * [`protocol`]: the wire format (docs/PROTOCOL.md), with its errors and
+//!   close reasons.
 //!
 //! ws-node talks to Redis only, never to Postgres: the handshake path is a
 //! couple of Redis round trips.
 
+pub mod cluster;
 pub mod config;
-pub mod connection;
 pub mod error;
 pub mod handshake;
-pub mod hub;
-pub mod limits;
-pub mod presence;
 pub mod protocol;
-pub mod routes;
-pub mod server;
+pub mod session;
 pub mod state;
-pub mod stream;
-pub mod subscriber;
 pub mod telemetry;
+pub mod transport;
 
 use anyhow::Context as _;
+use cluster::hub::Hub;
 use config::Config;
-use hub::Hub;
 use state::NodeState;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -46,7 +46,7 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     state: NodeState,
     draining: watch::Sender<bool>,
-    subscriber: subscriber::Subscriber,
+    subscriber: cluster::subscriber::Subscriber,
     flush_tick: watch::Sender<u64>,
 }
 
@@ -73,7 +73,7 @@ impl Application {
         let (tick_tx, tick_rx) = watch::channel(0u64);
         let node_id: Arc<str> = config.node_id().into();
         let namespaces = Arc::new(config.namespaces()?);
-        let subscriber = subscriber::Subscriber {
+        let subscriber = cluster::subscriber::Subscriber {
             client: shared::redis_conn::client(&config.redis_url)?,
             redis: redis.clone(),
             keys: keys.clone(),
@@ -90,7 +90,7 @@ impl Application {
             redis,
             hub,
             namespaces,
-            coalescing: Arc::new(state::Coalescing::new(tick_rx)),
+            coalescing: Arc::new(cluster::coalescing::Coalescing::new(tick_rx)),
             presence: Arc::default(),
             cleanups: Arc::default(),
             origins: Arc::new(config.origin_allowlist()?),
@@ -145,18 +145,29 @@ impl Application {
         } = self;
         let addr = listener.local_addr()?;
         let subscriber_task = tokio::spawn(subscriber.run());
-        let maintenance = tokio::spawn(renew_connection_leases(state.clone()));
-        let coalescing = tokio::spawn(drive_write_coalescing(state.clone(), flush_tick));
-        let revalidation = tokio::spawn(revalidate_connections(state.clone()));
-        let router = routes::router(state.clone());
+        let maintenance = tokio::spawn(cluster::registry::renew_leases(state.clone()));
+        let coalescing = tokio::spawn(cluster::coalescing::drive(
+            state.hub.clone(),
+            state.coalescing.clone(),
+            state.config.write_coalesce_ms,
+            state.config.write_coalesce_above,
+            flush_tick,
+        ));
+        let revalidation =
+            tokio::spawn(cluster::revalidation::revalidate_connections(state.clone()));
+        let router = transport::http::router(state.clone());
         let metrics_server = metrics_listener.map(|listener| {
             tokio::spawn(shared::http::serve_side_listener(
                 listener,
-                routes::metrics_only(state.clone()),
+                transport::http::metrics_only(state.clone()),
                 crate::telemetry::ACCEPT_ERRORS,
             ))
         });
-        let accept = tokio::spawn(server::accept_loop(listener, state.clone(), router));
+        let accept = tokio::spawn(transport::server::accept_loop(
+            listener,
+            state.clone(),
+            router,
+        ));
         tracing::info!(%addr, node = %state.node_id, "ws-node listening");
 
         shutdown.await;
@@ -194,127 +205,5 @@ impl Application {
         }
         tracing::info!(elapsed = ?started.elapsed(), "ws-node stopped");
         Ok(())
-    }
-}
-
-/// Re-checks every local socket's credential against the revocation markers,
-/// catching a revocation whose announcement on the control channel was lost.
-/// Node-wide and deduplicated: one pipeline per round for all distinct
-/// credentials and users, instead of a Redis round trip per socket. If Redis
-/// cannot answer, nothing is closed: Redis blinking is no reason to drop clients.
-async fn revalidate_connections(state: NodeState) {
-    use std::collections::HashSet;
-    let mut tick = tokio::time::interval(state.config.revalidate_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let connections = state.hub.connection_credentials();
-        let sources: Vec<_> = connections
-            .iter()
-            .map(|(_, s, _)| *s)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let users: Vec<_> = connections
-            .iter()
-            .map(|(_, _, u)| *u)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut revoked_sources = HashSet::new();
-        let mut revoked_users = HashSet::new();
-        let mut redis = state.redis.clone();
-        let mut failed = false;
-        for chunk in sources.chunks(500) {
-            match shared::credential::revoked_among_sources(&mut redis, &state.keys, chunk).await {
-                Ok(revoked) => revoked_sources.extend(revoked),
-                Err(_) => failed = true,
-            }
-        }
-        for chunk in users.chunks(500) {
-            match shared::credential::revoked_among_users(&mut redis, &state.keys, chunk).await {
-                Ok(revoked) => revoked_users.extend(revoked),
-                Err(_) => failed = true,
-            }
-        }
-        if failed {
-            tracing::debug!("re-validation could not reach Redis; will try next round");
-        }
-        for (id, source, user) in connections {
-            if revoked_sources.contains(&source) || revoked_users.contains(&user) {
-                metrics::counter!(crate::telemetry::REVALIDATION_CLOSES).increment(1);
-                state.hub.close_connection(id, protocol::close::FORBIDDEN);
-            }
-        }
-    }
-}
-
-/// Measures the node's delivery rate every tick, turns write coalescing on or
-/// off, and ticks (always: a connection that saw it on must not wait forever).
-async fn drive_write_coalescing(state: NodeState, tick: watch::Sender<u64>) {
-    let period_ms = state.config.write_coalesce_ms;
-    if period_ms == 0 {
-        return;
-    }
-    let period = Duration::from_millis(period_ms);
-    let threshold = state.config.write_coalesce_above.saturating_mul(period_ms) / 1000;
-    let mut interval = tokio::time::interval(period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Deliveries per tick, smoothed over ~20 ticks: fan-out comes in bursts (a
-    // message to N members at once), and one burst must not flip the mode.
-    let mut per_tick = 0.0_f64;
-    loop {
-        interval.tick().await;
-        let delivered = state.hub.take_delivered() as f64;
-        per_tick += (delivered - per_tick) * 0.05;
-        state.coalescing.set(per_tick > threshold as f64);
-        tick.send_modify(|n| *n = n.wrapping_add(1));
-    }
-}
-
-/// Keeps this node's cluster-wide entries alive (per-user slots, directory
-/// entries, presence) and sweeps lapsed presence in the channels it serves, so
-/// a node that died leaves no zombies: its entries lapse within one lease and
-/// the survivors announce the `leave`s.
-async fn renew_connection_leases(state: NodeState) {
-    let lease = state.config.connection_lease();
-    let mut tick = tokio::time::interval(lease / 3);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let users = state.hub.connection_users();
-        let connections: Vec<_> = users
-            .iter()
-            .map(|(id, user_id)| (*user_id, state.connection_name(*id)))
-            .collect();
-        let memberships = state.presence_memberships();
-        let mut redis = state.redis.clone();
-        match shared::connections::renew(&mut redis, &state.keys, &connections, lease).await {
-            Ok(lost) if !lost.is_empty() => {
-                let lost: Vec<_> = lost.into_iter().map(|i| users[i]).collect();
-                connection::restore_connection_entries(&state, &lost).await;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not renew connection leases"),
-        }
-        match presence::renew(&mut redis, &state.keys, &memberships, lease).await {
-            Ok(lost) => {
-                for membership in lost.iter().filter(|m| state.has_presence(m)) {
-                    if let Err(e) = presence::join(&mut redis, &state.keys, membership, lease).await
-                    {
-                        tracing::warn!(error = %e, "could not restore presence");
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not renew presence"),
-        }
-        let channels: std::collections::BTreeSet<_> =
-            memberships.into_iter().map(|m| m.channel).collect();
-        for channel in channels {
-            if let Err(e) = presence::sweep(&mut redis, &state.keys, &channel).await {
-                tracing::warn!(error = %e, "could not sweep presence");
-            }
-        }
     }
 }

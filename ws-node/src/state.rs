@@ -1,9 +1,9 @@
 //! What the handshake handler and every connection task can reach.
 
+use crate::cluster::hub::Hub;
+use crate::cluster::presence::Membership;
 use crate::config::Config;
-use crate::hub::Hub;
-use crate::limits::PendingAuth;
-use crate::presence::Membership;
+use crate::handshake::pending::PendingAuth;
 use redis::aio::ConnectionManager;
 use shared::keys::RedisKeys;
 use shared::namespace::Namespaces;
@@ -49,42 +49,13 @@ pub struct NodeStateInner {
     pub draining: watch::Receiver<bool>,
     pub next_connection: Arc<AtomicU64>,
     /// Write coalescing under heavy fan-out.
-    pub coalescing: Arc<Coalescing>,
+    pub coalescing: Arc<crate::cluster::coalescing::Coalescing>,
     /// This node's presence memberships, renewed and swept periodically.
     pub presence: Arc<Mutex<HashSet<Membership>>>,
     /// Closed connections whose cluster-wide traces are still being removed;
     /// the drain waits for them, so a restart leaves no stale slot or presence.
     pub cleanups: Arc<Cleanups>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-}
-
-/// Adaptive write coalescing. Writing each message to each socket as it
-/// arrives costs one syscall per delivery; under heavy fan-out that, not the
-/// data, is what saturates the CPU. So when the node delivers more than a
-/// threshold per second, connections write on a shared tick every few
-/// milliseconds instead, each flushing everything queued in one write. Under
-/// light load writes stay immediate, so latency is untouched where it can be.
-pub struct Coalescing {
-    on: std::sync::atomic::AtomicBool,
-    /// Bumped on every tick; connections wait for the next bump.
-    pub tick: watch::Receiver<u64>,
-}
-
-impl Coalescing {
-    pub fn new(tick: watch::Receiver<u64>) -> Self {
-        Self {
-            on: std::sync::atomic::AtomicBool::new(false),
-            tick,
-        }
-    }
-
-    pub fn is_on(&self) -> bool {
-        self.on.load(Ordering::Relaxed)
-    }
-
-    pub fn set(&self, on: bool) {
-        self.on.store(on, Ordering::Relaxed);
-    }
 }
 
 /// Counts background cleanups in flight.

@@ -255,7 +255,7 @@ async fn fan_out_latency_is_measured_on_a_sample_of_messages() {
         response.expect("scrape").text().await.expect("text")
     };
     let before = sampled(&scrape().await);
-    let messages = 2 * ws_node::hub::FANOUT_SAMPLE_EVERY;
+    let messages = 2 * ws_node::cluster::hub::FANOUT_SAMPLE_EVERY;
     for n in 0..messages {
         stack
             .server_publish(&key, "broadcast:latency", json!(n))

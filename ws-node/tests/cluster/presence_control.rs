@@ -175,7 +175,7 @@ async fn the_control_api_lists_and_disconnects_connections_across_nodes() {
 #[tokio::test]
 async fn presence_of_a_user_with_thousands_of_connections_stays_cheap_and_exact() {
     use futures_util::StreamExt as _;
-    use ws_node::presence::{self, Membership};
+    use ws_node::cluster::presence::{self, Membership};
     let server = testkit::RedisServer::start();
     let mut redis = shared::redis_conn::connect(&server.url())
         .await

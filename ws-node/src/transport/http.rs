@@ -1,19 +1,23 @@
-//! ws-node's HTTP surface: the WebSocket endpoint and operations endpoints.
+//! ws-node's HTTP surface as hyper and axum serve it: operations endpoints,
+//! and `GET /ws` when it is not a connection's first request.
 
-use crate::error::error_response;
+use super::stream::ClientStream;
+use crate::error::{Error, error_response};
+use crate::handshake::{self, UpgradeRequest};
 use crate::state::NodeState;
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
+use std::net::SocketAddr;
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 pub fn router(state: NodeState) -> Router {
     let mut router = Router::new()
-        .route("/ws", get(crate::handshake::upgrade))
+        .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if state.config.metrics_listen.is_none() {
@@ -103,4 +107,49 @@ async fn metrics(State(node): State<NodeState>) -> Response {
         node.metrics.render(),
     )
         .into_response()
+}
+
+/// `GET /ws` when hyper read the request: a later request on a kept-alive
+/// connection (proxies reuse theirs), or one that [`super::server`] left to
+/// hyper. The common case, a connection's first request, never gets here.
+async fn upgrade(
+    State(node): State<NodeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    let on_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let request = UpgradeRequest::new(
+        peer,
+        parts.method == Method::GET && parts.version == Version::HTTP_11 && on_upgrade.is_some(),
+        parts.uri.query(),
+        parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes())),
+        node.config.cookie_name(),
+    );
+    let accepted = match handshake::authenticate(&node, request).await {
+        Ok(accepted) => accepted,
+        Err(e) => return e.into_response(),
+    };
+    // Never `None` here: an upgrade without it is not a WebSocket request.
+    let Some(on_upgrade) = on_upgrade else {
+        return Error::NotWebSocket.into_response();
+    };
+    let response = match accepted.response() {
+        Ok(response) => response,
+        Err(e) => return e.into_response(),
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let opened = accepted.open(ClientStream::upgraded(upgraded)).await;
+                super::server::serve_opened(opened).await;
+            }
+            // Dropping `accepted` releases the admission.
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    response
 }

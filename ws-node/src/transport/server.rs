@@ -13,10 +13,10 @@
 //! hyper with the bytes read so far, and from there to the axum router, which
 //! also upgrades `GET /ws` when it comes later on a kept-alive connection.
 
-use crate::connection;
+use super::stream::ClientStream;
 use crate::handshake::{self, Opened, UpgradeRequest};
+use crate::session;
 use crate::state::NodeState;
-use crate::stream::ClientStream;
 use axum::Router;
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
@@ -65,9 +65,10 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: NodeState, 
     // The task's future lives as long as the connection, so it is kept to
     // little more than the socket's own: the handshake (its futures, hyper's
     // connection state) is boxed and gone once the socket is open, the
-    // socket's fields are passed straight on (`Opened::serve` would keep a
-    // second copy of them), and the rarer unauthenticated wait is boxed too.
-    // Inline, these cost ~2 KiB per idle socket.
+    // socket's fields are passed straight on (an async fn taking the
+    // `Opened`, like `serve_opened`, keeps a second copy of them for as long
+    // as it runs), and the rarer unauthenticated wait is boxed too. Inline,
+    // these cost about 2 KiB per idle socket.
     let Some(opened) = Box::pin(handshake(stream, peer, node, router)).await else {
         return;
     };
@@ -77,13 +78,46 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: NodeState, 
             socket,
             id,
             principal,
-        } => connection::run(node, socket, id, principal).await,
+        } => session::run(node, socket, id, principal).await,
         Opened::AwaitingAuth {
             node,
             socket,
             origin,
             slot,
-        } => Box::pin(connection::run_unauthenticated(node, socket, origin, slot)).await,
+        } => {
+            let authenticated = Box::pin(handshake::first_message::authenticate(
+                &node, socket, origin, slot,
+            ))
+            .await;
+            if let Some((socket, id, principal)) = authenticated {
+                session::run(node, socket, id, principal).await;
+            }
+        }
+    }
+}
+
+/// Serves a socket hyper upgraded (rare: see [`super::http`]), as
+/// `serve_connection` serves the others.
+pub async fn serve_opened(opened: Opened) {
+    match opened {
+        Opened::Authenticated {
+            node,
+            socket,
+            id,
+            principal,
+        } => session::run(node, socket, id, principal).await,
+        Opened::AwaitingAuth {
+            node,
+            socket,
+            origin,
+            slot,
+        } => {
+            let authenticated =
+                handshake::first_message::authenticate(&node, socket, origin, slot).await;
+            if let Some((socket, id, principal)) = authenticated {
+                session::run(node, socket, id, principal).await;
+            }
+        }
     }
 }
 

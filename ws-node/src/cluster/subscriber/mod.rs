@@ -19,16 +19,18 @@
 //! never a silent gap. Duplicates (a message both replayed and live) are
 //! dropped by offset.
 
-use crate::hub::Hub;
-use crate::protocol::close;
+mod gaps;
+
+use crate::cluster::hub::{Hub, SubscriberCommand};
+use crate::protocol::CloseReason;
 use futures_util::StreamExt as _;
 use redis::aio::ConnectionManager;
 use redis::aio::{PubSubSink, PubSubStream};
-use shared::channel::{ChannelName, StreamPosition, frame};
+use shared::channel::{ChannelName, frame};
 use shared::control::ControlMessage;
 use shared::keys::RedisKeys;
 use shared::namespace::Namespaces;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -43,12 +45,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// second of messages that must then come from (bounded) history.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-#[derive(Debug)]
-pub enum SubscriberCommand {
-    Subscribe { channel: String, generation: u64 },
-    Unsubscribe { channel: String },
-}
-
 pub struct Subscriber {
     pub client: redis::Client,
     /// For history reads (gap filling); separate from the subscriber connection.
@@ -61,25 +57,8 @@ pub struct Subscriber {
     /// True while the subscription is live; `/readyz` reports it.
     pub ready: watch::Sender<bool>,
     /// Per history channel: the position of the last message dispatched.
-    pub cursors: HashMap<String, Cursor>,
+    pub cursors: HashMap<ChannelName, gaps::Cursor>,
 }
-
-/// Where a channel's dispatch stands. `epoch: None` means the channel had no
-/// history when the node subscribed (any epoch that appears is new to us).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Cursor {
-    pub epoch: Option<String>,
-    pub offset: u64,
-}
-
-/// The most messages replayed to fill one gap; a larger gap is reported as not recovered.
-const MAX_GAP_FILL: u64 = 10_000;
-/// Replayed messages are queued to members this many at a time, each batch
-/// once every member has room for it (see [`Hub::wait_for_room`]).
-const REPLAY_BATCH: usize = 256;
-/// How long, in all, one gap's replay waits for members to make room before
-/// treating those still without room as slow consumers.
-const REPLAY_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Subscriber {
     /// Runs until the process ends: connect, serve, and on loss reconnect.
@@ -123,7 +102,10 @@ impl Subscriber {
         let (mut sink, stream) = pubsub.split();
         let channels = self.hub.channels();
         self.prepare_cursors(&channels).await?;
-        let mut names: Vec<String> = channels.iter().map(|(c, _)| self.live_name(c)).collect();
+        let mut names: Vec<String> = channels
+            .iter()
+            .map(|(c, _)| self.keys.channel_live(c))
+            .collect();
         names.push(self.keys.control());
         for chunk in names.chunks(1000) {
             tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(chunk))
@@ -220,14 +202,14 @@ impl Subscriber {
                 .iter()
                 .map(|c| match c {
                     SubscriberCommand::Subscribe { channel, .. }
-                    | SubscriberCommand::Unsubscribe { channel } => self.live_name(channel),
+                    | SubscriberCommand::Unsubscribe { channel } => self.keys.channel_live(channel),
                 })
                 .collect();
             if subscribing {
-                let channels: Vec<&str> = run
+                let channels: Vec<&ChannelName> = run
                     .iter()
                     .filter_map(|c| match c {
-                        SubscriberCommand::Subscribe { channel, .. } => Some(channel.as_str()),
+                        SubscriberCommand::Subscribe { channel, .. } => Some(channel),
                         SubscriberCommand::Unsubscribe { .. } => None,
                     })
                     .collect();
@@ -265,10 +247,9 @@ impl Subscriber {
             let Ok(frame) =
                 Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(message.get_payload_bytes()))
             else {
-                tracing::warn!(channel, "dropping a message that is not UTF-8");
+                tracing::warn!(%channel, "dropping a message that is not UTF-8");
                 return;
             };
-            let channel = channel.to_owned();
             metrics::counter!(crate::telemetry::MESSAGES_RECEIVED).increment(1);
             let Some(position) = frame::position(&frame) else {
                 // No history position: a message of a channel without history, or a presence event.
@@ -281,7 +262,7 @@ impl Subscriber {
             self.deliver(&channel, Some(position.offset), &frame);
             self.cursors.insert(
                 channel,
-                Cursor {
+                gaps::Cursor {
                     epoch: Some(position.epoch),
                     offset: position.offset,
                 },
@@ -291,238 +272,9 @@ impl Subscriber {
         }
     }
 
-    fn deliver(&self, channel: &str, offset: Option<u64>, frame: &Utf8Bytes) {
+    fn deliver(&self, channel: &ChannelName, offset: Option<u64>, frame: &Utf8Bytes) {
         let delivered = self.hub.dispatch(channel, offset, frame);
         metrics::counter!(crate::telemetry::DELIVERIES).increment(delivered as u64);
-    }
-
-    /// Decides whether a live history message is dispatched, first filling any
-    /// gap before it from history. `false`: a duplicate, already dispatched.
-    async fn admit(&mut self, channel: &str, position: &StreamPosition) -> bool {
-        let Some(cursor) = self.cursors.get(channel).cloned() else {
-            return true;
-        };
-        match cursor.epoch.as_deref() {
-            Some(epoch) if epoch == position.epoch => {
-                if position.offset <= cursor.offset {
-                    metrics::counter!(crate::telemetry::DUPLICATES_DROPPED).increment(1);
-                    return false;
-                }
-                if position.offset > cursor.offset + 1 {
-                    self.fill_live_gap(channel, position).await;
-                }
-                true
-            }
-            // The channel had no history when we subscribed: this epoch is its first.
-            None => {
-                if position.offset > 1 {
-                    self.fill_live_gap(channel, position).await;
-                }
-                true
-            }
-            // A new epoch while we listened: Redis lost the history (flush, failover).
-            Some(_) => {
-                self.announce_unrecoverable(channel, "new epoch");
-                true
-            }
-        }
-    }
-
-    /// Dispatches, from history, what came after the channel's cursor (and
-    /// before `until`, the live message that revealed the gap, if any), a page
-    /// at a time, moving the cursor along: memory holds one page, and a read
-    /// error midway leaves the cursor after the last page dispatched, so a
-    /// retry neither repeats nor skips. A gap history cannot cover is
-    /// announced to the channel's members.
-    async fn fill_gap(
-        &mut self,
-        channel: &str,
-        until: Option<&StreamPosition>,
-    ) -> redis::RedisResult<()> {
-        let Ok(name) = channel.parse::<ChannelName>() else {
-            return Ok(());
-        };
-        let page_size = REPLAY_BATCH as u64;
-        let mut after_id: Option<String> = None;
-        // Pacing never holds the node (this task serves every channel) for
-        // more than REPLAY_PATIENCE per gap: members still cramped then are
-        // slow consumers, and queuing to them closes them (4008).
-        let mut patience = REPLAY_PATIENCE;
-        loop {
-            let Some(cursor) = self.cursors.get(channel).cloned() else {
-                return Ok(());
-            };
-            let history = shared::channel::history_page(
-                &mut self.redis,
-                &self.keys,
-                &name,
-                cursor.offset,
-                MAX_GAP_FILL,
-                page_size,
-                after_id.as_deref(),
-            )
-            .await?;
-            let Some(epoch) = history.epoch.clone() else {
-                // No history at all now. If there was some before, it is lost.
-                if cursor.epoch.is_some() {
-                    self.announce_unrecoverable(channel, "the channel's history is gone");
-                }
-                self.cursors.insert(channel.to_owned(), Cursor::default());
-                return Ok(());
-            };
-            let same_epoch = cursor.epoch.as_deref().is_none_or(|e| e == epoch);
-            if !same_epoch || !history.covers_page(&epoch, cursor.offset, page_size) {
-                let reason = if same_epoch { "trimmed" } else { "new epoch" };
-                self.announce_unrecoverable(channel, reason);
-                self.cursors.insert(
-                    channel.to_owned(),
-                    Cursor {
-                        epoch: Some(epoch),
-                        offset: history.offset,
-                    },
-                );
-                return Ok(());
-            }
-            if !history.messages.is_empty() && !patience.is_zero() {
-                let started = tokio::time::Instant::now();
-                self.hub
-                    .wait_for_room(channel, REPLAY_BATCH, patience)
-                    .await;
-                patience = patience.saturating_sub(started.elapsed());
-            }
-            let mut last = cursor.offset;
-            let mut reached_until = false;
-            for (offset, data) in &history.messages {
-                if until.is_some_and(|u| *offset >= u.offset) {
-                    reached_until = true;
-                    break;
-                }
-                let position = StreamPosition {
-                    epoch: epoch.clone(),
-                    offset: *offset,
-                };
-                let frame = frame::message(&name, Some(&position), data);
-                self.deliver(channel, Some(*offset), &Utf8Bytes::from(frame));
-                last = *offset;
-            }
-            self.cursors.insert(
-                channel.to_owned(),
-                Cursor {
-                    epoch: Some(epoch),
-                    offset: last,
-                },
-            );
-            if reached_until || history.messages.is_empty() || last >= history.offset {
-                metrics::counter!(crate::telemetry::GAP_FILLS).increment(1);
-                return Ok(());
-            }
-            after_id = history.last_id;
-        }
-    }
-
-    /// Fills a gap revealed by a live message. A failed history read is
-    /// retried briefly (the command connection may just be reconnecting); if
-    /// history stays unreadable the members are told rather than left unaware.
-    async fn fill_live_gap(&mut self, channel: &str, until: &StreamPosition) {
-        let mut attempt = 0;
-        loop {
-            match self.fill_gap(channel, Some(until)).await {
-                Ok(()) => return,
-                Err(e) if attempt < 3 => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, channel, attempt, "retrying a history read");
-                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, channel, "could not read history to fill a gap");
-                    self.announce_unrecoverable(channel, "history unreadable");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Tells a channel's local members that messages may be missing.
-    fn announce_unrecoverable(&self, channel: &str, reason: &str) {
-        tracing::warn!(
-            channel,
-            reason,
-            "history cannot fill a gap; telling the channel's members"
-        );
-        metrics::counter!(crate::telemetry::UNRECOVERABLE_GAPS).increment(1);
-        let frame = crate::protocol::recovery_lost(channel);
-        self.hub.dispatch_reset(channel, &Utf8Bytes::from(frame));
-    }
-
-    /// Records where each newly subscribed history channel stands, *before*
-    /// subscribing: whatever is published between this read and the
-    /// subscription shows up as a gap and is filled from history.
-    async fn start_cursors(&mut self, channels: &[&str]) -> redis::RedisResult<()> {
-        let names: Vec<ChannelName> = channels
-            .iter()
-            .filter(|c| !self.cursors.contains_key(**c))
-            .filter_map(|c| c.parse::<ChannelName>().ok())
-            .filter(|c| {
-                self.namespaces
-                    .rule_for(c)
-                    .is_some_and(|r| r.history.is_some())
-            })
-            .collect();
-        if names.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for name in &names {
-            pipe.cmd("HMGET")
-                .arg(self.keys.channel_meta(name))
-                .arg("epoch")
-                .arg("seq");
-        }
-        let metas: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut self.redis).await?;
-        for (name, (epoch, seq)) in names.into_iter().zip(metas) {
-            self.cursors.insert(
-                name.as_str().to_owned(),
-                Cursor {
-                    epoch,
-                    offset: seq.unwrap_or(0),
-                },
-            );
-        }
-        Ok(())
-    }
-
-    /// Before (re)subscribing: forget channels nobody here listens to any
-    /// more and start cursors for channels new to the subscriber.
-    async fn prepare_cursors(&mut self, channels: &[(String, u64)]) -> redis::RedisResult<()> {
-        let live: Vec<&str> = channels.iter().map(|(c, _)| c.as_str()).collect();
-        let members: HashSet<&str> = live.iter().copied().collect();
-        self.cursors
-            .retain(|channel, _| members.contains(channel.as_str()));
-        self.start_cursors(&live).await
-    }
-
-    /// After (re)subscribing: replays, per channel, what was published since
-    /// its cursor. A read error aborts; the caller reconnects (with backoff)
-    /// and tries again, and the cursors make the retry resume where this left.
-    async fn replay_missed(&mut self) -> redis::RedisResult<()> {
-        let cursors: Vec<(String, u64)> = self
-            .cursors
-            .iter()
-            .map(|(c, k)| (c.clone(), k.offset))
-            .collect();
-        let mut replayed = 0;
-        for (channel, before) in cursors {
-            self.fill_gap(&channel, None).await?;
-            let after = self.cursors.get(&channel).map_or(before, |c| c.offset);
-            replayed += after.saturating_sub(before);
-        }
-        if replayed > 0 {
-            tracing::info!(
-                replayed,
-                "replayed messages missed while the subscription was down"
-            );
-        }
-        Ok(())
     }
 
     fn on_control(&self, payload: &[u8]) {
@@ -533,16 +285,16 @@ impl Subscriber {
         let closed = match message {
             ControlMessage::CredentialRevoked { source } => self
                 .hub
-                .close_where(close::FORBIDDEN, |c| c.source == source),
+                .close_where(CloseReason::Revoked, |c| c.source == source),
             ControlMessage::UserDisabled { user_id }
             | ControlMessage::DisconnectUser { user_id } => self
                 .hub
-                .close_where(close::FORBIDDEN, |c| c.user_id == user_id),
+                .close_where(CloseReason::Revoked, |c| c.user_id == user_id),
             ControlMessage::DisconnectConnection { connection_id } => {
                 match connection_id.rsplit_once(':') {
                     Some((node, id)) if node == &*self.node_id => id
                         .parse()
-                        .map_or(0, |id| self.hub.close_connection(id, close::FORBIDDEN)),
+                        .map_or(0, |id| self.hub.close_connection(id, CloseReason::Revoked)),
                     _ => 0,
                 }
             }
@@ -554,14 +306,6 @@ impl Subscriber {
             );
         }
     }
-
-    fn live_name(&self, channel: &str) -> String {
-        match channel.parse() {
-            Ok(name) => self.keys.channel_live(&name),
-            // Hub channels are parsed names; this is unreachable, and harmless if not.
-            Err(_) => format!("{}:invalid", self.keys.prefix()),
-        }
-    }
 }
 
 fn timeout_error(what: &'static str) -> redis::RedisError {
@@ -571,7 +315,7 @@ fn timeout_error(what: &'static str) -> redis::RedisError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{ConnControl, ConnHandle};
+    use crate::cluster::hub::{ConnControl, ConnHandle};
 
     /// A subscriber and its hub on the machine's Redis, under a prefix of its own.
     async fn subscriber() -> (Subscriber, mpsc::UnboundedSender<SubscriberCommand>) {
@@ -599,7 +343,9 @@ mod tests {
     async fn reconnecting_serves_waiting_joins_and_drops_stale_commands() {
         let (mut subscriber, commands_tx) = subscriber().await;
         for generation in 0..10_000 {
-            let channel = format!("public:gone-{generation}");
+            let channel: ChannelName = format!("public:gone-{generation}")
+                .parse()
+                .expect("channel");
             let subscribe = SubscriberCommand::Subscribe {
                 channel: channel.clone(),
                 generation,
@@ -624,7 +370,8 @@ mod tests {
         let channel: ChannelName = "public:waiting".parse().expect("channel");
         let join = tokio::spawn(async move { hub.join(&channel, &member).await });
         // The join has queued its SUBSCRIBE behind the stale commands.
-        while !subscriber.hub.has_channel("public:waiting") {
+        let waiting: ChannelName = "public:waiting".parse().expect("channel");
+        while !subscriber.hub.has_channel(&waiting) {
             tokio::task::yield_now().await;
         }
 

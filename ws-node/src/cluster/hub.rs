@@ -3,16 +3,18 @@
 //!
 //! Membership is reference-counted per channel: the first local member makes
 //! the node SUBSCRIBE to the channel in Redis, the last one leaving makes it
-//! UNSUBSCRIBE ([`crate::subscriber`] carries the commands out, in order). A
+//! UNSUBSCRIBE (the [`subscriber`](super::subscriber) carries the
+//! [`SubscriberCommand`]s out, in order). A
 //! message is serialised once (it arrives as the finished client frame) and the
 //! same bytes are queued to every member, without waiting: a member whose queue
 //! is full is too slow and is closed with 4008, and nobody else waits for it.
 
-use crate::subscriber::SubscriberCommand;
+use crate::protocol::CloseReason;
+use indexmap::IndexMap;
 use shared::channel::ChannelName;
 use shared::credential::AuthSource;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
@@ -30,7 +32,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// N connections costs N reference-count increments and idle queues stay small.
 #[derive(Debug)]
 pub struct Delivery {
-    pub channel: Arc<str>,
+    pub channel: ChannelName,
     /// The message's history offset, when its channel keeps history.
     pub offset: Option<u64>,
     pub frame: Utf8Bytes,
@@ -48,7 +50,20 @@ pub struct Delivery {
 /// path of fan-out.
 pub const FANOUT_SAMPLE_EVERY: u64 = 16;
 
-/// What other tasks may ask of a connection: close it, with a code.
+/// What the hub asks of the subscriber, which carries it out in Redis.
+#[derive(Debug)]
+pub enum SubscriberCommand {
+    /// The channel's first local member joined: subscribe, and mark the
+    /// entry of this generation subscribed once Redis confirms.
+    Subscribe {
+        channel: ChannelName,
+        generation: u64,
+    },
+    /// The channel's last local member left.
+    Unsubscribe { channel: ChannelName },
+}
+
+/// What other tasks may ask of a connection: close it, for a reason.
 #[derive(Debug)]
 pub struct ConnControl {
     pub user_id: Uuid,
@@ -56,7 +71,8 @@ pub struct ConnControl {
     pub connected_at: u64,
     /// The credential the connection was opened with (revoking it closes the connection).
     pub source: AuthSource,
-    close_code: AtomicU16,
+    /// The requested [`CloseReason`] as its `u8`; 0 while none is.
+    close: AtomicU8,
     notify: Notify,
 }
 
@@ -66,35 +82,32 @@ impl ConnControl {
             user_id,
             connected_at: shared::unix_now(),
             source,
-            close_code: AtomicU16::new(0),
+            close: AtomicU8::new(0),
             notify: Notify::new(),
         }
     }
 
-    /// Asks the connection to close with `code`; the first request wins.
-    pub fn close(&self, code: u16) {
+    /// Asks the connection to close for `reason`; the first request wins.
+    pub fn close(&self, reason: CloseReason) {
         if self
-            .close_code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .close
+            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
             self.notify.notify_one();
         }
     }
 
-    /// The close code requested so far, if any.
-    pub fn requested_close(&self) -> Option<u16> {
-        match self.close_code.load(Ordering::Acquire) {
-            0 => None,
-            code => Some(code),
-        }
+    /// The close requested so far, if any.
+    pub fn requested_close(&self) -> Option<CloseReason> {
+        CloseReason::from_u8(self.close.load(Ordering::Acquire))
     }
 
     /// Resolves once a close has been requested.
-    pub async fn closed(&self) -> u16 {
+    pub async fn closed(&self) -> CloseReason {
         loop {
-            if let Some(code) = self.requested_close() {
-                return code;
+            if let Some(reason) = self.requested_close() {
+                return reason;
             }
             self.notify.notified().await;
         }
@@ -118,41 +131,11 @@ struct ChannelEntry {
     subscribed: watch::Sender<bool>,
 }
 
-/// A channel's local members: a vector (fast to iterate on every message) with
-/// an index by connection id, so joining and leaving cost O(1) even for
-/// channels with tens of thousands of members.
-#[derive(Default)]
-struct Members {
-    list: Vec<ConnHandle>,
-    position: HashMap<ConnId, usize>,
-}
-
-impl Members {
-    fn insert(&mut self, conn: &ConnHandle) {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.position.entry(conn.id) {
-            slot.insert(self.list.len());
-            self.list.push(conn.clone());
-        }
-    }
-
-    fn remove(&mut self, id: ConnId) {
-        let Some(index) = self.position.remove(&id) else {
-            return;
-        };
-        self.list.swap_remove(index);
-        if let Some(moved) = self.list.get(index) {
-            self.position.insert(moved.id, index);
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &ConnHandle> {
-        self.list.iter()
-    }
-}
+/// A channel's local members, in an `IndexMap`: a dense vector to iterate on
+/// every message, with an index by connection id, so joining and leaving
+/// (`swap_remove`) cost O(1) even for channels with tens of thousands of
+/// members.
+type Members = IndexMap<ConnId, ConnHandle>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -165,7 +148,7 @@ pub struct Hub {
     delivered: AtomicU64,
     /// Messages dispatched, to pick which are timed ([`FANOUT_SAMPLE_EVERY`]).
     dispatched: AtomicU64,
-    channels: RwLock<HashMap<String, ChannelEntry>>,
+    channels: RwLock<HashMap<ChannelName, ChannelEntry>>,
     connections: RwLock<HashMap<ConnId, ConnHandle>>,
     commands: mpsc::UnboundedSender<SubscriberCommand>,
     next_generation: AtomicU64,
@@ -224,8 +207,8 @@ impl Hub {
 
     /// For each of `ids` still connected: when it connected and the channels
     /// it is a member of (one pass over the channels; a rare, repair-only path).
-    pub fn connection_details(&self, ids: &[ConnId]) -> HashMap<ConnId, (u64, Vec<String>)> {
-        let mut details: HashMap<ConnId, (u64, Vec<String>)> = {
+    pub fn connection_details(&self, ids: &[ConnId]) -> HashMap<ConnId, (u64, Vec<ChannelName>)> {
+        let mut details: HashMap<ConnId, (u64, Vec<ChannelName>)> = {
             let connections = read(&self.connections);
             ids.iter()
                 .filter_map(|id| {
@@ -235,8 +218,8 @@ impl Hub {
                 .collect()
         };
         for (name, entry) in read(&self.channels).iter() {
-            for member in entry.members.iter() {
-                if let Some((_, channels)) = details.get_mut(&member.id) {
+            for id in entry.members.keys() {
+                if let Some((_, channels)) = details.get_mut(id) {
                     channels.push(name.clone());
                 }
             }
@@ -254,49 +237,47 @@ impl Hub {
     pub async fn join(&self, channel: &ChannelName, conn: &ConnHandle) -> Result<(), JoinError> {
         let mut subscribed = {
             let mut channels = write(&self.channels);
-            let entry = channels
-                .entry(channel.as_str().to_owned())
-                .or_insert_with(|| {
-                    let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.commands.send(SubscriberCommand::Subscribe {
-                        channel: channel.as_str().to_owned(),
-                        generation,
-                    });
-                    ChannelEntry {
-                        members: Members::default(),
-                        generation,
-                        subscribed: watch::channel(false).0,
-                    }
+            let entry = channels.entry(channel.clone()).or_insert_with(|| {
+                let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                let _ = self.commands.send(SubscriberCommand::Subscribe {
+                    channel: channel.clone(),
+                    generation,
                 });
-            entry.members.insert(conn);
+                ChannelEntry {
+                    members: Members::default(),
+                    generation,
+                    subscribed: watch::channel(false).0,
+                }
+            });
+            entry.members.entry(conn.id).or_insert_with(|| conn.clone());
             entry.subscribed.subscribe()
         };
         match tokio::time::timeout(JOIN_TIMEOUT, subscribed.wait_for(|s| *s)).await {
             Ok(Ok(_)) => Ok(()),
             _ => {
-                self.leave(channel.as_str(), conn.id);
+                self.leave(channel, conn.id);
                 Err(JoinError::Unavailable)
             }
         }
     }
 
     /// Removes a connection from a channel (a no-op if it was not a member).
-    pub fn leave(&self, channel: &str, id: ConnId) {
+    pub fn leave(&self, channel: &ChannelName, id: ConnId) {
         let mut channels = write(&self.channels);
         let Some(entry) = channels.get_mut(channel) else {
             return;
         };
-        entry.members.remove(id);
+        entry.members.swap_remove(&id);
         if entry.members.is_empty() {
             channels.remove(channel);
             let _ = self.commands.send(SubscriberCommand::Unsubscribe {
-                channel: channel.to_owned(),
+                channel: channel.clone(),
             });
         }
     }
 
     /// Called by the subscriber when Redis confirmed a subscription.
-    pub fn mark_subscribed(&self, channel: &str, generation: u64) {
+    pub fn mark_subscribed(&self, channel: &ChannelName, generation: u64) {
         if let Some(entry) = read(&self.channels).get(channel)
             && entry.generation == generation
         {
@@ -305,13 +286,13 @@ impl Hub {
     }
 
     /// Whether `channel` has local members now.
-    pub fn has_channel(&self, channel: &str) -> bool {
+    pub fn has_channel(&self, channel: &ChannelName) -> bool {
         read(&self.channels).contains_key(channel)
     }
 
     /// Every channel with local members (to resubscribe after a reconnect),
     /// with the generation of its current entry.
-    pub fn channels(&self) -> Vec<(String, u64)> {
+    pub fn channels(&self) -> Vec<(ChannelName, u64)> {
         read(&self.channels)
             .iter()
             .map(|(name, entry)| (name.clone(), entry.generation))
@@ -319,18 +300,18 @@ impl Hub {
     }
 
     /// Queues a message to every local member of `channel`; returns how many got it.
-    pub fn dispatch(&self, channel: &str, offset: Option<u64>, frame: &Utf8Bytes) -> usize {
+    pub fn dispatch(&self, channel: &ChannelName, offset: Option<u64>, frame: &Utf8Bytes) -> usize {
         self.dispatch_delivery(channel, offset, frame, false)
     }
 
     /// Queues a `recovery` notice (see [`Delivery::resets`]).
-    pub fn dispatch_reset(&self, channel: &str, frame: &Utf8Bytes) -> usize {
+    pub fn dispatch_reset(&self, channel: &ChannelName, frame: &Utf8Bytes) -> usize {
         self.dispatch_delivery(channel, None, frame, true)
     }
 
     fn dispatch_delivery(
         &self,
-        channel: &str,
+        channel: &ChannelName,
         offset: Option<u64>,
         frame: &Utf8Bytes,
         resets: bool,
@@ -344,21 +325,21 @@ impl Hub {
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(FANOUT_SAMPLE_EVERY);
         let delivery = Arc::new(Delivery {
-            channel: Arc::from(channel),
+            channel: channel.clone(),
             offset,
             frame: frame.clone(),
             resets,
             sampled_at: sampled.then(std::time::Instant::now),
         });
         let mut delivered = 0;
-        for member in entry.members.iter() {
+        for member in entry.members.values() {
             match member.tx.try_send(delivery.clone()) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if member.control.requested_close().is_none() {
                         metrics::counter!(crate::telemetry::SLOW_CONSUMERS_CLOSED).increment(1);
                     }
-                    member.control.close(crate::protocol::close::RATE_LIMITED);
+                    member.control.close(CloseReason::SlowConsumer);
                 }
                 // The connection is already going away.
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -374,11 +355,11 @@ impl Hub {
     /// history pushes thousands of messages at once; pacing it by the slowest
     /// member that still drains keeps a healthy client from being taken for a
     /// slow consumer (4008). One that cannot drain in `patience` is slow.
-    pub async fn wait_for_room(&self, channel: &str, room: usize, patience: Duration) {
+    pub async fn wait_for_room(&self, channel: &ChannelName, room: usize, patience: Duration) {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             let cramped = read(&self.channels).get(channel).is_some_and(|entry| {
-                entry.members.iter().any(|m| {
+                entry.members.values().any(|m| {
                     let wanted = room.min(m.tx.max_capacity() / 2).max(1);
                     m.tx.capacity() < wanted
                         && !m.tx.is_closed()
@@ -398,21 +379,25 @@ impl Hub {
     }
 
     /// Asks one local connection to close; returns 1 if it exists, else 0.
-    pub fn close_connection(&self, id: ConnId, code: u16) -> usize {
+    pub fn close_connection(&self, id: ConnId, reason: CloseReason) -> usize {
         read(&self.connections).get(&id).map_or(0, |conn| {
-            conn.control.close(code);
+            conn.control.close(reason);
             1
         })
     }
 
-    /// Asks every local connection matching `predicate` to close with `code`;
-    /// returns how many were asked.
-    pub fn close_where(&self, code: u16, predicate: impl Fn(&ConnControl) -> bool) -> usize {
+    /// Asks every local connection matching `predicate` to close for
+    /// `reason`; returns how many were asked.
+    pub fn close_where(
+        &self,
+        reason: CloseReason,
+        predicate: impl Fn(&ConnControl) -> bool,
+    ) -> usize {
         let connections = read(&self.connections);
         let mut closed = 0;
         for conn in connections.values() {
             if predicate(&conn.control) {
-                conn.control.close(code);
+                conn.control.close(reason);
                 closed += 1;
             }
         }
@@ -424,40 +409,17 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn handle(id: ConnId) -> ConnHandle {
-        let (tx, _rx) = mpsc::channel(1);
-        ConnHandle {
-            id,
-            tx,
-            control: Arc::new(ConnControl::new(
-                Uuid::nil(),
-                AuthSource::ApiKey {
-                    key_id: Uuid::nil(),
-                },
-            )),
-        }
-    }
-
     #[test]
-    fn members_join_and_leave_in_constant_time_and_stay_consistent() {
-        let mut members = Members::default();
-        for id in 0..5 {
-            members.insert(&handle(id));
-        }
-        members.insert(&handle(2));
-        assert_eq!(members.list.len(), 5, "joining twice is one membership");
-        members.remove(1);
-        members.remove(1);
-        members.remove(4);
-        let mut ids: Vec<ConnId> = members.iter().map(|m| m.id).collect();
-        ids.sort_unstable();
-        assert_eq!(ids, [0, 2, 3]);
-        for (i, m) in members.list.iter().enumerate() {
-            assert_eq!(members.position[&m.id], i);
-        }
-        for id in [0, 2, 3] {
-            members.remove(id);
-        }
-        assert!(members.is_empty());
+    fn the_first_close_request_wins() {
+        let control = ConnControl::new(
+            Uuid::nil(),
+            AuthSource::ApiKey {
+                key_id: Uuid::nil(),
+            },
+        );
+        assert_eq!(control.requested_close(), None);
+        control.close(CloseReason::Revoked);
+        control.close(CloseReason::SlowConsumer);
+        assert_eq!(control.requested_close(), Some(CloseReason::Revoked));
     }
 }

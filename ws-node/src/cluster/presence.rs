@@ -8,8 +8,8 @@
 //! the cluster, `leave` when their last one goes (or lapses). All of it happens
 //! in Lua scripts, so concurrent joins and leaves on different nodes agree.
 
+use crate::protocol::frames::{Member, MemberUser};
 use redis::aio::ConnectionManager;
-use serde::Serialize;
 use shared::channel::ChannelName;
 use shared::channel::frame::{self, PRESENCE_FRAME_LUA, PresenceEvent};
 use shared::keys::RedisKeys;
@@ -236,20 +236,6 @@ pub async fn sweep(
         .arg(frame::channel_json(channel))
         .invoke_async(redis)
         .await
-}
-
-/// One present user.
-#[derive(Serialize, Debug, PartialEq, Eq)]
-pub struct Member {
-    pub user: MemberUser,
-    /// How many of the user's connections are in the channel.
-    pub connections: u32,
-}
-
-#[derive(Serialize, Debug, PartialEq, Eq)]
-pub struct MemberUser {
-    pub id: String,
-    pub username: String,
 }
 
 /// Who is in the channel now (lapsed entries excluded), one entry per user.

@@ -1,0 +1,355 @@
+//! One WebSocket connection: a task that `select!`s over the client's frames,
+//! the deliveries the hub queued for it, the heartbeat, close requests
+//! (revocation, slow consumer) and the node's shutdown.
+//!
+//! Deliveries are written in batches (`feed` what is queued, one `flush`), so
+//! a busy connection costs one syscall per batch, not per message. The queue is
+//! bounded: a client that does not read fills it and is closed with 4008,
+//! while everyone else keeps receiving and memory stays flat.
+
+mod rate;
+mod replay;
+mod requests;
+
+use crate::cluster::hub::{ConnControl, ConnHandle, ConnId, Delivery};
+use crate::cluster::presence::{self, Membership};
+use crate::cluster::registry;
+use crate::handshake::Principal;
+use crate::protocol::{CloseReason, RequestError, ServerFrame, UserInfo};
+use crate::state::NodeState;
+use crate::transport::closing::{answer_close, close_socket, is_too_big};
+use crate::transport::stream::Socket;
+use futures_util::{SinkExt as _, StreamExt as _};
+use rate::TokenBucket;
+use replay::Replay;
+use shared::channel::ChannelName;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+/// Deliveries written per flush at most (bounds one batch's latency).
+const MAX_BATCH: usize = 256;
+/// Consecutive over-rate frames tolerated (each answered with an error) before closing with 4008.
+const RATE_STRIKES: u32 = 10;
+
+/// Serves an authenticated socket until it closes. The caller has already
+/// taken the connection's place against the per-user cap.
+pub async fn run(node: NodeState, socket: Socket, id: ConnId, principal: Principal) {
+    let (tx, rx) = mpsc::channel(node.config.send_queue_frames);
+    let control = Arc::new(ConnControl::new(principal.user_id, principal.source));
+    let handle = ConnHandle {
+        id,
+        tx,
+        control: control.clone(),
+    };
+    node.hub.register(handle.clone());
+    let bucket = TokenBucket::new(
+        node.config.client_messages_per_sec,
+        node.config.client_message_burst,
+    );
+    let mut conn = Connection {
+        guard: Registration {
+            node: node.clone(),
+            id,
+            user_id: principal.user_id,
+            channels: HashSet::new(),
+            presence: Vec::new(),
+        },
+        name: node.connection_name(id),
+        node,
+        socket,
+        rx,
+        handle,
+        control,
+        bucket,
+        strikes: 0,
+        principal,
+        last_heard: Instant::now(),
+        floors: HashMap::new(),
+        replay: None,
+    };
+    match conn.serve().await {
+        Ending::Close(reason) => close_socket(&mut conn.socket, reason).await,
+        Ending::ClientClosed => answer_close(&mut conn.socket).await,
+        Ending::Lost => {}
+    }
+}
+
+/// How a connection's loop ended, and so what is left to do with its socket.
+enum Ending {
+    /// The node closes it, for this reason.
+    Close(CloseReason),
+    /// The client sent a close frame: the node answers it, then ends.
+    ClientClosed,
+    /// The connection is gone (end of stream, a read or write error):
+    /// nothing more can be sent.
+    Lost,
+}
+
+/// Undoes a connection's registrations however its task ends (even by panic):
+/// hub membership at once, and in the background its cluster-wide traces
+/// (per-user slot, directory entry, presence, with `leave` events).
+struct Registration {
+    node: NodeState,
+    id: ConnId,
+    user_id: Uuid,
+    channels: HashSet<ChannelName>,
+    presence: Vec<Membership>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        for channel in &self.channels {
+            self.node.hub.leave(channel, self.id);
+        }
+        self.node.hub.unregister(self.id);
+        self.node.forget_presence(&self.presence);
+        let node = self.node.clone();
+        let presence = std::mem::take(&mut self.presence);
+        let name = self.node.connection_name(self.id);
+        let user_id = self.user_id;
+        let cleanup = node.cleanups.start();
+        tokio::spawn(async move {
+            let mut redis = node.redis.clone();
+            for membership in &presence {
+                let _ = presence::leave(&mut redis, &node.keys, membership).await;
+            }
+            registry::forget_connection(node, user_id, name).await;
+            drop(cleanup);
+        });
+    }
+}
+
+struct Connection {
+    node: NodeState,
+    /// `<node>:<id>`, as in the `welcome` frame.
+    name: String,
+    socket: Socket,
+    rx: mpsc::Receiver<Arc<Delivery>>,
+    handle: ConnHandle,
+    control: Arc<ConnControl>,
+    principal: Principal,
+    bucket: TokenBucket,
+    strikes: u32,
+    last_heard: Instant,
+    /// Per channel subscribed with `since`: the last offset replayed from
+    /// history. Live copies of those messages (queued while the replay ran)
+    /// are skipped, so the hand-over from history to live has no duplicate.
+    floors: HashMap<ChannelName, u64>,
+    /// A replay from history still in progress (boxed: idle connections pay
+    /// one pointer for it).
+    replay: Option<Box<Replay>>,
+    guard: Registration,
+}
+
+impl Connection {
+    /// The connection's main loop; returns the close code to send, if any.
+    async fn serve(&mut self) -> Ending {
+        let own_channel = ChannelName::for_user(self.principal.user_id);
+        if self
+            .node
+            .hub
+            .join(&own_channel, &self.handle)
+            .await
+            .is_err()
+        {
+            return Ending::Close(CloseReason::RedisUnavailable);
+        }
+        self.guard.channels.insert(own_channel);
+        let welcome = ServerFrame::Welcome {
+            connection_id: &self.name,
+            user: UserInfo {
+                id: self.principal.user_id,
+                username: &self.principal.username,
+            },
+            node: &self.node.node_id,
+        }
+        .to_json();
+        if let Err(stop) = self.send(Message::Text(welcome.into())).await {
+            return stop;
+        }
+        let draining = NodeState::drained(self.node.draining.clone());
+        tokio::pin!(draining);
+        // One timer per connection (each costs memory and a timer-wheel entry),
+        // reset to the earliest of: the next ping, the credential's end.
+        // (Re-validation against revocations runs node-wide, in one pipeline:
+        // see `cluster::revalidation`.)
+        let ping_interval = self.node.config.ping_interval();
+        let mut next_ping = Instant::now() + ping_interval;
+        let expires = self
+            .principal
+            .expires_at
+            .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(shared::unix_now())));
+        let next_wake = |ping: Instant| expires.map_or(ping, |e| ping.min(e));
+        let timer = tokio::time::sleep_until(next_wake(next_ping).into());
+        tokio::pin!(timer);
+        // When the last ping went out; a peer is only reaped after it had a ping to answer.
+        let mut ping_sent: Option<Instant> = None;
+        // One close-request future for the whole loop: creating one per
+        // iteration would register and unregister with the Notify every time.
+        let control = self.control.clone();
+        let closed = control.closed();
+        tokio::pin!(closed);
+        let mut flush_tick = self.node.coalescing.tick.clone();
+        loop {
+            tokio::select! {
+                biased;
+                reason = &mut closed => return Ending::Close(reason),
+                () = &mut draining => return Ending::Close(CloseReason::ShuttingDown),
+                delivery = self.rx.recv() => {
+                    let Some(delivery) = delivery else { return Ending::Lost };
+                    // Under heavy load, write on the node's next flush tick
+                    // rather than at once: what queues meanwhile goes out in
+                    // the same write (one syscall for many messages).
+                    if self.node.coalescing.is_on() {
+                        flush_tick.borrow_and_update();
+                        tokio::select! {
+                            biased;
+                            reason = &mut closed => return Ending::Close(reason),
+                            _ = flush_tick.changed() => {}
+                        }
+                    }
+                    // A peer that stopped reading blocks the write; a close
+                    // request (slow consumer, revocation) must still get through.
+                    tokio::select! {
+                        biased;
+                        reason = &mut closed => return Ending::Close(reason),
+                        written = self.write_batch(delivery) => {
+                            if written.is_err() {
+                                return Ending::Lost;
+                            }
+                        }
+                    }
+                }
+                frame = self.socket.next() => {
+                    self.last_heard = Instant::now();
+                    match frame {
+                        // Boxed: handling a request awaits Redis through deep
+                        // futures; inline they would sit in every idle
+                        // connection's task, boxed only while a request runs.
+                        Some(Ok(Message::Text(text))) => match Box::pin(self.on_text(&text)).await {
+                            Ok(replies) => {
+                                for reply in replies {
+                                    if let Err(stop) = self.send(Message::Text(reply.into())).await {
+                                        return stop;
+                                    }
+                                }
+                                // A long `since` replay goes on a page at a time.
+                                while let Some(replay) = self.replay.take() {
+                                    for frame in Box::pin(self.replay_page(replay)).await {
+                                        if let Err(stop) = self.send(Message::Text(frame.into())).await {
+                                            return stop;
+                                        }
+                                    }
+                                }
+                            }
+                            Err(reason) => return Ending::Close(reason),
+                        },
+                        Some(Ok(Message::Binary(_))) => {
+                            let reply = RequestError::Unsupported.frame(None);
+                            if let Err(stop) = self.send(Message::Text(reply.into())).await {
+                                return stop;
+                            }
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(_))) => return Ending::ClientClosed,
+                        None => return Ending::Lost,
+                        Some(Err(e)) => {
+                            return if is_too_big(&e) {
+                                Ending::Close(CloseReason::MessageTooBig)
+                            } else {
+                                Ending::Lost
+                            };
+                        }
+                    }
+                }
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if expires.is_some_and(|e| now >= e) {
+                        return Ending::Close(CloseReason::CredentialExpired);
+                    }
+                    if now >= next_ping {
+                        next_ping = now + ping_interval;
+                        let unanswered = ping_sent.is_some_and(|sent| self.last_heard < sent);
+                        if unanswered && self.last_heard.elapsed() > self.node.config.idle_timeout() {
+                            metrics::counter!(crate::telemetry::IDLE_TIMEOUTS).increment(1);
+                            return Ending::Close(CloseReason::IdleTimeout);
+                        }
+                        if !unanswered {
+                            ping_sent = Some(now);
+                        }
+                        if let Err(stop) = self.send(Message::Ping(bytes::Bytes::new())).await {
+                            return stop;
+                        }
+                    }
+                    timer.as_mut().reset(next_wake(next_ping).into());
+                }
+            }
+        }
+    }
+
+    /// Sends one frame, unless a close is requested while the peer is not reading.
+    async fn send(&mut self, message: Message) -> Result<(), Ending> {
+        let control = self.control.clone();
+        tokio::select! {
+            biased;
+            reason = control.closed() => Err(Ending::Close(reason)),
+            sent = self.socket.send(message) => sent.map_err(|_| Ending::Lost),
+        }
+    }
+
+    /// Writes `first` and whatever else is already queued, then flushes once.
+    async fn write_batch(
+        &mut self,
+        first: Arc<Delivery>,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        // The batch's oldest message: its delay is the batch's longest.
+        let sampled_at = first.sampled_at;
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(delivery) = next.take() {
+            if self.admit(&delivery) {
+                self.socket
+                    .feed(Message::Text(delivery.frame.clone()))
+                    .await?;
+                written += 1;
+            }
+            if written < MAX_BATCH {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        self.socket.flush().await?;
+        if let Some(dispatched) = sampled_at {
+            metrics::histogram!(crate::telemetry::FANOUT_LATENCY)
+                .record(dispatched.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    /// Whether a delivery goes out: not if history already replayed it.
+    fn admit(&mut self, delivery: &Delivery) -> bool {
+        if self.floors.is_empty() {
+            return true;
+        }
+        let Some(floor) = self.floors.get(&delivery.channel).copied() else {
+            return true;
+        };
+        match delivery.offset {
+            Some(offset) if offset <= floor => false,
+            // Past the replay: live from here on.
+            Some(_) => {
+                self.floors.remove(&delivery.channel);
+                true
+            }
+            None => {
+                if delivery.resets {
+                    self.floors.remove(&delivery.channel);
+                }
+                true
+            }
+        }
+    }
+}

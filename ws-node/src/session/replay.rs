@@ -1,0 +1,76 @@
+//! Recovery on subscribe: a `subscribe` with `since` is answered with every
+//! message the client missed, from the channel's history, then live ones.
+//! The replay goes out a page at a time (memory holds one page), between the
+//! connection's other work; the live copies of replayed messages are skipped
+//! by offset (the connection's `floors`), so the hand-over has no duplicate.
+
+use super::Connection;
+use shared::channel::{ChannelName, HistorySince, StreamPosition, frame};
+
+/// Messages read from history and written per page of a replay: what one
+/// replay holds in memory at most.
+pub(super) const REPLAY_PAGE: u64 = 256;
+
+/// The rest of a `since` replay, sent a page at a time after the `ack`.
+pub(super) struct Replay {
+    pub channel: ChannelName,
+    pub epoch: String,
+    /// The last offset replayed so far.
+    pub sent: u64,
+    /// The channel's offset when the replay began; later ones arrive live.
+    pub until: u64,
+    /// The most messages history is asked for (the namespace's bound).
+    pub cap: u64,
+    /// The stream id of the last message replayed: the next page starts there.
+    pub after_id: Option<String>,
+}
+
+impl Connection {
+    /// The next page of a replay; queues the rest, if any. If history no longer
+    /// holds what comes next (trimmed meanwhile, or Redis lost it), the client
+    /// is told with a `recovery` notice instead of being left with a gap.
+    pub(super) async fn replay_page(&mut self, replay: Box<Replay>) -> Vec<String> {
+        let mut redis = self.node.redis.clone();
+        let page = shared::channel::history_page(
+            &mut redis,
+            &self.node.keys,
+            &replay.channel,
+            replay.sent,
+            replay.cap,
+            REPLAY_PAGE,
+            replay.after_id.as_deref(),
+        )
+        .await;
+        match page {
+            Ok(page) if page.covers_page(&replay.epoch, replay.sent, REPLAY_PAGE) => {
+                self.take_page(replay, page)
+            }
+            _ => {
+                metrics::counter!(crate::telemetry::UNRECOVERABLE_GAPS).increment(1);
+                vec![crate::protocol::recovery_lost(replay.channel.as_str())]
+            }
+        }
+    }
+
+    /// The frames of one (checked) page of a replay, up to its `until`; queues
+    /// the rest of the replay, if any.
+    pub(super) fn take_page(&mut self, mut replay: Box<Replay>, page: HistorySince) -> Vec<String> {
+        let mut frames = Vec::with_capacity(page.messages.len());
+        for (offset, data) in &page.messages {
+            if *offset > replay.until {
+                break;
+            }
+            let at = StreamPosition {
+                epoch: replay.epoch.clone(),
+                offset: *offset,
+            };
+            frames.push(frame::message(&replay.channel, Some(&at), data));
+            replay.sent = *offset;
+        }
+        if replay.sent < replay.until && !frames.is_empty() {
+            replay.after_id = page.last_id;
+            self.replay = Some(replay);
+        }
+        frames
+    }
+}

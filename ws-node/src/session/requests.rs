@@ -1,0 +1,348 @@
+//! What a connection does with each client request (docs/PROTOCOL.md §2):
+//! a new client action goes here, as a `Request` variant in `protocol` and a
+//! handler below. A handler answers with frames, or with a [`RequestError`]
+//! that becomes the `error` frame; neither closes the socket.
+
+use super::replay::{REPLAY_PAGE, Replay};
+use super::{Connection, RATE_STRIKES};
+use crate::cluster::presence::{self, Membership};
+use crate::protocol::{self, CloseReason, Request, RequestError, RequestId, ServerFrame, Since};
+use serde_json::value::RawValue;
+use shared::channel::{ChannelName, PublishError, StreamPosition};
+use shared::namespace::{Access, NamespaceRule};
+use shared::scope::Scope;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// A handler's answer: the frames to send, or the error to send instead.
+type Answer = Result<Vec<String>, RequestError>;
+
+impl Connection {
+    /// Handles one client frame: replies to send, or a reason to close.
+    pub(super) async fn on_text(&mut self, text: &Utf8Bytes) -> Result<Vec<String>, CloseReason> {
+        if !self.bucket.try_take() {
+            self.strikes += 1;
+            metrics::counter!(crate::telemetry::RATE_LIMITED_FRAMES).increment(1);
+            if self.strikes > RATE_STRIKES {
+                return Err(CloseReason::RateExceeded);
+            }
+            // Refused unread: the error carries no id.
+            return Ok(vec![RequestError::RateLimited.frame(None)]);
+        }
+        self.strikes = 0;
+        let (id, request) = match protocol::parse(text) {
+            Ok(parsed) => parsed,
+            Err(bad) => return Ok(vec![bad.error.frame(bad.id.as_ref())]),
+        };
+        let id = id.as_ref();
+        let answer = match request {
+            Request::Ping => Ok(vec![protocol::ack(id)]),
+            Request::Auth { .. } => Err(RequestError::AlreadyAuthenticated),
+            Request::Subscribe { channel, since } => self.subscribe(id, channel, since).await,
+            Request::Unsubscribe { channel } => self.unsubscribe(id, &channel).await,
+            Request::Publish {
+                channel,
+                data,
+                idempotency_key,
+            } => {
+                self.publish(id, &channel, data, idempotency_key.as_deref())
+                    .await
+            }
+            Request::Presence { channel } => self.presence(id, &channel).await,
+        };
+        Ok(answer.unwrap_or_else(|error| vec![error.frame(id)]))
+    }
+
+    /// Whether the namespace rule `access` admits this connection to `channel`.
+    fn admits(&self, access: Access, channel: &ChannelName) -> bool {
+        match access {
+            Access::Any => true,
+            Access::Owner => channel.name() == self.principal.user_id.to_string(),
+            Access::Server => false,
+        }
+    }
+
+    /// The namespace rule of `channel` if this connection may subscribe to it.
+    fn readable_rule(&self, channel: &ChannelName) -> Result<NamespaceRule, RequestError> {
+        let rule = self
+            .node
+            .namespaces
+            .rule_for(channel)
+            .ok_or(RequestError::UnknownNamespace)?;
+        if !self.admits(rule.subscribe, channel) {
+            return Err(RequestError::Forbidden(
+                "you may not subscribe to this channel",
+            ));
+        }
+        Ok(rule.clone())
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<&RequestId>,
+        channel: ChannelName,
+        since: Option<Since>,
+    ) -> Answer {
+        let rule = self.readable_rule(&channel)?;
+        let already = self.guard.channels.contains(&channel);
+        if !already {
+            self.join_channel(&channel, &rule).await?;
+        }
+        let Some(since) = since else {
+            return Ok(vec![ack_subscribed(id, &channel, None, None)]);
+        };
+        // Recovery: everything after `since` from history, then live. The
+        // subscription is already live, so nothing published from now on is
+        // missed; what the replay covers is skipped when it arrives live.
+        let Some(limits) = rule.history else {
+            return Ok(vec![ack_subscribed(id, &channel, Some(false), None)]);
+        };
+        let cap = limits.max_len.saturating_mul(2).max(100);
+        let mut redis = self.node.redis.clone();
+        let history = match shared::channel::history_page(
+            &mut redis,
+            &self.node.keys,
+            &channel,
+            since.offset,
+            cap,
+            REPLAY_PAGE,
+            None,
+        )
+        .await
+        {
+            Ok(history) => history,
+            Err(_) => {
+                // Not subscribed half-way: the client retries the whole
+                // subscribe-with-`since`, and a channel it had already is kept.
+                if !already {
+                    self.leave_channel(&channel).await;
+                }
+                return Err(RequestError::Unavailable(
+                    "cannot read the channel history right now; retry",
+                ));
+            }
+        };
+        let recovered = history.covers_page(&since.epoch, since.offset, REPLAY_PAGE);
+        metrics::counter!(crate::telemetry::RECOVERIES, "recovered" => if recovered { "true" } else { "false" }).increment(1);
+        let position = history.epoch.clone().map(|epoch| StreamPosition {
+            epoch,
+            offset: history.offset,
+        });
+        let mut replies = vec![ack_subscribed(
+            id,
+            &channel,
+            Some(recovered),
+            position.as_ref(),
+        )];
+        if let Some(position) = &position {
+            self.floors.insert(channel.clone(), position.offset);
+            if recovered {
+                let replay = Box::new(Replay {
+                    channel,
+                    epoch: position.epoch.clone(),
+                    sent: since.offset,
+                    until: position.offset,
+                    cap,
+                    after_id: None,
+                });
+                replies.extend(self.take_page(replay, history));
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Joins `channel` here and in the cluster: the hub (and through it the
+    /// node's Redis subscription), the directory entry, and presence where
+    /// the namespace tracks it.
+    async fn join_channel(
+        &mut self,
+        channel: &ChannelName,
+        rule: &NamespaceRule,
+    ) -> Result<(), RequestError> {
+        // The connection's own user channel is not counted against the limit.
+        if self.guard.channels.len() > self.node.config.max_subscriptions_per_connection {
+            return Err(RequestError::TooManySubscriptions);
+        }
+        if self.node.hub.join(channel, &self.handle).await.is_err() {
+            return Err(RequestError::Unavailable(
+                "cannot subscribe right now; retry later",
+            ));
+        }
+        self.guard.channels.insert(channel.clone());
+        self.publish_directory_entry().await;
+        if rule.presence {
+            let membership = Membership::new(
+                channel.clone(),
+                self.principal.user_id,
+                &self.principal.username,
+                &self.name,
+            );
+            let mut redis = self.node.redis.clone();
+            match presence::join(
+                &mut redis,
+                &self.node.keys,
+                &membership,
+                self.node.config.connection_lease(),
+            )
+            .await
+            {
+                Ok(()) => {
+                    self.node.remember_presence(&membership);
+                    self.guard.presence.push(membership);
+                }
+                Err(e) => tracing::warn!(error = %e, "could not record presence"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, id: Option<&RequestId>, channel: &ChannelName) -> Answer {
+        if *channel == ChannelName::for_user(self.principal.user_id) {
+            return Err(RequestError::Forbidden(
+                "a connection always receives its own user channel",
+            ));
+        }
+        self.leave_channel(channel).await;
+        Ok(vec![protocol::ack(id)])
+    }
+
+    /// Leaves `channel` (a no-op if not a member): the hub, the directory
+    /// entry and presence.
+    async fn leave_channel(&mut self, channel: &ChannelName) {
+        if self.guard.channels.remove(channel) {
+            self.node.hub.leave(channel, self.handle.id);
+            self.floors.remove(channel);
+            self.publish_directory_entry().await;
+            if let Some(i) = self
+                .guard
+                .presence
+                .iter()
+                .position(|m| m.channel == *channel)
+            {
+                let membership = self.guard.presence.swap_remove(i);
+                self.node.forget_presence(std::slice::from_ref(&membership));
+                let mut redis = self.node.redis.clone();
+                if let Err(e) = presence::leave(&mut redis, &self.node.keys, &membership).await {
+                    tracing::debug!(error = %e, "could not clear presence; its lease will expire");
+                }
+            }
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<&RequestId>,
+        channel: &ChannelName,
+        data: &RawValue,
+        idempotency_key: Option<&str>,
+    ) -> Answer {
+        if !self.principal.scopes.contains(Scope::Publish) {
+            return Err(RequestError::Forbidden(
+                "this connection may not publish (scope)",
+            ));
+        }
+        let rule = self
+            .node
+            .namespaces
+            .rule_for(channel)
+            .ok_or(RequestError::UnknownNamespace)?;
+        if !self.admits(rule.publish, channel) {
+            return Err(RequestError::Forbidden(
+                "you may not publish to this channel",
+            ));
+        }
+        let mut redis = self.node.redis.clone();
+        let published = shared::channel::publish(
+            &mut redis,
+            &self.node.keys,
+            channel,
+            data,
+            rule.history,
+            idempotency_key,
+        )
+        .await
+        .map_err(|e| match e {
+            PublishError::IdempotencyWithoutHistory => RequestError::IdempotencyUnsupported,
+            PublishError::InvalidIdempotencyKey => RequestError::BadRequest(
+                "idempotency_key must be 1-64 printable ASCII characters".into(),
+            ),
+            PublishError::Redis(e) => {
+                tracing::warn!(error = %e, "publish failed");
+                RequestError::Unavailable("the message could not be published; retry")
+            }
+        })?;
+        metrics::counter!(crate::telemetry::CLIENT_PUBLISHES).increment(1);
+        let position = published.position.as_ref();
+        Ok(vec![
+            ServerFrame::Ack {
+                id,
+                channel: Some(channel.as_str()),
+                recovered: None,
+                epoch: position.map(|p| p.epoch.as_str()),
+                offset: position.map(|p| p.offset),
+                duplicate: published.duplicate.then_some(true),
+            }
+            .to_json(),
+        ])
+    }
+
+    async fn presence(&mut self, id: Option<&RequestId>, channel: &ChannelName) -> Answer {
+        let rule = self.readable_rule(channel)?;
+        if !rule.presence {
+            return Err(RequestError::PresenceDisabled);
+        }
+        let mut redis = self.node.redis.clone();
+        let members = presence::members(&mut redis, &self.node.keys, channel)
+            .await
+            .map_err(|_| RequestError::Unavailable("presence is unavailable right now; retry"))?;
+        Ok(vec![
+            ServerFrame::Presence {
+                id,
+                channel: channel.as_str(),
+                members: &members,
+            }
+            .to_json(),
+        ])
+    }
+
+    /// Rewrites this connection's directory entry after its channels changed.
+    /// Best effort: the directory is informational.
+    async fn publish_directory_entry(&mut self) {
+        let mut channels: Vec<&str> = self
+            .guard
+            .channels
+            .iter()
+            .map(ChannelName::as_str)
+            .collect();
+        channels.sort_unstable();
+        let mut pipe = redis::pipe();
+        crate::cluster::registry::add_directory_entry(
+            &mut pipe,
+            &self.node,
+            &self.name,
+            self.principal.user_id,
+            self.control.connected_at,
+            &channels,
+        );
+        let mut redis = self.node.redis.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut redis).await {
+            tracing::debug!(error = %e, "could not update the connection directory");
+        }
+    }
+}
+
+fn ack_subscribed(
+    id: Option<&RequestId>,
+    channel: &ChannelName,
+    recovered: Option<bool>,
+    position: Option<&StreamPosition>,
+) -> String {
+    ServerFrame::Ack {
+        id,
+        channel: Some(channel.as_str()),
+        recovered,
+        epoch: position.map(|p| p.epoch.as_str()),
+        offset: position.map(|p| p.offset),
+        duplicate: None,
+    }
+    .to_json()
+}
