@@ -110,30 +110,13 @@ pub async fn find_by_id(db: &PgPool, id: Uuid) -> Result<Option<User>> {
     .await?)
 }
 
-/// Marks a user disabled in Postgres only; see [`disable`] for the whole job.
-async fn set_disabled(db: &PgPool, user_id: Uuid) -> Result<()> {
+/// Marks a user disabled in Postgres (no more logins); the rest is
+/// [`crate::revocation::disable_user`]'s.
+pub async fn set_disabled(db: &PgPool, user_id: Uuid) -> Result<()> {
     sqlx::query("UPDATE users SET disabled_at = coalesce(disabled_at, now()) WHERE id = $1")
         .bind(user_id)
         .execute(db)
         .await?;
-    Ok(())
-}
-
-/// Disables a user everywhere: no more logins, sessions revoked, API keys and
-/// outstanding tickets refused, open sockets closed.
-pub async fn disable(state: &crate::state::AppState, user_id: Uuid) -> Result<()> {
-    use shared::control::{self, ControlMessage};
-    use shared::credential::{Revoked, mark_revoked};
-    set_disabled(&state.db, user_id).await?;
-    crate::sessions::revoke_all_for_user(state, user_id).await?;
-    let mut redis = state.redis.clone();
-    mark_revoked(&mut redis, &state.keys, &[Revoked::User(user_id)]).await?;
-    control::broadcast(
-        &mut redis,
-        &state.keys,
-        &ControlMessage::UserDisabled { user_id },
-    )
-    .await?;
     Ok(())
 }
 

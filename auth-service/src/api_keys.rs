@@ -333,7 +333,8 @@ pub async fn list(db: &PgPool, user_id: Uuid) -> Result<Vec<ApiKeyInfo>> {
     .await?)
 }
 
-/// Revokes a key (of `owner`, when given); returns its hash and owner if it was live.
+/// Marks a key (of `owner`, when given) revoked in Postgres; returns its hash
+/// and owner if it was live. The rest is [`crate::revocation::revoke_api_key`]'s.
 pub async fn revoke(
     db: &PgPool,
     key_id: Uuid,
@@ -353,33 +354,6 @@ pub async fn revoke(
             .ok()
             .map(|h| (TokenHash::from_bytes(h), user))
     }))
-}
-
-/// Revokes a key in Postgres, forgets it here, voids its outstanding tickets
-/// and tells every ws-node to close the sockets opened with it. Returns whether
-/// a live key (of `owner`, when given) was revoked.
-pub async fn revoke_everywhere(
-    state: &crate::state::AppState,
-    key_id: Uuid,
-    owner: Option<Uuid>,
-) -> Result<bool> {
-    use shared::control::{self, ControlMessage};
-    use shared::credential::AuthSource;
-    use shared::credential::{Revoked, mark_revoked};
-    let Some((hash, _)) = revoke(&state.db, key_id, owner).await? else {
-        return Ok(false);
-    };
-    state.api_keys.forget(hash).await;
-    let source = AuthSource::ApiKey { key_id };
-    let mut redis = state.redis.clone();
-    mark_revoked(&mut redis, &state.keys, &[Revoked::Source(source)]).await?;
-    control::broadcast(
-        &mut redis,
-        &state.keys,
-        &ControlMessage::CredentialRevoked { source },
-    )
-    .await?;
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -128,14 +128,14 @@ async fn user_command(state: AppState, command: UserCommand) -> anyhow::Result<(
         }
         UserCommand::Disable { username } => {
             let user = find_user(&state, &username).await?;
-            accounts::disable(&state, user.id)
+            crate::revocation::disable_user(&state, user.id)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln_info(&format!("disabled user {}", user.username));
         }
         UserCommand::RevokeSessions { username } => {
             let user = find_user(&state, &username).await?;
-            let n = crate::sessions::revoke_all_for_user(&state, user.id)
+            let n = crate::revocation::revoke_all_sessions(&state, user.id)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln_info(&format!("revoked {n} session(s) of {}", user.username));
@@ -173,7 +173,7 @@ async fn api_key_command(state: AppState, command: ApiKeyCommand) -> anyhow::Res
             print_stdout(&serde_json::to_string_pretty(&keys)?);
         }
         ApiKeyCommand::Revoke { id } => {
-            if !api_keys::revoke_everywhere(&state, id, None)
+            if !crate::revocation::revoke_api_key(&state, id, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
             {

@@ -18,6 +18,7 @@ pub mod error;
 pub mod extract;
 pub mod password;
 pub mod rate_limit;
+pub mod revocation;
 pub mod routes;
 pub mod sessions;
 pub mod state;

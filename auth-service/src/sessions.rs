@@ -8,11 +8,9 @@
 use crate::accounts::User;
 use crate::error::Result;
 use crate::state::AppState;
-use shared::control::{self, ControlMessage};
-use shared::credential::AuthSource;
-use shared::credential::{Revoked, mark_revoked};
 use shared::secret::{Secret, TokenHash, looks_like_token, random_token};
-use shared::session::{SessionRecord, cache_session, evict_sessions, touch_cached_session};
+use shared::session::{SessionRecord, cache_session, touch_cached_session};
+use sqlx::PgPool;
 use time::OffsetDateTime;
 use tower_cookies::cookie::{Cookie, SameSite};
 use uuid::Uuid;
@@ -135,12 +133,14 @@ fn note_activity(state: &AppState, session_id: Uuid) {
     });
 }
 
-/// Revokes one session everywhere: Postgres, the Redis cache, its outstanding
-/// tickets, and (through the control channel) its open sockets. Returns
-/// whether it was live until now. Idempotent: the Redis side is redone even
-/// for a session Postgres already has as revoked, so a revocation whose Redis
-/// half failed (503) completes when retried.
-pub async fn revoke(state: &AppState, user_id: Uuid, session_id: Uuid) -> Result<bool> {
+/// Marks one session of `user_id` revoked in Postgres (again, if it already
+/// was). Returns its token hash and whether it was live until now; `None` if
+/// the user has no such session. The rest is [`crate::revocation`]'s.
+pub async fn mark_revoked(
+    db: &PgPool,
+    user_id: Uuid,
+    session_id: Uuid,
+) -> Result<Option<(TokenHash, bool)>> {
     let row: Option<(Vec<u8>, bool)> = sqlx::query_as(
         "UPDATE sessions s SET revoked_at = COALESCE(s.revoked_at, now())
          FROM sessions before
@@ -149,73 +149,47 @@ pub async fn revoke(state: &AppState, user_id: Uuid, session_id: Uuid) -> Result
     )
     .bind(session_id)
     .bind(user_id)
-    .fetch_optional(&state.db)
+    .fetch_optional(db)
     .await?;
-    let Some((hash, was_live)) = row else {
-        return Ok(false);
-    };
-    forget(state, &[hash], &[session_id]).await?;
-    Ok(was_live)
+    Ok(row.and_then(|(hash, was_live)| Some((token_hash(&hash)?, was_live))))
 }
 
-/// Revokes every live session of a user; returns how many there were. The
-/// Redis side covers the user's sessions revoked within the idle timeout,
-/// now or before, so retrying after a Redis failure completes it (as [`revoke`]).
-pub async fn revoke_all_for_user(state: &AppState, user_id: Uuid) -> Result<usize> {
+/// Marks every live session of a user revoked in Postgres. Returns how many
+/// were live, and the id and hash of each session revoked within
+/// `recent_secs` (now or before), for the Redis half of the revocation: an
+/// older one cannot still be cached (a cache entry lives at most the idle
+/// timeout), and a retry after a failure comes soon after it.
+pub async fn mark_all_revoked(
+    db: &PgPool,
+    user_id: Uuid,
+    recent_secs: u64,
+) -> Result<(usize, Vec<(Uuid, TokenHash)>)> {
     let revoked = sqlx::query(
         "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
     )
     .bind(user_id)
-    .execute(&state.db)
+    .execute(db)
     .await?
     .rows_affected();
-    // Revoked ones only (a session created meanwhile stays live), and only
-    // recent ones: an older one cannot still be cached (the cache entry lives
-    // at most the idle timeout), and a retry comes soon after a failure.
+    // Revoked ones only: a session created meanwhile stays live.
     let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
         "SELECT id, token_hash FROM sessions
          WHERE user_id = $1 AND expires_at > now() AND revoked_at IS NOT NULL
            AND revoked_at > now() - make_interval(secs => $2)",
     )
     .bind(user_id)
-    .bind(state.config.session_idle_timeout_secs as f64)
-    .fetch_all(&state.db)
+    .bind(recent_secs as f64)
+    .fetch_all(db)
     .await?;
-    let (ids, hashes): (Vec<Uuid>, Vec<Vec<u8>>) = rows.into_iter().unzip();
-    forget(state, &hashes, &ids).await?;
-    Ok(usize::try_from(revoked).unwrap_or(usize::MAX))
+    let recent = rows
+        .into_iter()
+        .filter_map(|(id, hash)| Some((id, token_hash(&hash)?)))
+        .collect();
+    Ok((usize::try_from(revoked).unwrap_or(usize::MAX), recent))
 }
 
-/// The Redis side of revocation: evict the cached sessions, mark them revoked
-/// (tickets already minted from them are refused at the handshake) and tell
-/// every ws-node to close their sockets. Postgres already says "revoked"; if
-/// Redis is unreachable the caller gets 503 and retrying completes this.
-async fn forget(state: &AppState, hashes: &[Vec<u8>], session_ids: &[Uuid]) -> Result<()> {
-    if session_ids.is_empty() {
-        return Ok(());
-    }
-    let hashes: Vec<TokenHash> = hashes
-        .iter()
-        .filter_map(|h| <[u8; 32]>::try_from(h.as_slice()).ok())
-        .map(TokenHash::from_bytes)
-        .collect();
-    let mut redis = state.redis.clone();
-    evict_sessions(&mut redis, &state.keys, &hashes).await?;
-    let sources: Vec<AuthSource> = session_ids
-        .iter()
-        .map(|&session_id| AuthSource::Session { session_id })
-        .collect();
-    let markers: Vec<Revoked> = sources.iter().copied().map(Revoked::Source).collect();
-    mark_revoked(&mut redis, &state.keys, &markers).await?;
-    for source in sources {
-        control::broadcast(
-            &mut redis,
-            &state.keys,
-            &ControlMessage::CredentialRevoked { source },
-        )
-        .await?;
-    }
-    Ok(())
+fn token_hash(bytes: &[u8]) -> Option<TokenHash> {
+    <[u8; 32]>::try_from(bytes).ok().map(TokenHash::from_bytes)
 }
 
 /// A session as listed to its owner.

@@ -146,7 +146,7 @@ pub async fn revoke(
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse> {
     let id: Uuid = id.parse().map_err(|_| Error::NotFound("no such API key"))?;
-    if !api_keys::revoke_everywhere(&state, id, Some(user.session.user_id)).await? {
+    if !crate::revocation::revoke_api_key(&state, id, Some(user.session.user_id)).await? {
         return Err(Error::NotFound("no such API key"));
     }
     Ok(StatusCode::NO_CONTENT)

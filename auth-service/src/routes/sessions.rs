@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::extract::{ApiJson, ApiPath, Caller, ClientIp, SessionUser, session_cookie_value};
 use crate::password::MAX_PASSWORD_BYTES;
 use crate::rate_limit;
+use crate::revocation;
 use crate::routes::openapi::{
     BadRequest, Forbidden, NotFound, PayloadTooLarge, RateLimited, RequestTimeout, Unauthenticated,
     Unavailable, Unprocessable, UnsupportedMediaType,
@@ -162,7 +163,7 @@ pub async fn login(
     if let Some(old) = session_cookie_value(&headers, config.cookie_name())
         && let Some((previous, _)) = sessions::authenticate(&state, &old).await?
     {
-        sessions::revoke(&state, previous.user_id, previous.session_id).await?;
+        revocation::revoke_session(&state, previous.user_id, previous.session_id).await?;
     }
     let client = ClientInfo {
         user_agent: headers
@@ -209,7 +210,7 @@ pub async fn logout(
     if let Some(token) = session_cookie_value(&headers, state.config.cookie_name())
         && let Some((session, _)) = sessions::authenticate(&state, &token).await?
     {
-        sessions::revoke(&state, session.user_id, session.session_id).await?;
+        revocation::revoke_session(&state, session.user_id, session.session_id).await?;
     }
     Ok((
         StatusCode::NO_CONTENT,
@@ -283,7 +284,7 @@ pub async fn revoke_all(
     State(state): State<AppState>,
     user: SessionUser,
 ) -> Result<impl IntoResponse> {
-    let revoked = sessions::revoke_all_for_user(&state, user.session.user_id).await?;
+    let revoked = revocation::revoke_all_sessions(&state, user.session.user_id).await?;
     tracing::info!(user_id = %user.session.user_id, revoked, "revoked all sessions");
     Ok((
         StatusCode::NO_CONTENT,
@@ -317,7 +318,7 @@ pub async fn revoke_one(
     ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse> {
     let id: Uuid = id.parse().map_err(|_| Error::NotFound("no such session"))?;
-    if !sessions::revoke(&state, user.session.user_id, id).await? {
+    if !revocation::revoke_session(&state, user.session.user_id, id).await? {
         return Err(Error::NotFound("no such session"));
     }
     let clear = (id == user.session.session_id).then(|| {

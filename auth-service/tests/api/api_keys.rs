@@ -215,7 +215,7 @@ async fn sibling_and_key(a: &TestApp, name: &str) -> (TestApp, String, uuid::Uui
 async fn revoke(a: &TestApp, id: uuid::Uuid) -> Instant {
     let revoked_at = Instant::now();
     assert!(
-        auth_service::api_keys::revoke_everywhere(&a.state, id, None)
+        auth_service::revocation::revoke_api_key(&a.state, id, None)
             .await
             .expect("revoke")
     );
@@ -293,7 +293,7 @@ async fn a_disabled_users_keys_stop_working() {
     let key = app.api_key(&user, "connect").await;
     assert_eq!(app.mint_with_key(&key).await.status(), StatusCode::CREATED);
     let outstanding = ticket_of(app.mint_with_key(&key).await).await;
-    auth_service::accounts::disable(&app.state, user.id)
+    auth_service::revocation::disable_user(&app.state, user.id)
         .await
         .expect("disable");
     tokio::time::sleep(Duration::from_millis(

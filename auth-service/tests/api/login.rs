@@ -93,7 +93,7 @@ async fn unknown_user_and_wrong_password_are_indistinguishable() {
 async fn disabled_users_cannot_log_in_and_get_the_same_answer() {
     let app = TestApp::spawn().await;
     let user = app.create_user("carol").await;
-    auth_service::accounts::disable(&app.state, user.id)
+    auth_service::revocation::disable_user(&app.state, user.id)
         .await
         .expect("disable");
     let response = app.login("carol", PASSWORD).await;

@@ -196,7 +196,7 @@ async fn keys_without_connect_scope_and_revoked_keys_cannot_mint() {
             .expect("key id");
     assert_eq!(app.mint_with_key(&key).await.status(), StatusCode::CREATED);
     assert!(
-        auth_service::api_keys::revoke_everywhere(&app.state, key_id, None)
+        auth_service::revocation::revoke_api_key(&app.state, key_id, None)
             .await
             .expect("revoke")
     );

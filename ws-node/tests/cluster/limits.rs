@@ -202,7 +202,7 @@ async fn revoke_all_and_disabling_a_user_close_their_sockets_everywhere() {
     // Disabling the user (what `auth-service user disable` runs) ends
     // everything else, on both nodes.
     let started = std::time::Instant::now();
-    auth_service::accounts::disable(&stack.auth, user.id)
+    auth_service::revocation::disable_user(&stack.auth, user.id)
         .await
         .expect("disable");
     assert_revoked_within_a_second(&mut key_sockets, started).await;
