@@ -1,15 +1,15 @@
 //! Every setting of auth-service, from flags or environment variables, each
 //! with a default that works on a developer machine with local Postgres and Redis.
 
-use clap::builder::BoolishValueParser;
-use shared::keys::RedisKeys;
-use shared::namespace::Namespaces;
-use shared::origin::OriginAllowlist;
+use shared::config::CommonConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
+    #[command(flatten)]
+    pub common: CommonConfig,
+
     /// Postgres URL; the database is created if missing and migrated at startup.
     #[arg(
         long,
@@ -22,30 +22,8 @@ pub struct Config {
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: u32,
 
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-
-    /// Prefix of every Redis key and channel, so deployments can share one Redis.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "tessera")]
-    pub redis_prefix: String,
-
     #[arg(long, env = "AUTH_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-
-    /// Serve `/metrics` on this address only (e.g. `0.0.0.0:9100`, reached by
-    /// Prometheus but not through the public proxy) instead of on `AUTH_LISTEN`.
-    #[arg(long, env = "METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
-
-    /// Browser origins allowed to use cookie sessions (comma-separated, exact match,
-    /// e.g. `https://app.example.com`). Also the CORS allowlist.
-    #[arg(
-        long,
-        env = "ALLOWED_ORIGINS",
-        value_delimiter = ',',
-        default_value = "http://localhost:8080,http://127.0.0.1:8080"
-    )]
-    pub allowed_origins: Vec<String>,
 
     /// Serve this directory's files at `/` (GET and HEAD), e.g. the demo app
     /// in clients/demo or your own single-page app, so that the page and the
@@ -56,11 +34,6 @@ pub struct Config {
     /// The `ws_url` returned with every ticket: where clients connect.
     #[arg(long, env = "PUBLIC_WS_URL", default_value = "ws://127.0.0.1:8081/ws")]
     pub public_ws_url: String,
-
-    /// Mark the session cookie `Secure` (and name it `__Host-session`). Only turn
-    /// off for plain-http development on a host other than localhost.
-    #[arg(long, env = "COOKIE_SECURE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub cookie_secure: bool,
 
     /// Ticket lifetime in seconds (1-30).
     #[arg(long, env = "TICKET_TTL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=30))]
@@ -121,15 +94,6 @@ pub struct Config {
     #[arg(long, env = "API_KEY_CACHE_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub api_key_cache_ms: u64,
 
-    /// Take the client IP from the last `X-Forwarded-For` entry (only behind a
-    /// proxy that sets it; otherwise clients could pick their own IP).
-    #[arg(long, env = "TRUST_PROXY_HEADERS", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub trust_proxy_headers: bool,
-
-    /// Channel namespaces (JSON; see shared::namespace). Default: public, user, broadcast.
-    #[arg(long, env = "CHANNEL_NAMESPACES")]
-    pub channel_namespaces: Option<String>,
-
     /// A request's head must arrive within this many seconds, and its body
     /// within as many again; a client that trickles them (slowloris) is cut
     /// off. An idle kept-alive connection is closed after this too, so keep
@@ -141,9 +105,6 @@ pub struct Config {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
-
-    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
-    pub log_format: shared::telemetry::LogFormat,
 }
 
 impl Config {
@@ -158,21 +119,6 @@ impl Config {
         Wrapper::try_parse_from(["auth-service"]).map(|w| w.config)
     }
 
-    pub fn redis_keys(&self) -> anyhow::Result<RedisKeys> {
-        Ok(RedisKeys::new(&self.redis_prefix)?)
-    }
-
-    pub fn namespaces(&self) -> anyhow::Result<Namespaces> {
-        Ok(match &self.channel_namespaces {
-            Some(json) => Namespaces::from_json(json)?,
-            None => Namespaces::default(),
-        })
-    }
-
-    pub fn origin_allowlist(&self) -> anyhow::Result<OriginAllowlist> {
-        Ok(OriginAllowlist::new(&self.allowed_origins)?)
-    }
-
     pub fn request_read_timeout(&self) -> Duration {
         Duration::from_secs(self.request_read_timeout_secs.max(1))
     }
@@ -181,27 +127,21 @@ impl Config {
         Duration::from_secs(self.ticket_ttl_secs)
     }
 
-    pub fn cookie_name(&self) -> &'static str {
-        shared::session::cookie_name(self.cookie_secure)
-    }
-
     pub fn serve_threads(&self) -> usize {
         self.serve_threads
-            .map_or_else(shared::net::available_cpus, usize::from)
+            .map_or_else(crate::serving::available_cpus, usize::from)
             .max(1)
     }
 
     pub fn hash_concurrency(&self) -> usize {
         self.hash_concurrency
-            .unwrap_or_else(shared::net::available_cpus)
+            .unwrap_or_else(crate::serving::available_cpus)
             .max(1)
     }
 
     /// Validates what clap cannot: origins, prefix, namespaces, timeouts that must agree.
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.redis_keys()?;
-        self.namespaces()?;
-        self.origin_allowlist()?;
+        self.common.validate()?;
         anyhow::ensure!(
             self.session_idle_timeout_secs <= self.session_absolute_timeout_secs,
             "SESSION_IDLE_TIMEOUT_SECS must not exceed SESSION_ABSOLUTE_TIMEOUT_SECS"

@@ -170,7 +170,7 @@ impl FromRequestParts<AppState> for ClientIp {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        if state.config.trust_proxy_headers
+        if state.config.common.trust_proxy_headers
             && let Some(ip) = shared::net::last_forwarded_for(
                 parts
                     .headers
@@ -207,7 +207,7 @@ impl FromRequestParts<AppState> for SessionUser {
         } else {
             crate::csrf::check_browser_request(&parts.headers, &state.origins)?
         };
-        let token = session_cookie_value(&parts.headers, state.config.cookie_name())
+        let token = session_cookie_value(&parts.headers, state.config.common.cookie_name())
             .ok_or_else(Error::unauthenticated)?;
         let (session, hash) = crate::sessions::authenticate(state, &token)
             .await?

@@ -20,6 +20,7 @@ pub mod password;
 pub mod rate_limit;
 pub mod revocation;
 pub mod routes;
+pub mod serving;
 pub mod sessions;
 pub mod state;
 pub mod telemetry;
@@ -40,20 +41,20 @@ impl AppState {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
         let db = db::connect_and_migrate(&config.database_url, config.database_pool_size).await?;
-        let redis = shared::redis_conn::connect(&config.redis_url)
+        let redis = shared::redis_conn::connect(&config.common.redis_url)
             .await
-            .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
+            .with_context(|| format!("connecting to Redis at {}", config.common.redis_url))?;
         let idle = config.session_idle_timeout_secs;
         // Activity is written to Postgres at most this often per session and
         // process; a quarter of the idle timeout keeps the Postgres fallback accurate.
         let touch_interval = Duration::from_secs((idle / 4).clamp(1, 60));
-        let command_connections = shared::redis_conn::CommandConnections::default();
+        let command_connections = crate::serving::CommandConnections::default();
         command_connections.add(redis.clone());
-        let namespaces = config.namespaces()?;
+        let namespaces = config.common.namespaces()?;
         Ok(Self::new(state::AppStateInner {
             command_connections,
-            keys: config.redis_keys()?,
-            origins: Arc::new(config.origin_allowlist()?),
+            keys: config.common.redis_keys()?,
+            origins: Arc::new(config.common.origin_allowlist()?),
             openapi: routes::openapi::document(&config, &namespaces),
             namespaces: Arc::new(namespaces),
             passwords: password::PasswordHasher::new(config.hash_concurrency(), config.hash_nice)?,
@@ -86,6 +87,7 @@ impl Application {
         let listener = shared::net::bind(config.listen)
             .with_context(|| format!("binding AUTH_LISTEN={}", config.listen))?;
         let metrics_listener = config
+            .common
             .metrics_listen
             .map(|addr| {
                 shared::net::bind(addr).with_context(|| format!("binding METRICS_LISTEN={addr}"))
@@ -162,7 +164,7 @@ impl Application {
             };
             let mut abandon = abandon_rx.clone();
             let work = async move {
-                let redis = shared::redis_conn::connect(&state.config.redis_url)
+                let redis = shared::redis_conn::connect(&state.config.common.redis_url)
                     .await
                     .context("connecting a serving thread to Redis")?;
                 let listener = TcpListener::from_std(listener).context("listening")?;
@@ -174,10 +176,7 @@ impl Application {
                 }
                 anyhow::Ok(())
             };
-            helpers.push(
-                shared::net::spawn_serving_thread(index, work)
-                    .context("starting a serving thread")?,
-            );
+            helpers.push(crate::serving::spawn(index, work).context("starting a serving thread")?);
         }
         let listener = TcpListener::from_std(listener).context("listening")?;
         tracing::info!(%addr, threads = helpers.len() + 1, "auth-service listening");

@@ -14,7 +14,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = auth_service::cli::Cli::parse();
-    shared::telemetry::init(cli.config.log_format, "info,sqlx=warn");
+    shared::telemetry::init(cli.config.common.log_format, "info,sqlx=warn");
     match auth_service::cli::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

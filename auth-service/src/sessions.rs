@@ -223,9 +223,9 @@ pub async fn list_for_user(state: &AppState, user_id: Uuid) -> Result<Vec<Sessio
 /// The `Set-Cookie` that installs a session (DESIGN §5): HttpOnly, Secure with the
 /// `__Host-` prefix, SameSite=Lax, Path=/, no Domain, living as long as the session can.
 pub fn session_cookie(state: &AppState, token: &Secret) -> Cookie<'static> {
-    Cookie::build((state.config.cookie_name(), token.expose().to_owned()))
+    Cookie::build((state.config.common.cookie_name(), token.expose().to_owned()))
         .http_only(true)
-        .secure(state.config.cookie_secure)
+        .secure(state.config.common.cookie_secure)
         .same_site(SameSite::Lax)
         .path("/")
         .max_age(time::Duration::seconds(
@@ -236,9 +236,9 @@ pub fn session_cookie(state: &AppState, token: &Secret) -> Cookie<'static> {
 
 /// The `Set-Cookie` that deletes the session cookie (same attributes, so browsers match it).
 pub fn removal_cookie(state: &AppState) -> Cookie<'static> {
-    Cookie::build((state.config.cookie_name(), ""))
+    Cookie::build((state.config.common.cookie_name(), ""))
         .http_only(true)
-        .secure(state.config.cookie_secure)
+        .secure(state.config.common.cookie_secure)
         .same_site(SameSite::Lax)
         .path("/")
         .max_age(time::Duration::ZERO)

@@ -3,11 +3,11 @@
 use crate::api_keys::ApiKeyVerifier;
 use crate::config::Config;
 use crate::password::PasswordHasher;
+use crate::serving::CommandConnections;
 use redis::aio::ConnectionManager;
 use shared::keys::RedisKeys;
 use shared::namespace::Namespaces;
 use shared::origin::OriginAllowlist;
-use shared::redis_conn::CommandConnections;
 use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;

@@ -4,6 +4,7 @@
 //! records separately, a one-character drift would silently break logins or
 //! tickets. So everything shared lives here, once:
 //!
+//! * [`config`]: the settings both services have.
 //! * [`keys`]: the only place that formats a Redis key or pub/sub channel name.
 //! * [`secret`]: random tokens and their SHA-256 digests (what we store instead of secrets).
 //! * [`credential`]: which credential a session or ticket belongs to, and the revocation check.
@@ -21,6 +22,7 @@
 //! * [`telemetry`]: logging setup shared by both binaries.
 
 pub mod channel;
+pub mod config;
 pub mod connections;
 pub mod control;
 pub mod credential;

@@ -1,4 +1,5 @@
-//! Listening sockets and shutdown signals, shared by both servers.
+//! Listening sockets, client addresses behind a proxy, and shutdown signals,
+//! shared by both servers.
 
 use std::net::{IpAddr, SocketAddr};
 use tokio::net::{TcpListener, TcpSocket};
@@ -55,42 +56,6 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received");
-}
-
-/// The CPUs this process may run on (2 if that cannot be told): auth-service's
-/// default number of serving threads and of password-hashing slots.
-pub fn available_cpus() -> usize {
-    std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
-}
-
-/// Starts the OS thread `serve-{index}`, which runs `work` on a
-/// single-threaded runtime of its own. auth-service serves one listening socket
-/// from several such threads (see its `run_until_stopped`): a connection then
-/// lives on one thread, and answering it never wakes another thread, which a shared work-stealing runtime does for most wake-ups.
-///
-/// ws-node does not: its fan-out wakes sockets from the subscriber's thread,
-/// and waking a task on another single-threaded runtime signals that
-/// runtime's driver every time (a write to its eventfd), where tokio's shared
-/// runtime wakes a worker only if one is asleep. Measured: fan-out to 2 000
-/// fell from 1.5 M to 145 k deliveries/s with two such threads per node.
-///
-/// The receiver yields `work`'s output once the thread is done (an error if
-/// its runtime could not start); it closes without a value if `work` panicked.
-pub fn spawn_serving_thread<T: Send + 'static>(
-    index: usize,
-    work: impl Future<Output = T> + Send + 'static,
-) -> std::io::Result<tokio::sync::oneshot::Receiver<std::io::Result<T>>> {
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("serve-{index}"))
-        .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|runtime| runtime.block_on(work));
-            let _ = done_tx.send(result);
-        })?;
-    Ok(done_rx)
 }
 
 #[cfg(test)]

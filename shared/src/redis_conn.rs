@@ -6,7 +6,6 @@
 //! (and answer 503) rather than hang.
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long one Redis command may take before the caller gets an error.
@@ -50,48 +49,4 @@ pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_millis(500));
     ConnectionManager::new_with_config(client, config).await
-}
-
-/// Every command connection of a process (one per serving thread), so that
-/// the readiness check asks all of them. A manager whose reconnection gave up
-/// during an outage only tries again when it is next used: a probe that
-/// reached one thread's connection would say nothing about the others', and
-/// the first request on each of them after Redis came back would fail.
-#[derive(Clone, Default)]
-pub struct CommandConnections(Arc<Mutex<Vec<ConnectionManager>>>);
-
-impl CommandConnections {
-    pub fn add(&self, connection: ConnectionManager) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(connection);
-    }
-
-    /// Pings every connection at once: true if all answer within `timeout`.
-    /// One that fails starts reconnecting, so once Redis is back the next
-    /// probe finds it answering (and requests never meet it broken).
-    pub async fn all_answer(&self, timeout: Duration) -> bool {
-        let connections = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let mut pings = tokio::task::JoinSet::new();
-        for mut connection in connections {
-            pings.spawn(async move {
-                tokio::time::timeout(
-                    timeout,
-                    redis::cmd("PING").query_async::<()>(&mut connection),
-                )
-                .await
-                .is_ok_and(|r| r.is_ok())
-            });
-        }
-        let mut all = true;
-        while let Some(answered) = pings.join_next().await {
-            all &= answered.unwrap_or(false);
-        }
-        all
-    }
 }

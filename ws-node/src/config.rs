@@ -1,10 +1,7 @@
 //! Every setting of ws-node, from flags or environment variables, each with a
 //! default that works on a developer machine.
 
-use clap::builder::BoolishValueParser;
-use shared::keys::RedisKeys;
-use shared::namespace::Namespaces;
-use shared::origin::OriginAllowlist;
+use shared::config::CommonConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -15,12 +12,8 @@ use std::time::Duration;
     about = "WebSocket node: authenticated handshake, channels, Redis fan-out"
 )]
 pub struct Config {
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-
-    /// Prefix of every Redis key and channel; must match auth-service's.
-    #[arg(long, env = "REDIS_PREFIX", default_value = "tessera")]
-    pub redis_prefix: String,
+    #[command(flatten)]
+    pub common: CommonConfig,
 
     #[arg(long, env = "WS_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
@@ -28,35 +21,6 @@ pub struct Config {
     /// This node's name in `welcome` frames, logs and connection listings (default: random).
     #[arg(long, env = "NODE_ID")]
     pub node_id: Option<String>,
-
-    /// Browser origins allowed to connect with the session cookie (exact match).
-    #[arg(
-        long,
-        env = "ALLOWED_ORIGINS",
-        value_delimiter = ',',
-        default_value = "http://localhost:8080,http://127.0.0.1:8080"
-    )]
-    pub allowed_origins: Vec<String>,
-
-    /// Must match auth-service: selects the cookie name (`__Host-session` or `session`).
-    #[arg(long, env = "COOKIE_SECURE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub cookie_secure: bool,
-
-    /// Channel namespaces (JSON; see shared::namespace). Default: public, user, broadcast.
-    #[arg(long, env = "CHANNEL_NAMESPACES")]
-    pub channel_namespaces: Option<String>,
-
-    /// Take the client's IP from the last `X-Forwarded-For` entry (only behind
-    /// a proxy that sets it; otherwise clients could pick their own IP). The
-    /// per-IP limit on sockets awaiting first-message auth counts it: behind a
-    /// proxy, the socket's peer is the proxy, for every client.
-    #[arg(long, env = "TRUST_PROXY_HEADERS", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub trust_proxy_headers: bool,
-
-    /// Serve `/metrics` on this address only (e.g. `0.0.0.0:9100`, reached by
-    /// Prometheus but not through the public proxy) instead of on `WS_LISTEN`.
-    #[arg(long, env = "METRICS_LISTEN")]
-    pub metrics_listen: Option<SocketAddr>,
 
     /// Milliseconds a socket opened without credentials has to send its `auth` frame (then 4002).
     #[arg(long, env = "AUTH_TIMEOUT_MS", default_value_t = 5000)]
@@ -135,9 +99,6 @@ pub struct Config {
     /// Seconds to close every socket (1001) and exit after SIGTERM.
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
-
-    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
-    pub log_format: shared::telemetry::LogFormat,
 }
 
 impl Config {
@@ -145,21 +106,6 @@ impl Config {
     pub fn from_env() -> Result<Self, clap::Error> {
         use clap::Parser as _;
         Self::try_parse_from(["ws-node"])
-    }
-
-    pub fn redis_keys(&self) -> anyhow::Result<RedisKeys> {
-        Ok(RedisKeys::new(&self.redis_prefix)?)
-    }
-
-    pub fn namespaces(&self) -> anyhow::Result<Namespaces> {
-        Ok(match &self.channel_namespaces {
-            Some(json) => Namespaces::from_json(json)?,
-            None => Namespaces::default(),
-        })
-    }
-
-    pub fn origin_allowlist(&self) -> anyhow::Result<OriginAllowlist> {
-        Ok(OriginAllowlist::new(&self.allowed_origins)?)
     }
 
     pub fn node_id(&self) -> String {
@@ -196,14 +142,8 @@ impl Config {
         Duration::from_secs(self.drain_timeout_secs)
     }
 
-    pub fn cookie_name(&self) -> &'static str {
-        shared::session::cookie_name(self.cookie_secure)
-    }
-
     pub fn validate(&self) -> anyhow::Result<()> {
-        self.redis_keys()?;
-        self.namespaces()?;
-        self.origin_allowlist()?;
+        self.common.validate()?;
         anyhow::ensure!(
             self.send_queue_frames >= 1,
             "SEND_QUEUE_FRAMES must be at least 1"

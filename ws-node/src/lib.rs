@@ -57,24 +57,25 @@ impl Application {
         let listener = shared::net::bind(config.listen)
             .with_context(|| format!("binding WS_LISTEN={}", config.listen))?;
         let metrics_listener = config
+            .common
             .metrics_listen
             .map(|addr| {
                 shared::net::bind(addr).with_context(|| format!("binding METRICS_LISTEN={addr}"))
             })
             .transpose()?;
-        let redis = shared::redis_conn::connect(&config.redis_url)
+        let redis = shared::redis_conn::connect(&config.common.redis_url)
             .await
-            .with_context(|| format!("connecting to Redis at {}", config.redis_url))?;
-        let keys = config.redis_keys()?;
+            .with_context(|| format!("connecting to Redis at {}", config.common.redis_url))?;
+        let keys = config.common.redis_keys()?;
         let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
         let hub = Arc::new(Hub::new(commands_tx));
         let (subscribed_tx, subscribed_rx) = watch::channel(false);
         let (draining_tx, draining_rx) = watch::channel(false);
         let (tick_tx, tick_rx) = watch::channel(0u64);
         let node_id: Arc<str> = config.node_id().into();
-        let namespaces = Arc::new(config.namespaces()?);
+        let namespaces = Arc::new(config.common.namespaces()?);
         let subscriber = cluster::subscriber::Subscriber {
-            client: shared::redis_conn::client(&config.redis_url)?,
+            client: shared::redis_conn::client(&config.common.redis_url)?,
             redis: redis.clone(),
             keys: keys.clone(),
             namespaces: namespaces.clone(),
@@ -93,7 +94,7 @@ impl Application {
             coalescing: Arc::new(cluster::coalescing::Coalescing::new(tick_rx)),
             presence: Arc::default(),
             cleanups: Arc::default(),
-            origins: Arc::new(config.origin_allowlist()?),
+            origins: Arc::new(config.common.origin_allowlist()?),
             pending_auth: Arc::default(),
             subscribed: subscribed_rx,
             draining: draining_rx,

@@ -16,7 +16,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = ws_node::config::Config::parse();
-    shared::telemetry::init(config.log_format, "info");
+    shared::telemetry::init(config.common.log_format, "info");
     // Every socket is a file descriptor: use all the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),

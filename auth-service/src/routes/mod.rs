@@ -83,7 +83,7 @@ pub fn app(
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json));
-    if state.config.metrics_listen.is_none() {
+    if state.config.common.metrics_listen.is_none() {
         router = router.route("/metrics", get(health::metrics));
     }
     let router = match &state.config.static_dir {

@@ -84,14 +84,15 @@ struct ApiDoc;
 /// The document for this deployment, as served: JSON bytes built once at startup.
 pub fn document(config: &Config, namespaces: &Namespaces) -> Bytes {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
-    doc["components"]["securitySchemes"]["session_cookie"]["name"] = config.cookie_name().into();
+    doc["components"]["securitySchemes"]["session_cookie"]["name"] =
+        config.common.cookie_name().into();
     // Only a configured namespace can be published to (else 422 unknown_namespace).
     let names: Vec<&str> = namespaces.rules().iter().map(|r| r.name.as_str()).collect();
     let channel = &mut doc["components"]["schemas"]["PublishRequest"]["properties"]["channel"];
     assert!(channel.is_object(), "PublishRequest has a channel property");
     channel["pattern"] = format!("^({}):[A-Za-z0-9_.:@=+-]+$", names.join("|")).into();
     // With METRICS_LISTEN, /metrics is served elsewhere, not by this API.
-    if config.metrics_listen.is_some()
+    if config.common.metrics_listen.is_some()
         && let Some(paths) = doc["paths"].as_object_mut()
     {
         paths.remove("/metrics");
@@ -285,7 +286,7 @@ mod tests {
     #[test]
     fn document_is_openapi_3_1_for_this_deployment() {
         let mut config = Config::from_env().expect("default config");
-        config.cookie_secure = false;
+        config.common.cookie_secure = false;
         let doc: Value =
             serde_json::from_slice(&document(&config, &Namespaces::default())).expect("JSON");
         assert!(

@@ -160,7 +160,7 @@ pub async fn login(
     }
     // The browser's previous session (if any) is replaced, not reused: a new id
     // at every login means a planted id never becomes an authenticated one.
-    if let Some(old) = session_cookie_value(&headers, config.cookie_name())
+    if let Some(old) = session_cookie_value(&headers, config.common.cookie_name())
         && let Some((previous, _)) = sessions::authenticate(&state, &old).await?
     {
         revocation::revoke_session(&state, previous.user_id, previous.session_id).await?;
@@ -207,7 +207,7 @@ pub async fn logout(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse> {
     crate::csrf::check_browser_request(&headers, &state.origins)?;
-    if let Some(token) = session_cookie_value(&headers, state.config.cookie_name())
+    if let Some(token) = session_cookie_value(&headers, state.config.common.cookie_name())
         && let Some((session, _)) = sessions::authenticate(&state, &token).await?
     {
         revocation::revoke_session(&state, session.user_id, session.session_id).await?;

@@ -12,8 +12,8 @@ async fn user_and_api_key_commands() {
     let config = &app.state.config;
     let envs = [
         ("DATABASE_URL", config.database_url.as_str()),
-        ("REDIS_URL", config.redis_url.as_str()),
-        ("REDIS_PREFIX", config.redis_prefix.as_str()),
+        ("REDIS_URL", config.common.redis_url.as_str()),
+        ("REDIS_PREFIX", config.common.redis_prefix.as_str()),
     ];
     let cmd = |args: &[&str]| {
         let mut c = Command::new(bin);

@@ -31,10 +31,10 @@ pub fn test_config(db: &TestDatabase) -> Config {
     config.listen = "127.0.0.1:0".parse().expect("addr");
     config.database_url = db.url.clone();
     config.database_pool_size = 5;
-    config.redis_url = testkit::shared_redis_url();
-    config.redis_prefix = testkit::unique_prefix();
-    config.allowed_origins = vec![APP_ORIGIN.to_owned()];
-    config.cookie_secure = true;
+    config.common.redis_url = testkit::shared_redis_url();
+    config.common.redis_prefix = testkit::unique_prefix();
+    config.common.allowed_origins = vec![APP_ORIGIN.to_owned()];
+    config.common.cookie_secure = true;
     config
 }
 

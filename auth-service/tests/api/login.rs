@@ -38,7 +38,7 @@ async fn login_sets_a_host_only_secure_httponly_cookie() {
 
 #[tokio::test]
 async fn insecure_cookie_mode_drops_the_host_prefix_for_plain_http_development() {
-    let app = TestApp::spawn_with(|c| c.cookie_secure = false).await;
+    let app = TestApp::spawn_with(|c| c.common.cookie_secure = false).await;
     app.create_user("dev").await;
     let response = app.login("dev", PASSWORD).await;
     let cookie = set_cookie(&response).expect("cookie");

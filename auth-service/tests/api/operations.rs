@@ -43,9 +43,10 @@ async fn health_readiness_and_metrics() {
 
 #[tokio::test]
 async fn metrics_listen_serves_metrics_apart_and_the_public_listener_no_longer_does() {
-    let app =
-        TestApp::spawn_with(|c| c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr")))
-            .await;
+    let app = TestApp::spawn_with(|c| {
+        c.common.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"))
+    })
+    .await;
     let public = app
         .http
         .get(app.url("/metrics"))
@@ -91,7 +92,7 @@ async fn metrics_listen_serves_metrics_apart_and_the_public_listener_no_longer_d
 async fn readiness_fails_and_requests_fail_closed_when_redis_is_gone() {
     let mut redis = testkit::RedisServer::start();
     let url = redis.url();
-    let app = TestApp::spawn_with(|c| c.redis_url = url).await;
+    let app = TestApp::spawn_with(|c| c.common.redis_url = url).await;
     let user = app.create_user("alice").await;
     let key = app.api_key(&user, "connect").await;
     assert_eq!(app.mint_with_key(&key).await.status(), StatusCode::CREATED);

@@ -20,7 +20,7 @@ pub fn router(state: NodeState) -> Router {
         .route("/ws", get(upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
-    if state.config.metrics_listen.is_none() {
+    if state.config.common.metrics_listen.is_none() {
         router = router.route("/metrics", get(metrics));
     }
     router
@@ -127,7 +127,7 @@ async fn upgrade(
             .headers
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_bytes())),
-        node.config.cookie_name(),
+        node.config.common.cookie_name(),
     );
     let accepted = match handshake::authenticate(&node, request).await {
         Ok(accepted) => accepted,

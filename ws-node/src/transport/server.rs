@@ -195,7 +195,7 @@ async fn read_first_request(
                     head.version == Some(1),
                     Some(query),
                     head.headers.iter().map(|h| (h.name, h.value)),
-                    node.config.cookie_name(),
+                    node.config.common.cookie_name(),
                 );
                 return Ok(FirstRequest::Upgrade { request, head_len });
             }

@@ -428,7 +428,7 @@ async fn a_long_subscription_outage_is_replayed_in_full_at_the_pace_clients_read
             redis_url: redis.url(),
             customise_node: Box::new(|c| {
                 fast(c);
-                c.channel_namespaces = open_namespace("public", 20_000, 600);
+                c.common.channel_namespaces = open_namespace("public", 20_000, 600);
             }),
             ..StackOptions::default()
         })

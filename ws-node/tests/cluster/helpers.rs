@@ -95,9 +95,9 @@ impl Stack {
         auth_config.listen = "127.0.0.1:0".parse().expect("addr");
         auth_config.database_url = db.url.clone();
         auth_config.database_pool_size = 5;
-        auth_config.redis_url = options.redis_url.clone();
-        auth_config.redis_prefix = prefix.clone();
-        auth_config.allowed_origins = vec![APP_ORIGIN.to_owned()];
+        auth_config.common.redis_url = options.redis_url.clone();
+        auth_config.common.redis_prefix = prefix.clone();
+        auth_config.common.allowed_origins = vec![APP_ORIGIN.to_owned()];
         (options.customise_auth)(&mut auth_config);
         let auth = auth_service::Application::build(auth_config)
             .await
@@ -254,10 +254,10 @@ pub async fn publish_numbered(
 pub fn node_config(redis_url: &str, prefix: &str, node_id: &str) -> ws_node::config::Config {
     let mut config = ws_node::config::Config::from_env().expect("config");
     config.listen = "127.0.0.1:0".parse().expect("addr");
-    config.redis_url = redis_url.to_owned();
-    config.redis_prefix = prefix.to_owned();
+    config.common.redis_url = redis_url.to_owned();
+    config.common.redis_prefix = prefix.to_owned();
     config.node_id = Some(node_id.to_owned());
-    config.allowed_origins = vec![APP_ORIGIN.to_owned()];
+    config.common.allowed_origins = vec![APP_ORIGIN.to_owned()];
     config
 }
 

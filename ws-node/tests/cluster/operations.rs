@@ -41,7 +41,9 @@ async fn health_readiness_and_metrics() {
 async fn metrics_listen_serves_metrics_apart_and_the_public_listener_no_longer_does() {
     let stack = Stack::start_with(StackOptions {
         nodes: 1,
-        customise_node: Box::new(|c| c.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"))),
+        customise_node: Box::new(|c| {
+            c.common.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"))
+        }),
         ..StackOptions::default()
     })
     .await;

@@ -110,7 +110,7 @@ async fn a_gap_history_no_longer_covers_is_reported_not_hidden() {
         nodes: 1,
         customise_node: Box::new(|c| {
             fast_publisher(c);
-            c.channel_namespaces = Some(
+            c.common.channel_namespaces = Some(
                 r#"[{"name":"short","subscribe":"any","publish":"any","history":{"max_len":5,"max_age_secs":60}},
                     {"name":"user","subscribe":"owner","publish":"server","history":{"max_len":5,"max_age_secs":60}}]"#
                     .into(),
@@ -153,7 +153,7 @@ async fn history_older_than_its_age_limit_is_not_replayed() {
         nodes: 1,
         customise_node: Box::new(|c| {
             fast_publisher(c);
-            c.channel_namespaces = open_namespace("brief", 10_000, 1);
+            c.common.channel_namespaces = open_namespace("brief", 10_000, 1);
         }),
         ..StackOptions::default()
     })

@@ -1,0 +1,89 @@
+//! The settings both services have, which must agree between them (the Redis
+//! key prefix, the cookie's name, the channel namespaces, the allowed
+//! origins) or which both need the same way. Each service's own `Config`
+//! flattens this in, so the variables, defaults and checks are written once.
+
+use crate::keys::RedisKeys;
+use crate::namespace::Namespaces;
+use crate::origin::OriginAllowlist;
+use clap::builder::BoolishValueParser;
+use std::net::SocketAddr;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct CommonConfig {
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key and channel, so deployments can share one
+    /// Redis; auth-service and the ws-nodes of a deployment must use the same.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "tessera")]
+    pub redis_prefix: String,
+
+    /// Browser origins allowed to use the session cookie (comma-separated,
+    /// exact match, e.g. `https://app.example.com`): logging in and minting
+    /// tickets from a page, cookie WebSockets. Also auth-service's CORS
+    /// allowlist.
+    #[arg(
+        long,
+        env = "ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://localhost:8080,http://127.0.0.1:8080"
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Mark the session cookie `Secure` (and name it `__Host-session`; with
+    /// `false`, `session`). Only turn off for plain-http development on a
+    /// host other than localhost.
+    #[arg(long, env = "COOKIE_SECURE", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub cookie_secure: bool,
+
+    /// Channel namespaces (JSON; see shared::namespace). Default: public, user, broadcast.
+    #[arg(long, env = "CHANNEL_NAMESPACES")]
+    pub channel_namespaces: Option<String>,
+
+    /// Take the client's IP from the last `X-Forwarded-For` entry (only
+    /// behind a proxy that sets it; otherwise clients could pick their own
+    /// IP). The per-IP limits count it: behind a proxy, the socket's peer is
+    /// the proxy, for every client.
+    #[arg(long, env = "TRUST_PROXY_HEADERS", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub trust_proxy_headers: bool,
+
+    /// Serve `/metrics` on this address only (e.g. `0.0.0.0:9100`, reached by
+    /// Prometheus but not through the public proxy) instead of on the
+    /// service's own listener.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
+    pub log_format: crate::telemetry::LogFormat,
+}
+
+impl CommonConfig {
+    pub fn redis_keys(&self) -> Result<RedisKeys, crate::keys::InvalidPrefix> {
+        RedisKeys::new(&self.redis_prefix)
+    }
+
+    pub fn namespaces(&self) -> anyhow::Result<Namespaces> {
+        Ok(match &self.channel_namespaces {
+            Some(json) => Namespaces::from_json(json)?,
+            None => Namespaces::default(),
+        })
+    }
+
+    pub fn origin_allowlist(&self) -> anyhow::Result<OriginAllowlist> {
+        Ok(OriginAllowlist::new(&self.allowed_origins)?)
+    }
+
+    /// The session cookie's name (`__Host-session`, or `session` without `Secure`).
+    pub fn cookie_name(&self) -> &'static str {
+        crate::session::cookie_name(self.cookie_secure)
+    }
+
+    /// What clap cannot check: the prefix, the namespaces, the origins.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.redis_keys()?;
+        self.namespaces()?;
+        self.origin_allowlist()?;
+        Ok(())
+    }
+}
