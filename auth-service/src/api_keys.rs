@@ -4,7 +4,7 @@
 //! The prefix makes leaked keys recognisable to secret scanners; the checksum
 //! lets us reject typos and garbage without a database round trip. Keys are
 //! shown once and stored as SHA-256 (a uniformly random 256-bit secret needs no
-//! slow hash, and argon2 per request would cap minting at ~60/s).
+//! slow hash, and argon2 per request would cap minting at a few dozen a second).
 //!
 //! Verification is cached in memory for `API_KEY_CACHE_MS` (at most 1 s): the
 //! process that revokes a key forgets it at once, every other process within

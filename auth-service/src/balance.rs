@@ -5,9 +5,9 @@
 //! connections in a burst (a connection pool, or a proxy, starting up), one
 //! thread can take every one of them; and as a kept-alive connection stays on
 //! the thread that accepted it, that thread then does all the work while the
-//! other idles. Measured with wrk's 40 connections on 2 threads: in 3 of 10
-//! runs one thread held them all, and minted 39–44 k tickets/s against
-//! 49–54 k when they were spread (and the split was lopsided in others).
+//! other idles. The mint benchmark (wrk's burst of connections on 2 threads)
+//! caught it in some runs: one thread held them all and the mint rate fell
+//! well below that of runs where they were spread.
 //!
 //! So each thread counts the connections it serves, and one that accepts a
 //! connection while it holds more than [`SLACK`] above the least busy thread

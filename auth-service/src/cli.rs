@@ -1,4 +1,5 @@
-//! The command line: `serve` (the default) and the operator commands of DESIGN §9.
+//! The command line: `serve` (the default) and the operator commands
+//! (users, API keys, migrations), listed in the README.
 
 use crate::Application;
 use crate::accounts::{self, Username};

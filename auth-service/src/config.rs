@@ -50,8 +50,7 @@ pub struct Config {
     /// Threads that serve HTTP, each a single-threaded runtime with its own
     /// Redis connection; a connection stays on one thread (the one that
     /// accepted it, or the least busy one if that held more than its share),
-    /// so a request never hops threads (on 2 cores a mint then costs a quarter
-    /// less CPU than on one shared work-stealing runtime). Defaults to the
+    /// so a request never hops threads (and wakes no other). Defaults to the
     /// number of CPUs.
     #[arg(long, env = "SERVE_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub serve_threads: Option<u16>,

@@ -126,9 +126,9 @@ impl Application {
     /// own Redis connection. A connection is handled start to end by one
     /// thread: the one that accepted it, or the least busy one if that held
     /// more than its share ([`balance`]). No request hops threads, so
-    /// answering one wakes no other thread (on 2 cores auth-service then
-    /// spends a quarter less CPU per mint than on one shared work-stealing
-    /// runtime; see BENCHMARKS.md). The database pool, the caches and the
+    /// answering one wakes no other thread (the mint benchmark measured
+    /// clearly less CPU per mint than on one shared work-stealing runtime;
+    /// docs/ARCHITECTURE.md says more). The database pool, the caches and the
     /// password-hashing slots stay shared by all threads.
     ///
     /// Past the timeout, the serving threads end, closing the connections

@@ -20,8 +20,8 @@ pub fn available_cpus() -> usize {
 /// ws-node does not: its fan-out wakes sockets from the subscriber's thread,
 /// and waking a task on another single-threaded runtime signals that
 /// runtime's driver every time (a write to its eventfd), where tokio's shared
-/// runtime wakes a worker only if one is asleep. Measured: fan-out to 2 000
-/// fell from 1.5 M to 145 k deliveries/s with two such threads per node.
+/// runtime wakes a worker only if one is asleep; the fan-out benchmark ran an
+/// order of magnitude slower with two such threads per node.
 ///
 /// The receiver yields `work`'s output once the thread is done (an error if
 /// its runtime could not start); it closes without a value if `work` panicked.

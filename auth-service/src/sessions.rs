@@ -220,7 +220,7 @@ pub async fn list_for_user(state: &AppState, user_id: Uuid) -> Result<Vec<Sessio
     .await?)
 }
 
-/// The `Set-Cookie` that installs a session (DESIGN §5): HttpOnly, Secure with the
+/// The `Set-Cookie` that installs a session: HttpOnly, Secure with the
 /// `__Host-` prefix, SameSite=Lax, Path=/, no Domain, living as long as the session can.
 pub fn session_cookie(state: &AppState, token: &Secret) -> Cookie<'static> {
     Cookie::build((state.config.common.cookie_name(), token.expose().to_owned()))

@@ -147,10 +147,10 @@ const LATENCY_ONE_P99_MS: f64 = 1.0;
 const LATENCY_MANY_P99_MS: f64 = 30.0;
 
 /// Connections of the mint scenario's closed-loop load generator: enough to
-/// keep auth-service's serving threads busy (40 measured 49–53 k mints/s here),
-/// and no more. Every connection beyond that only waits in a queue: 64 added
-/// 5–10 % to the rate but about 1 ms to the p99 (3.2–3.8 ms), which is the
-/// client's queueing, not the service's latency at the target rate.
+/// keep auth-service's serving threads busy, and no more (found by running
+/// the scenario at several counts). Every connection beyond that only waits
+/// in a queue, adding little to the rate and much to the p99: the client's
+/// queueing, not the service's latency.
 const MINT_CONCURRENCY: usize = 40;
 
 fn latency_one(seconds: u64, rate: u64) -> FanoutPlan {

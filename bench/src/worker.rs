@@ -302,14 +302,15 @@ async fn run(job: Job) -> anyhow::Result<()> {
     emit(&Event::Result(outcome))
 }
 
-/// Heap a worker's connection uses (measured: ~7 KiB; see [`prefault_heap`]).
+/// Heap a worker's connection uses, rounded up from what a worker was seen to
+/// use (see [`prefault_heap`]).
 const HEAP_PER_CONNECTION: usize = 8 * 1024;
 
 /// Touches, then frees, the heap `connections` will need, before the worker
 /// reports `started`. Otherwise the kernel zeroes those pages on first touch
-/// during the measured window: 2 MiB at a time with transparent huge pages,
-/// which perf showed as ~5 % of the whole machine's CPU in the handshake
-/// scenario, taken from the servers the load generator shares it with.
+/// during the measured window, 2 MiB at a time with transparent huge pages:
+/// `perf` showed it taking a visible share of the machine's CPU in the
+/// handshake scenario, from the servers the load generator shares it with.
 /// mimalloc keeps the freed pages for reuse because the parent starts workers
 /// with `MIMALLOC_PURGE_DELAY=-1` (never hand memory back to the OS).
 fn prefault_heap(connections: usize) {

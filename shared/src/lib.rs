@@ -15,7 +15,7 @@
 //! * [`connections`]: the cluster-wide directory of live connections.
 //! * [`control`]: control messages (revocations) from auth-service to every ws-node.
 //! * [`namespace`]: channel namespaces and their rules (who may join, publish; history).
-//! * [`net`]: listening sockets and shutdown signals, set up the way DESIGN §7 measured.
+//! * [`net`]: listening sockets, client addresses behind a proxy, shutdown signals.
 //! * [`http`]: serving HTTP/1.1 connections with hyper, with a request-head timeout.
 //! * [`origin`]: the exact-match browser origin allowlist.
 //! * [`redact`]: scrubbing secrets from anything that may be logged.

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use tokio::net::{TcpListener, TcpSocket};
 
 /// Listen backlog. tokio's `TcpListener::bind` uses 128, which overflows under
-/// handshake bursts and makes clients wait a full SYN retransmit (1 s) (DESIGN §7).
+/// handshake bursts and makes clients wait a full SYN retransmit (1 s).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds `addr` with [`LISTEN_BACKLOG`] and `SO_REUSEADDR` (restarts do not wait for TIME_WAIT).

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// The longest ticket lifetime the system allows (DESIGN §5).
+/// The longest ticket lifetime the system allows: a ticket is for the
+/// connection attempt it was minted for, not a second credential.
 pub const MAX_TICKET_TTL: Duration = Duration::from_secs(30);
 
 /// What a consumed ticket proves about the connecting client.

@@ -43,9 +43,9 @@ pub struct Config {
     pub max_message_bytes: usize,
 
     /// Bytes tungstenite reads from a socket at a time, and about what an idle
-    /// connection keeps allocated for reading. Measured here per idle
-    /// connection (54 000 over 3 nodes): 4096 ≈ 7.4 KiB, 1024 ≈ 6.05 KiB,
-    /// 512 ≈ 5.5 KiB. Client frames are small; a large one just takes more reads.
+    /// connection keeps allocated for reading: the benchmark's idle scenario
+    /// measures the memory per connection it costs. Client frames are small;
+    /// a large one just takes more reads.
     #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 512, value_parser = clap::value_parser!(u64).range(256..=1_048_576))]
     pub ws_read_buffer_bytes: u64,
 

@@ -4,12 +4,12 @@ use clap::Parser as _;
 use std::process::ExitCode;
 
 /// jemalloc instead of glibc's malloc: accepting a WebSocket allocates and
-/// frees many small objects across the runtime's threads, and glibc's
-/// malloc/free took ~8 % of the machine in handshake profiles. With jemalloc,
-/// ws-node spent ~21 % less CPU over the handshake scenario (accepting and
-/// closing 24 000 connections) and as much as before over fan-out, with the
-/// same RSS per idle connection (~5.6 KiB). mimalloc, tried before, raised that to ~7.2 KiB
-/// (BENCHMARKS.md has the runs).
+/// frees many small objects across the runtime's threads, where glibc's
+/// malloc/free stood out in `perf` profiles of the handshake scenario. With
+/// jemalloc, ws-node spent clearly less CPU there, as much as before on
+/// fan-out, and the same memory per idle connection; mimalloc, tried too,
+/// raised the memory per idle connection (alternating runs of the benchmark's
+/// handshake, fan-out and idle scenarios decided it).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

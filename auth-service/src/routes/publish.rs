@@ -17,7 +17,8 @@ use shared::channel::{ChannelName, PublishError, publish as publish_to_channel};
 use shared::scope::Scope;
 use utoipa::ToSchema;
 
-/// Largest `data` accepted: what a WebSocket frame may carry (DESIGN §5).
+/// Largest `data` accepted: what a WebSocket frame may carry (ws-node's
+/// default `MAX_MESSAGE_BYTES`).
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
 
 #[derive(Deserialize, ToSchema)]

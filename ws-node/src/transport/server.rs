@@ -68,7 +68,8 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: NodeState, 
     // socket's fields are passed straight on (an async fn taking the
     // `Opened`, like `serve_opened`, keeps a second copy of them for as long
     // as it runs), and the rarer unauthenticated wait is boxed too. Inline,
-    // these cost about 2 KiB per idle socket.
+    // these cost every idle socket memory (the benchmark's idle scenario
+    // measures it).
     let Some(opened) = Box::pin(handshake(stream, peer, node, router)).await else {
         return;
     };
