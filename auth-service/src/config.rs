@@ -55,7 +55,8 @@ pub struct Config {
     #[arg(long, env = "SERVE_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub serve_threads: Option<u16>,
 
-    /// Password hashes computed at once (each takes 19 MiB for ~30-50 ms).
+    /// Password hashes computed at once (each takes 19 MiB and tens of
+    /// milliseconds of a core).
     /// Defaults to the number of CPUs.
     #[arg(long, env = "HASH_CONCURRENCY")]
     pub hash_concurrency: Option<usize>,

@@ -2,7 +2,8 @@
 //!
 //! Published on the deployment's control channel ([`RedisKeys::control`]).
 //! Pub/sub is at-most-once, so a lost control message must not leave a revoked
-//! credential working: revocation also writes a short-lived marker that ticket
+//! credential working: revocation also writes a marker (kept for
+//! [`REVOCATION_MEMORY`](crate::credential::REVOCATION_MEMORY)) that ticket
 //! consumption checks, and ws-node re-validates live sockets periodically.
 
 use crate::credential::AuthSource;

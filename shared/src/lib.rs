@@ -19,6 +19,7 @@
 //! * [`http`]: serving HTTP/1.1 connections with hyper, with a request-head timeout.
 //! * [`origin`]: the exact-match browser origin allowlist.
 //! * [`redact`]: scrubbing secrets from anything that may be logged.
+//! * [`redis_conn`]: opening Redis connections with the timeouts both services need.
 //! * [`telemetry`]: logging setup shared by both binaries.
 
 pub mod channel;

@@ -85,7 +85,7 @@ impl Error {
         }
     }
 
-    /// The refusal as a whole HTTP/1.1 response, for [`crate::server`] to
+    /// The refusal as a whole HTTP/1.1 response, for [`crate::transport::server`] to
     /// write by hand; the same status and body as [`IntoResponse`] gives,
     /// and the connection closes after it.
     pub fn http_bytes(&self) -> Vec<u8> {

@@ -88,9 +88,15 @@ pub async fn admit(node: &NodeState, candidate: Candidate) -> Result<(Admitted, 
     );
     let mut redis = node.redis.clone();
     let (revoked, disabled, connections): (bool, bool, u64) = pipe.query_async(&mut redis).await?;
+    // A revoked credential reads as the credential it was: an invalid
+    // ticket, or an invalid session (whose client should ask auth-service).
+    let refusal = match candidate {
+        Candidate::Ticket(_) => Error::InvalidTicket,
+        Candidate::Session(_) => Error::InvalidSession,
+    };
     let Some(principal) = candidate.checked(RevocationCheck::read(revoked, disabled)) else {
         admitted.release().await;
-        return Err(Error::InvalidTicket);
+        return Err(refusal);
     };
     if connections > u64::from(node.config.max_connections_per_user) {
         admitted.release().await;

@@ -17,7 +17,7 @@ pub fn is_too_big(e: &tokio_tungstenite::tungstenite::Error) -> bool {
 }
 
 /// Closes the WebSocket for `reason`: sends the close frame, then reads (and
-/// discards) until the peer's close reply, all within [`CLOSE_TIMEOUT`]. Just
+/// discards) until the peer's close reply, all within `CLOSE_TIMEOUT`. Just
 /// dropping the socket would make the kernel answer with a reset if the peer
 /// still had data in flight, and a reset can destroy the close frame (and its
 /// code, which tells the client what to do) before the client reads it.
@@ -39,7 +39,7 @@ pub async fn close_socket(socket: &mut Socket, reason: CloseReason) {
 /// Completes a close the client started. tungstenite queued the echo of the
 /// client's close frame (same code) when it read it; flushing sends it, and
 /// then the node ends the TCP connection (RFC 6455 §7.1.1: the server closes
-/// first), all within [`CLOSE_TIMEOUT`]. Without the echo, every clean close
+/// first), all within `CLOSE_TIMEOUT`. Without the echo, every clean close
 /// reads as 1006 (`wasClean: false`) to the client, as if the network had
 /// failed.
 pub async fn answer_close(socket: &mut Socket) {

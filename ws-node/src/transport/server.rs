@@ -8,10 +8,12 @@
 //! with the `welcome` frame in one write; the connection is then served on
 //! the same task. Going through hyper and axum instead cost each handshake a
 //! dispatcher, a header map, the upgrade's hand-over to a second task, and a
-//! separate write (and wake-up of the client) for the `101`. Anything else
-//! (the operations endpoints, a head too large or malformed, HTTP/1.0) goes to
-//! hyper with the bytes read so far, and from there to the axum router, which
-//! also upgrades `GET /ws` when it comes later on a kept-alive connection.
+//! separate write (and wake-up of the client) for the `101`. (A `GET /ws`
+//! that is not a valid upgrade, HTTP/1.0 included, is refused here too, with
+//! 400 `not_websocket`.) Anything else (the operations endpoints, a head too
+//! large or malformed) goes to hyper with the bytes read so far, and from
+//! there to the axum router, which also upgrades `GET /ws` when it comes
+//! later on a kept-alive connection.
 
 use super::stream::ClientStream;
 use crate::handshake::{self, Opened, UpgradeRequest};

@@ -1,6 +1,6 @@
 //! The byte stream under a client's WebSocket, and the WebSocket type itself.
 //!
-//! Most sockets are upgraded by [`crate::server`] itself, from the first
+//! Most sockets are upgraded by [`super::server`] itself, from the first
 //! request on a TCP connection: the stream is then the bare `TcpStream`, and
 //! the `101 Switching Protocols` head is held back and written together with
 //! the first frame (the `welcome`), one write and one segment for the two.

@@ -509,3 +509,48 @@ async fn an_upgrade_request_with_a_very_large_head_still_works() {
     .expect("accepted");
     assert_eq!(client.recv().await["type"], "welcome");
 }
+
+/// A session still in the cache whose revocation marker is set (its
+/// eviction failed, or raced the handshake) is refused as the cookie it is:
+/// 401 `invalid_session`, which tells a browser to ask auth-service.
+#[tokio::test]
+async fn a_cached_session_marked_revoked_is_an_invalid_session() {
+    let stack = Stack::start(1).await;
+    stack.create_user("ruth").await;
+    let cookie = stack.login("ruth").await;
+    let token = cookie.split_once('=').expect("name=value").1;
+    let keys = shared::keys::RedisKeys::new(&stack.prefix).expect("prefix");
+    let mut redis = shared::redis_conn::connect(&stack.redis_url)
+        .await
+        .expect("redis");
+    let session = shared::session::read_cached_session(
+        &mut redis,
+        &keys,
+        &shared::secret::TokenHash::of(token),
+    )
+    .await
+    .expect("redis")
+    .expect("cached at login");
+    let headers = [("cookie", cookie.as_str()), ("origin", APP_ORIGIN)];
+    let url = stack.nodes[0].ws_url();
+    drop(Client::connect(&url, &headers).await.expect("accepted"));
+
+    let revoked = shared::credential::AuthSource::Session {
+        session_id: session.session_id,
+    };
+    shared::credential::mark_revoked(
+        &mut redis,
+        &keys,
+        &[shared::credential::Revoked::Source(revoked)],
+    )
+    .await
+    .expect("marked");
+    let refused = Client::connect(&url, &headers)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        (refused.status, refused.code.as_str()),
+        (401, "invalid_session")
+    );
+}

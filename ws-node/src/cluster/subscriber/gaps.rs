@@ -16,7 +16,8 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 /// The most messages replayed to fill one gap; a larger gap is reported as not recovered.
 const MAX_GAP_FILL: u64 = 10_000;
 /// Replayed messages are queued to members this many at a time, each batch
-/// once every member has room for it (see [`Hub::wait_for_room`]).
+/// once every member has room for it (see
+/// [`Hub::wait_for_room`](crate::cluster::hub::Hub::wait_for_room)).
 const REPLAY_BATCH: usize = 256;
 /// How long, in all, one gap's replay waits for members to make room before
 /// treating those still without room as slow consumers.
