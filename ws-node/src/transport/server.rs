@@ -87,15 +87,23 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: NodeState, 
             socket,
             origin,
             slot,
-        } => {
-            let authenticated = Box::pin(handshake::first_message::authenticate(
-                &node, socket, origin, slot,
-            ))
-            .await;
-            if let Some((socket, id, principal)) = authenticated {
-                session::run(node, socket, id, principal).await;
-            }
-        }
+        } => Box::pin(serve_after_auth(node, socket, origin, slot)).await,
+    }
+}
+
+/// Serves a socket opened without credentials: first-message auth, then the
+/// session. Boxed by the accept path: a session run here, inline, would be a
+/// second one in its task's future beside the authenticated arm's, and cost
+/// every idle socket its size.
+async fn serve_after_auth(
+    node: NodeState,
+    socket: crate::transport::stream::Socket,
+    origin: Option<String>,
+    slot: handshake::pending::PendingSlot,
+) {
+    let authenticated = handshake::first_message::authenticate(&node, socket, origin, slot).await;
+    if let Some((socket, id, principal)) = authenticated {
+        session::run(node, socket, id, principal).await;
     }
 }
 
@@ -114,13 +122,7 @@ pub async fn serve_opened(opened: Opened) {
             socket,
             origin,
             slot,
-        } => {
-            let authenticated =
-                handshake::first_message::authenticate(&node, socket, origin, slot).await;
-            if let Some((socket, id, principal)) = authenticated {
-                session::run(node, socket, id, principal).await;
-            }
-        }
+        } => serve_after_auth(node, socket, origin, slot).await,
     }
 }
 
