@@ -86,14 +86,13 @@ describe('the demo in Chromium', () => {
     await eventually(async () => (await count(b.page, `This tab is on ${nodeA}`)) === 1, 10_000, 'bob gets it');
     await say(b.page, `Hello Alice, here it is ${nodeB}: Redis carries us across.`);
     await eventually(async () => (await count(a.page, `here it is ${nodeB}`)) === 1, 10_000, 'alice gets it');
+    await screenshot(a.page, b.page);
     // Text is text: markup in a message is shown, never run.
     await say(a.page, '<img src=x onerror="document.title=1">');
     await eventually(async () => (await count(b.page, '<img src=x')) === 1, 10_000, 'markup as text');
     assert.equal(await b.page.getByTestId('messages').locator('img').count(), 0);
     await sleep(300);
     for (const t of [a, b]) assert.equal((await messages(t.page)).length, 3, 'each message once');
-
-    await screenshot(a.page, b.page);
     assert.deepEqual([...a.console, ...b.console].filter((line) => line.startsWith('pageerror')), []);
   });
 
