@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import { count, joinRoom, launch, logIn, messages, newTab, say, text, waitText } from '../support/browser.mjs';
 import { createUser, eventually, metric, ROOT, startStack } from '../support/stack.mjs';
 
@@ -21,6 +21,11 @@ const open = [];
 
 before(async () => {
   [stack, browser] = await Promise.all([startStack({ proxy: true }), launch()]);
+});
+
+// A node a test stopped runs again, even when the test failed half-way.
+afterEach(async () => {
+  for (const node of stack.nodes) await node.ensureRunning();
 });
 
 after(async () => {
@@ -149,7 +154,6 @@ describe('the demo in Chromium', () => {
     assert.ok(resumed?.since, `resubscribed with since: ${JSON.stringify(resumed)}`);
 
     await a.context.unroute('**/v1/tickets');
-    await victim.start();
   });
 
   test('logging out in one tab closes the session\'s socket in the other (4003), and the page shows it', { timeout: 60_000 }, async () => {

@@ -3,7 +3,7 @@
 // a page is. Node 20 has no global WebSocket: the `ws` package is injected,
 // sending the page's Origin (the ticket is bound to it).
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { Client, fetchTicket } from '../../dist/tessera.js';
 import { createApiKey, createUser, eventually, login, metric, serverPublish, startStack } from '../support/stack.mjs';
@@ -18,6 +18,15 @@ before(async () => {
   user = await createUser(stack, 'alice');
   cookie = await login(stack, user);
   apiKey = await createApiKey(stack, user.username);
+});
+
+// Whatever a test leaves, even when it fails half-way, is undone before the
+// next: its clients stop (a client left retrying would also keep this
+// process alive), and a node it stopped runs again.
+const clients = [];
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((client) => client.disconnect()));
+  for (const node of stack.nodes) await node.ensureRunning();
 });
 
 after(async () => {
@@ -60,6 +69,7 @@ function pageClient({ sessionCookie = cookie, ...options } = {}) {
     },
     ...options,
   });
+  clients.push(client);
   const events = [];
   for (const name of ['state', 'connected', 'disconnected', 'resync']) client.on(name, (arg) => events.push([name, arg]));
   return {
@@ -130,8 +140,6 @@ describe('reconnecting to a real cluster', () => {
     const resumed = page.sent.find((s) => s.socket === 1 && s.frame.action === 'subscribe');
     assert.equal(resumed.frame.since.offset, 5, 'resumed from the last delivered message');
     assert.notEqual(page.sockets[0].protocol, page.sockets[1].protocol, 'two different tickets');
-    await client.disconnect();
-    await stack.nodes[0].start();
   });
 
   test('a draining node (SIGTERM) closes with 1001: at once to the other node, nothing lost', { timeout: 60_000 }, async () => {
@@ -142,7 +150,7 @@ describe('reconnecting to a real cluster', () => {
     const got = await collect(client, channel);
     await publishRange(channel, 1, 3);
     await eventually(() => got.n.length === 3, 10_000, 'the first three');
-    const stopped = stack.nodes[0].kill('SIGTERM');
+    void stack.nodes[0].kill('SIGTERM'); // drains: closes its sockets with 1001
     await eventually(() => page.of('disconnected').length > 0, 10_000, 'the 1001');
     const [closed] = page.of('disconnected');
     assert.equal(closed.code, 1001);
@@ -151,9 +159,6 @@ describe('reconnecting to a real cluster', () => {
     await eventually(() => got.n.length >= 10, 15_000, 'all ten');
     assert.deepEqual(got.n, range(1, 10));
     assert.equal(client.node, 'js-node-2');
-    await client.disconnect();
-    await stopped;
-    await stack.nodes[0].start();
   });
 
   test('history that no longer covers the gap: recovered false, a resync event, live delivery goes on', { timeout: 60_000 }, async () => {

@@ -117,6 +117,14 @@ class WsNode extends Proc {
   kill(signal = 'SIGKILL') {
     return this.stop(signal);
   }
+
+  /** Starts the node again if a test stopped it (and did not get as far as starting it). */
+  async ensureRunning() {
+    const child = this.child;
+    if (child && child.exitCode === null && child.signalCode === null && !child.killed) return;
+    await this.exited;
+    await this.start();
+  }
 }
 
 /** Namespaces of the test stack: the defaults, and `tiny:` with a 5-message history (recovery fails fast). */
