@@ -71,17 +71,15 @@ cleanup() {
   local status=$?
   trap - EXIT
   trap '' INT TERM
-  # Only what the tests registered, and a process only while it still runs
-  # one of the programs they start.
-  local kind value pids=()
-  while read -r kind value; do
-    case "$kind" in
-      pid)
-        if [ -r "/proc/$value/cmdline" ] && tr '\0' ' ' <"/proc/$value/cmdline" | grep -qE '(target/debug/(auth-service|ws-node)|^nginx)'; then
-          pids+=("$value")
-        fi
-        ;;
-    esac
+  # Only what the tests registered, and a process only while its command
+  # line still holds the marker registered with it (its binary's path, or
+  # the test's work directory): a pid reused meanwhile is left alone.
+  local kind value marker pids=()
+  while read -r kind value marker; do
+    if [ "$kind" = pid ] && [ -n "$marker" ] && [ -r "/proc/$value/cmdline" ] &&
+      tr '\0' ' ' <"/proc/$value/cmdline" | grep -qF -- "$marker"; then
+      pids+=("$value")
+    fi
   done <"$TESSERA_JS_REGISTRY"
   if [ "${#pids[@]}" -gt 0 ]; then
     log "stopping what the tests left running: ${pids[*]}"
@@ -89,7 +87,7 @@ cleanup() {
     sleep 2
     kill -KILL "${pids[@]}" 2>/dev/null || true
   fi
-  while read -r kind value; do
+  while read -r kind value _; do
     case "$kind" in
       db) psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -qAtc "DROP DATABASE IF EXISTS \"$value\" WITH (FORCE)" >/dev/null 2>&1 || true ;;
       prefix) redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "$value:*" | xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 del >/dev/null 2>&1 || true ;;
@@ -102,20 +100,24 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# run NAME DIR...: node's test runner on test files, one file at a time
-# (each starts its own services), then one plain line of counts.
+# run NAME TEST_TIMEOUT_MS DIR...: node's test runner on test files, one
+# file at a time (each starts its own services), every test stopped after
+# TEST_TIMEOUT_MS unless it sets its own limit, the whole run after 5
+# minutes; then one plain line of counts.
 run() {
-  local name="$1"
-  shift
+  local name="$1" test_timeout="$2"
+  shift 2
   log "running the $name tests"
   local status=0
-  (cd "$js" && timeout --kill-after=20 300 node --test --test-concurrency=1 \
+  (cd "$js" && timeout --kill-after=20 300 node --test --test-concurrency=1 --test-timeout="$test_timeout" \
     --test-reporter=spec --test-reporter-destination=stdout \
     --test-reporter=tap --test-reporter-destination="$work/$name.tap" "$@") || status=$?
-  local passed failed_count
-  passed=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$work/$name.tap" | tail -n 1)
-  failed_count=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$work/$name.tap" | tail -n 1)
-  echo "$name: ${passed:-0} passed, ${failed_count:-0} failed"
+  # Cancelled tests (a time limit, a promise that never settled) count as failed.
+  local passed failed_count cancelled
+  passed=$(sed -n 's/^# pass \([0-9]*\)$/\1/p' "$work/$name.tap" 2>/dev/null | tail -n 1)
+  failed_count=$(sed -n 's/^# fail \([0-9]*\)$/\1/p' "$work/$name.tap" 2>/dev/null | tail -n 1)
+  cancelled=$(sed -n 's/^# cancelled \([0-9]*\)$/\1/p' "$work/$name.tap" 2>/dev/null | tail -n 1)
+  echo "$name: ${passed:-0} passed, $((${failed_count:-0} + ${cancelled:-0})) failed"
   if [ "$status" -ne 0 ]; then
     [ "$status" -eq 124 ] && log "the $name tests ran out of time"
     failed=1
@@ -140,9 +142,10 @@ if [ "$what" != browser ]; then
   else
     log "the committed build is reproduced byte for byte"
   fi
-  run js-client test/unit/ test/integration/
+  run js-client-unit 20000 test/unit/
+  run js-client-integration 120000 test/integration/
 fi
 if [ "$what" != client ]; then
-  run browser test/browser/
+  run browser 120000 test/browser/
 fi
 exit "$failed"

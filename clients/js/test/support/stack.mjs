@@ -69,10 +69,14 @@ async function waitReady(url, child, seconds = 60) {
   throw new Error(`${url} was not ready within ${seconds} s`);
 }
 
-/** A long-running process, its output appended to a log file in the work dir. */
+/**
+ * A long-running process, its output appended to a log file in the work dir.
+ * `marker` is a string its command line holds (the registry's cleanup checks
+ * it, so a pid reused by someone else's process is never signalled).
+ */
 class Proc {
-  constructor(name, command, args, env, log) {
-    Object.assign(this, { name, command, args, env, log });
+  constructor(name, command, args, env, log, marker = command) {
+    Object.assign(this, { name, command, args, env, log, marker });
     this.child = undefined;
   }
 
@@ -81,7 +85,7 @@ class Proc {
     const child = spawn(this.command, this.args, { env: this.env, stdio: ['ignore', out, out] });
     this.child = child;
     running.add(child);
-    register(`pid ${child.pid}`);
+    register(`pid ${child.pid} ${this.marker}`);
     this.exited = new Promise((resolve) => child.once('exit', resolve));
     this.exited.then(() => running.delete(child));
     return child;
@@ -235,6 +239,7 @@ async function startProxy(stack, ports) {
     ['-p', `${work}/`, '-c', join(work, 'nginx.conf'), '-g', `daemon off; pid ${join(work, 'nginx.pid')};`],
     { PATH: process.env.PATH },
     join(work, 'nginx.log'),
+    work, // nginx rewrites its command line, but keeps -p <work>/
   );
   stack.procs.push(nginx);
   stack.nginx = nginx;
