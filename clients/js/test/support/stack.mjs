@@ -18,7 +18,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../../../../', import.meta.url));
-const TARGET = process.env.TESSERA_TARGET_DIR || join(ROOT, 'target/debug');
+// The binaries scripts/js-tests.sh builds (cargo's target dir, debug profile).
+const TARGET = process.env.TESSERA_TARGET_DIR || join(process.env.CARGO_TARGET_DIR || join(ROOT, 'target'), 'debug');
 export const DEMO_DIR = join(ROOT, 'clients/demo');
 
 const running = new Set();
