@@ -106,10 +106,15 @@ def test_openapi_document_is_served_through_the_proxy(cfg):
 def test_proxy_health_and_index(cfg):
     r = http_request(cfg, "GET", "/healthz")
     assert r.status == 200 and r.json() == {"status": "ok"}
+    # The demo (clients/demo): its page, and the scripts it loads.
     r = http_request(cfg, "GET", "/")
     assert r.status == 200
     assert r.headers.get("Content-Type", "").startswith("text/html")
-    assert b"/ws" in r.body and b"/v1/" in r.body
+    assert b'data-testid="login"' in r.body and b'src="app.js"' in r.body
+    for path in ("/app.js", "/tessera.js"):
+        r = http_request(cfg, "GET", path)
+        assert r.status == 200, path
+        assert r.headers.get("Content-Type", "").startswith("application/javascript"), path
 
 
 @pytest.mark.parametrize("method", ["POST", "OPTIONS"])

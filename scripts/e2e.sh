@@ -123,9 +123,10 @@ AUTH_PASSWORD="$password" target/debug/auth-service user add "$username" --key-s
 api_key=$(target/debug/auth-service api-key create "$username" --scopes connect,publish,admin 2>>"$work/cli.log")
 
 # The proxy: the repository's template with local upstreams. The static root
-# is copied next to it so the workers can read it wherever the checkout is.
+# (the demo, as in compose) is copied next to it so the workers can read it
+# wherever the checkout is.
 mkdir -p "$work/nginx-temp"
-cp -r deploy/static "$work/static"
+cp -r clients/demo "$work/static"
 TESSERA_LISTEN="127.0.0.1:$proxy_port" \
 TESSERA_AUTH_UPSTREAM="server 127.0.0.1:$auth_port;" \
 TESSERA_WS_UPSTREAM="server 127.0.0.1:$ws1_port; server 127.0.0.1:$ws2_port;" \

@@ -11,6 +11,8 @@
 #                 (default "127.0.0.1:8081 127.0.0.1:8082"); node i is named
 #                 NODE_ID_PREFIX-i (default node-1, node-2, ...)
 #   PUBLIC_WS_URL defaults to the first node's ws://…/ws
+#   STATIC_DIR    what auth-service serves at / (default: the demo,
+#                 clients/demo; set it empty to serve nothing there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -25,6 +27,8 @@ export AUTH_LISTEN="${AUTH_LISTEN:-127.0.0.1:8080}"
 read -r -a nodes <<<"${WS_NODES:-127.0.0.1:8081 127.0.0.1:8082}"
 [ "${#nodes[@]}" -ge 1 ] || { log "WS_NODES names no address"; exit 2; }
 export PUBLIC_WS_URL="${PUBLIC_WS_URL:-ws://${nodes[0]}/ws}"
+export STATIC_DIR="${STATIC_DIR-$PWD/clients/demo}"
+[ -n "$STATIC_DIR" ] || unset STATIC_DIR
 export RUST_LOG="${RUST_LOG:-info}"
 
 # The address to check a listener at: a wildcard bind is reached on loopback.
@@ -86,6 +90,7 @@ for i in "${!nodes[@]}"; do
 done
 
 log "stack running: auth-service $(local_url "$AUTH_LISTEN"), ws-nodes: $(printf 'ws://%s/ws ' "${nodes[@]}")(Ctrl-C stops)"
+[ -z "${STATIC_DIR:-}" ] || log "the demo: open $(local_url "$AUTH_LISTEN") in a browser"
 # Whichever process ends first ends the stack: a node alone, or an
 # auth-service without nodes, is not a working stack.
 set +e

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test, starting Postgres and Redis first if needed, and installing
-# what the suites need (nginx, promtool, Python and npm packages) if missing.
+# what the suites need (nginx, promtool, Chromium, Python and npm packages) if
+# missing.
 # This is the command CI runs (.ci/run). In order:
 #
 #   nextest           unit and integration tests of the workspace: real
@@ -9,6 +10,12 @@
 #   e2e               the end-to-end suite (e2e/) through nginx running the
 #                     repository's proxy config, against freshly started
 #                     services (scripts/e2e.sh)
+#   js-client         the JavaScript client (clients/js): its committed build
+#                     reproduced from package-lock.json, its size, unit tests
+#                     against a fake WebSocket, integration tests against
+#                     real services (scripts/js-tests.sh client)
+#   browser           the demo (clients/demo) in headless Chromium against
+#                     real services behind nginx (scripts/js-tests.sh browser)
 #   schemathesis      a live auth-service against its own /openapi.json,
 #                     every check (scripts/schemathesis.sh)
 #   compose           docker-compose.yml against the Compose Specification's
@@ -43,6 +50,8 @@ stage() {
 
 stage nextest cargo nextest run --workspace --all-targets --profile ci "$@"
 stage e2e bash scripts/e2e.sh
+stage js-client bash scripts/js-tests.sh client
+stage browser bash scripts/js-tests.sh browser
 stage schemathesis bash scripts/schemathesis.sh
 stage compose bash scripts/check-compose.sh
 stage monitoring bash scripts/check-monitoring.sh
