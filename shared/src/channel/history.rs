@@ -1,6 +1,6 @@
 //! Reading a channel's history after an offset.
 
-use super::ChannelName;
+use super::{ChannelName, StreamPosition};
 use crate::keys::RedisKeys;
 use std::sync::LazyLock;
 
@@ -78,6 +78,25 @@ impl HistorySince {
                 .zip(since + 1..)
                 .all(|((offset, _), want)| *offset == want)
     }
+}
+
+/// Where a channel's history stands: its epoch and last offset, `None` if
+/// it has none (never published to, or expired, or Redis lost it).
+pub async fn current_position(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    channel: &ChannelName,
+) -> redis::RedisResult<Option<StreamPosition>> {
+    let (epoch, offset): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+        .arg(keys.channel_meta(channel))
+        .arg("epoch")
+        .arg("seq")
+        .query_async(conn)
+        .await?;
+    Ok(epoch.map(|epoch| StreamPosition {
+        epoch,
+        offset: offset.unwrap_or(0),
+    }))
 }
 
 /// Reads a channel's history after `since_offset`, with its current epoch

@@ -8,12 +8,22 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use shared::channel::ChannelName;
 
-/// Where a recovering subscriber left off: copied from the last `message` it saw.
+/// Where a recovering subscriber left off: copied from the last `message` it
+/// saw, or from the ack of its subscription.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Since {
     pub epoch: String,
     pub offset: u64,
+}
+
+impl Since {
+    /// `{"epoch":"","offset":0}`: before the channel's first message (what a
+    /// subscription's ack says for a channel without history yet), so every
+    /// message of its current epoch is missed.
+    pub fn is_from_the_start(&self) -> bool {
+        self.epoch.is_empty() && self.offset == 0
+    }
 }
 
 /// A client frame as it arrives, before validation per action. Parsed with

@@ -16,6 +16,22 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 /// A handler's answer: the frames to send, or the error to send instead.
 type Answer = Result<Vec<String>, RequestError>;
 
+/// Where a subscription's replay from history starts.
+enum Resume {
+    /// The `since` the client sent: the ack says whether it was covered.
+    AskedFor(Since),
+    /// Where a new subscription found the channel: the ack carries it.
+    FromStart(Since),
+}
+
+impl Resume {
+    fn since(&self) -> &Since {
+        match self {
+            Self::AskedFor(since) | Self::FromStart(since) => since,
+        }
+    }
+}
+
 impl Connection {
     /// Handles one client frame: replies to send, or a reason to close.
     pub(super) async fn on_text(&mut self, text: &Utf8Bytes) -> Result<Vec<String>, CloseReason> {
@@ -84,16 +100,71 @@ impl Connection {
     ) -> Answer {
         let rule = self.readable_rule(&channel)?;
         let already = self.guard.channels.contains(&channel);
+        // A new subscription without `since` to a channel with history starts
+        // where the channel stands now, read *before* joining: whatever is
+        // published between that read and the join is replayed like a resume
+        // (usually nothing), and the ack carries the position, so that a
+        // client that receives nothing before it loses its connection still
+        // has a `since` to resume from.
+        let start = match (&since, rule.history, already) {
+            (None, Some(_), false) => Some(self.start_position(&channel).await?),
+            _ => None,
+        };
         if !already {
             self.join_channel(&channel, &rule).await?;
         }
-        let Some(since) = since else {
-            return Ok(vec![ack_subscribed(id, &channel, None, None)]);
-        };
-        // Recovery: everything after `since` from history, then live. The
-        // subscription is already live, so nothing published from now on is
-        // missed; what the replay covers is skipped when it arrives live.
-        let Some(limits) = rule.history else {
+        match (since, start) {
+            (Some(since), _) => {
+                let resume = Resume::AskedFor(since);
+                self.resume(id, channel, rule.history, resume, already)
+                    .await
+            }
+            (None, Some(start)) => {
+                let resume = Resume::FromStart(start);
+                self.resume(id, channel, rule.history, resume, already)
+                    .await
+            }
+            (None, None) => Ok(vec![ack_subscribed(id, &channel, None, None)]),
+        }
+    }
+
+    /// Where `channel` stands: its epoch and last offset, or `""` and 0 for
+    /// a channel that has no history yet (see [`Since::is_from_the_start`]).
+    /// (`&mut self` although it changes nothing: a shared reference to the
+    /// connection, whose socket is not `Sync`, would make the task's future
+    /// not `Send`.)
+    async fn start_position(&mut self, channel: &ChannelName) -> Result<Since, RequestError> {
+        let mut redis = self.node.redis.clone();
+        let position = shared::channel::current_position(&mut redis, &self.node.keys, channel)
+            .await
+            .map_err(|_| RequestError::Unavailable("cannot subscribe right now; retry later"))?;
+        Ok(position.map_or(
+            Since {
+                epoch: String::new(),
+                offset: 0,
+            },
+            |at| Since {
+                epoch: at.epoch,
+                offset: at.offset,
+            },
+        ))
+    }
+
+    /// Replays from history what came after a position, then live: for a
+    /// `since` the client asked for (its ack says whether everything missed
+    /// could be replayed), or from where a new subscription started. The
+    /// subscription is already live, so nothing published from now on is
+    /// missed; what the replay covers is skipped when it arrives live.
+    async fn resume(
+        &mut self,
+        id: Option<&RequestId>,
+        channel: ChannelName,
+        history: Option<shared::channel::HistoryLimits>,
+        resume: Resume,
+        already: bool,
+    ) -> Answer {
+        let since = resume.since();
+        let Some(limits) = history else {
             return Ok(vec![ack_subscribed(id, &channel, Some(false), None)]);
         };
         let cap = limits.max_len.saturating_mul(2).max(100);
@@ -112,7 +183,7 @@ impl Connection {
             Ok(history) => history,
             Err(_) => {
                 // Not subscribed half-way: the client retries the whole
-                // subscribe-with-`since`, and a channel it had already is kept.
+                // subscribe, and a channel it had already is kept.
                 if !already {
                     self.leave_channel(&channel).await;
                 }
@@ -121,18 +192,41 @@ impl Connection {
                 ));
             }
         };
-        let recovered = history.covers_page(&since.epoch, since.offset, REPLAY_PAGE);
-        metrics::counter!(crate::telemetry::RECOVERIES, "recovered" => if recovered { "true" } else { "false" }).increment(1);
+        // "From the start" means the channel's current epoch, whichever it is.
+        let epoch = match (&history.epoch, since.is_from_the_start()) {
+            (Some(current), true) => current.clone(),
+            _ => since.epoch.clone(),
+        };
+        let recovered = (since.is_from_the_start() && history.epoch.is_none())
+            || history.covers_page(&epoch, since.offset, REPLAY_PAGE);
         let position = history.epoch.clone().map(|epoch| StreamPosition {
             epoch,
             offset: history.offset,
         });
-        let mut replies = vec![ack_subscribed(
-            id,
-            &channel,
-            Some(recovered),
-            position.as_ref(),
-        )];
+        let mut replies = match &resume {
+            Resume::AskedFor(_) => {
+                metrics::counter!(crate::telemetry::RECOVERIES, "recovered" => if recovered { "true" } else { "false" }).increment(1);
+                vec![ack_subscribed(
+                    id,
+                    &channel,
+                    Some(recovered),
+                    position.as_ref(),
+                )]
+            }
+            Resume::FromStart(start) => {
+                let start = StreamPosition {
+                    epoch: start.epoch.clone(),
+                    offset: start.offset,
+                };
+                let mut replies = vec![ack_subscribed(id, &channel, None, Some(&start))];
+                if !recovered {
+                    // History lost between the read and the join: say so.
+                    metrics::counter!(crate::telemetry::UNRECOVERABLE_GAPS).increment(1);
+                    replies.push(protocol::recovery_lost(channel.as_str()));
+                }
+                replies
+            }
+        };
         if let Some(position) = &position {
             self.floors.insert(channel.clone(), position.offset);
             if recovered {

@@ -291,3 +291,67 @@ async fn a_socket_closes_when_its_session_reaches_its_absolute_expiry() {
     };
     assert_eq!(code, 4001);
 }
+
+/// A subscription's ack says where it starts, so that a client which
+/// received nothing before its connection dropped can still resume without a
+/// gap: from the channel's last offset, or, for a channel without history
+/// yet, from `{"epoch":"","offset":0}`, "before its first message".
+#[tokio::test]
+async fn a_subscription_acks_where_it_starts_and_resuming_from_there_misses_nothing() {
+    let stack = Stack::start(2).await;
+    let user = stack.create_user("ursula").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let subscribe = json!({ "action": "subscribe", "channel": "broadcast:fresh" });
+
+    // No history yet: the position before any message.
+    let mut first = stack.connect(0, &key).await;
+    let ack = first.request(subscribe.clone(), 1).await;
+    assert_eq!(
+        (&ack["epoch"], &ack["offset"]),
+        (&json!(""), &json!(0)),
+        "{ack}"
+    );
+    assert!(ack.get("recovered").is_none(), "{ack}");
+    drop(first);
+    for n in 1..=3 {
+        stack
+            .server_publish(&key, "broadcast:fresh", json!(n))
+            .await;
+    }
+    let mut back = stack.connect(1, &key).await;
+    let ack = back.subscribe_since("broadcast:fresh", "", 0).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let mut epoch = String::new();
+    for n in 1..=3u64 {
+        let message = back.recv_message().await;
+        assert_eq!(
+            (&message["data"], &message["offset"]),
+            (&json!(n), &json!(n))
+        );
+        epoch = message["epoch"].as_str().expect("an epoch now").to_owned();
+    }
+
+    // With history: the channel's last offset.
+    let mut second = stack.connect(0, &key).await;
+    let ack = second.request(subscribe.clone(), 1).await;
+    assert_eq!(
+        (&ack["epoch"], &ack["offset"]),
+        (&json!(epoch), &json!(3)),
+        "{ack}"
+    );
+    drop(second);
+    stack
+        .server_publish(&key, "broadcast:fresh", json!(4))
+        .await;
+    let mut again = stack.connect(1, &key).await;
+    let ack = again.subscribe_since("broadcast:fresh", &epoch, 3).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(again.recv_message().await["data"], 4);
+    // And nothing twice: the next frame is the next live message.
+    stack
+        .server_publish(&key, "broadcast:fresh", json!(5))
+        .await;
+    assert_eq!(again.recv_message().await["data"], 5);
+    assert_eq!(back.recv_message().await["data"], 4);
+    assert_eq!(back.recv_message().await["data"], 5);
+}

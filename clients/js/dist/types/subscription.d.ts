@@ -14,7 +14,8 @@ export type SubscriptionState = 'unsubscribed' | 'subscribing' | 'subscribed';
  * - `history_lost`: the node could not fill a gap in a channel it was
  *   delivering (a `recovery` frame);
  * - `no_position`: a resume for a channel from which nothing had been
- *   delivered yet, so there was no `since` to resume from; whatever was
+ *   delivered and whose subscribe ack carried no position (a node without
+ *   positions in acks), so there was no `since` to resume from; whatever was
  *   published while disconnected may be missing.
  */
 export type ResyncReason = 'not_recovered' | 'history_lost' | 'no_position';

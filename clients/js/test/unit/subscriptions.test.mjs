@@ -152,6 +152,15 @@ describe('resume', () => {
     assert.deepEqual(t.last().frames('subscribe')[0].since, { epoch: 'e9', offset: 12 });
   });
 
+  test('a channel without history yet resumes from its start', async () => {
+    t = await connected();
+    const pending = t.client.subscribe('public:room');
+    t.last().ack('subscribe', { channel: 'public:room', epoch: '', offset: 0 });
+    await pending;
+    await reconnect();
+    assert.deepEqual(t.last().frames('subscribe')[0].since, { epoch: '', offset: 0 });
+  });
+
   test('resubscribes every channel, then sends what waited', async () => {
     t = await connected();
     for (const c of ['public:a', 'public:b']) {
