@@ -86,13 +86,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let listener = shared::net::bind(config.listen)
             .with_context(|| format!("binding AUTH_LISTEN={}", config.listen))?;
-        let metrics_listener = config
-            .common
-            .metrics_listen
-            .map(|addr| {
-                shared::net::bind(addr).with_context(|| format!("binding METRICS_LISTEN={addr}"))
-            })
-            .transpose()?;
+        let metrics_listener = config.common.bind_metrics_listener()?;
         let state = AppState::build(config).await?;
         Ok(Self {
             listener,

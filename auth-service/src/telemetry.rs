@@ -10,6 +10,8 @@
 //! labelled by route, method and status class; those series appear with each
 //! combination's first request (see `routes::record_metrics`).
 
+use shared::telemetry::{Declared, LabelledCounter};
+
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const ACCEPT_ERRORS: &str = "http_accept_errors_total";
@@ -41,36 +43,39 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Counters with one label: name, help, label, every value of the label.
-const LABELLED_COUNTERS: &[(&str, &str, &str, &[&str])] = &[
-    (
-        LOGINS,
-        "Login attempts that were checked, by outcome (refusals by a rate limit are in rate_limited_total).",
-        "outcome",
-        &["succeeded", "failed"],
-    ),
-    (
-        RATE_LIMITED,
-        "Requests refused with 429 by a rate limit, by limit.",
-        "limit",
-        &["login_account", "login_ip", "mint_user", "mint_key"],
-    ),
-    (
-        TICKETS_MINTED,
-        "WebSocket tickets minted, by the credential that minted them.",
-        "source",
-        &["session", "api_key"],
-    ),
+/// Counters with one label, and every value of the label.
+const LABELLED_COUNTERS: &[LabelledCounter<'static>] = &[
+    LabelledCounter {
+        name: LOGINS,
+        help: "Login attempts that were checked, by outcome (refusals by a rate limit are in rate_limited_total).",
+        label: "outcome",
+        values: &["succeeded", "failed"],
+    },
+    LabelledCounter {
+        name: RATE_LIMITED,
+        help: "Requests refused with 429 by a rate limit, by limit.",
+        label: "limit",
+        values: &["login_account", "login_ip", "mint_user", "mint_key"],
+    },
+    LabelledCounter {
+        name: TICKETS_MINTED,
+        help: "WebSocket tickets minted, by the credential that minted them.",
+        label: "source",
+        values: &["session", "api_key"],
+    },
 ];
 
-/// Installs the process's Prometheus recorder (if no one has yet), and
-/// describes every metric and registers each series at zero in it; returns
-/// the handle that renders `/metrics`. Idempotent: a counter already counting
-/// keeps its count (tests build several apps in one
-/// process).
+/// Describes and registers every metric (see [`Declared::register`]);
+/// returns the handle that renders `/metrics`. The request metrics are only
+/// described: their series appear with each combination's first request.
 pub fn register() -> metrics_exporter_prometheus::PrometheusHandle {
-    // First: anything registered before the recorder is installed is lost.
-    let handle = shared::telemetry::prometheus();
+    let handle = Declared {
+        gauges: GAUGES,
+        counters: COUNTERS,
+        labelled_counters: LABELLED_COUNTERS,
+        histograms: &[],
+    }
+    .register();
     metrics::describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests by route template, method and status class."
@@ -80,29 +85,7 @@ pub fn register() -> metrics_exporter_prometheus::PrometheusHandle {
         metrics::Unit::Seconds,
         "HTTP request duration by route template and method."
     );
-    for &(name, help) in GAUGES {
-        metrics::describe_gauge!(name, help);
-        metrics::gauge!(name).increment(0.0);
-    }
-    for &(name, help) in COUNTERS {
-        metrics::describe_counter!(name, help);
-        metrics::counter!(name).increment(0);
-    }
-    for &(name, help, label, values) in LABELLED_COUNTERS {
-        metrics::describe_counter!(name, help);
-        for &value in values {
-            metrics::counter!(name, label => value).increment(0);
-        }
-    }
     handle
-}
-
-/// Every metric name this module declares.
-pub fn names() -> impl Iterator<Item = &'static str> {
-    [HTTP_REQUESTS, HTTP_REQUEST_DURATION]
-        .into_iter()
-        .chain(GAUGES.iter().chain(COUNTERS).map(|(name, _)| *name))
-        .chain(LABELLED_COUNTERS.iter().map(|(name, ..)| *name))
 }
 
 #[cfg(test)]
@@ -111,10 +94,11 @@ mod tests {
 
     #[test]
     fn every_rate_limit_has_its_label() {
-        let (.., limits) = super::LABELLED_COUNTERS
+        let limits = super::LABELLED_COUNTERS
             .iter()
-            .find(|(name, ..)| *name == super::RATE_LIMITED)
-            .expect("rate_limited_total");
+            .find(|counter| counter.name == super::RATE_LIMITED)
+            .expect("rate_limited_total")
+            .values;
         let buckets = [
             RateBucket::LoginFailuresByAccount,
             RateBucket::LoginFailuresByIp,

@@ -79,6 +79,17 @@ impl CommonConfig {
         crate::session::cookie_name(self.cookie_secure)
     }
 
+    /// Binds `METRICS_LISTEN`, if set (a taken address stops the start with
+    /// an error that names the setting).
+    pub fn bind_metrics_listener(&self) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+        use anyhow::Context as _;
+        self.metrics_listen
+            .map(|addr| {
+                crate::net::bind(addr).with_context(|| format!("binding METRICS_LISTEN={addr}"))
+            })
+            .transpose()
+    }
+
     /// What clap cannot check: the prefix, the namespaces, the origins.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.redis_keys()?;

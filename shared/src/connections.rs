@@ -26,16 +26,6 @@ pub struct ConnectionInfo {
     pub channels: Vec<String>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// A live connection's directory entry, as its node writes it.
 #[derive(Clone, Copy, Debug)]
 pub struct DirectoryEntry<'a> {
@@ -70,7 +60,7 @@ pub fn add_directory_entry(
         .ignore()
         .cmd("PEXPIRE")
         .arg(&key)
-        .arg(millis(lease))
+        .arg(crate::millis(lease))
         .ignore();
 }
 
@@ -92,7 +82,7 @@ pub fn add_slot_acquisition(
     pipe.cmd("ZREMRANGEBYSCORE")
         .arg(&key)
         .arg("-inf")
-        .arg(now_ms())
+        .arg(crate::unix_now_ms())
         .ignore();
     add_slot(pipe, keys, user_id, connection, lease);
     pipe.cmd("ZCARD").arg(&key);
@@ -110,12 +100,12 @@ pub fn add_slot(
     let key = keys.user_connections(user_id);
     pipe.cmd("ZADD")
         .arg(&key)
-        .arg(now_ms() + millis(lease))
+        .arg(crate::unix_now_ms() + crate::millis(lease))
         .arg(connection)
         .ignore()
         .cmd("PEXPIRE")
         .arg(&key)
-        .arg(millis(lease))
+        .arg(crate::millis(lease))
         .ignore();
 }
 
@@ -141,7 +131,7 @@ pub async fn renew(
     connections: &[(Uuid, String)],
     lease: Duration,
 ) -> redis::RedisResult<Vec<usize>> {
-    let expires = now_ms() + millis(lease);
+    let expires = crate::unix_now_ms() + crate::millis(lease);
     let mut missing = Vec::new();
     for (chunk_index, chunk) in connections.chunks(1000).enumerate() {
         let mut pipe = redis::pipe();
@@ -155,10 +145,13 @@ pub async fn renew(
                 .arg("CH")
                 .arg(expires)
                 .arg(connection);
-            pipe.cmd("PEXPIRE").arg(&key).arg(millis(lease)).ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&key)
+                .arg(crate::millis(lease))
+                .ignore();
             pipe.cmd("PEXPIRE")
                 .arg(keys.connection_info(connection))
-                .arg(millis(lease));
+                .arg(crate::millis(lease));
         }
         let replies: Vec<i64> = pipe.query_async(conn).await?;
         for (i, pair) in replies.chunks(2).enumerate() {
@@ -178,7 +171,7 @@ pub async fn list_for_user(
 ) -> redis::RedisResult<Vec<ConnectionInfo>> {
     let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(keys.user_connections(user_id))
-        .arg(now_ms())
+        .arg(crate::unix_now_ms())
         .arg("+inf")
         .query_async(conn)
         .await?;

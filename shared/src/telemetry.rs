@@ -64,3 +64,65 @@ pub fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
         })
         .clone()
 }
+
+/// A service's metrics, as its `telemetry` module declares them: name and
+/// help of each, and for a labelled counter every value of its label.
+pub struct Declared<'a> {
+    pub gauges: &'a [(&'static str, &'static str)],
+    pub counters: &'a [(&'static str, &'static str)],
+    pub labelled_counters: &'a [LabelledCounter<'a>],
+    pub histograms: &'a [(&'static str, &'static str)],
+}
+
+/// A counter with one label, and every value that label takes.
+pub struct LabelledCounter<'a> {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub label: &'static str,
+    pub values: &'a [&'static str],
+}
+
+impl Declared<'_> {
+    /// Installs the process's Prometheus recorder (if no one has yet), and
+    /// describes every metric and registers each series at zero in it, so
+    /// that `/metrics` lists them from start-up: a dashboard or an alert then
+    /// finds its series before the first event (`rate()` over a series that
+    /// appears only with its first increment misses that increment). Returns
+    /// the handle that renders `/metrics`. Idempotent: a counter already
+    /// counting keeps its count (tests build several apps in one process).
+    pub fn register(&self) -> metrics_exporter_prometheus::PrometheusHandle {
+        // First: anything registered before the recorder is installed is lost.
+        let handle = prometheus();
+        for &(name, help) in self.gauges {
+            metrics::describe_gauge!(name, help);
+            metrics::gauge!(name).increment(0.0);
+        }
+        for &(name, help) in self.counters {
+            metrics::describe_counter!(name, help);
+            metrics::counter!(name).increment(0);
+        }
+        for counter in self.labelled_counters {
+            metrics::describe_counter!(counter.name, counter.help);
+            for &value in counter.values {
+                metrics::counter!(counter.name, counter.label => value).increment(0);
+            }
+        }
+        for &(name, help) in self.histograms {
+            metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
+            // Registered by asking for its handle; the exporter lists it with
+            // zero observations.
+            let _ = metrics::histogram!(name);
+        }
+        handle
+    }
+
+    /// Every metric name declared.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.gauges
+            .iter()
+            .chain(self.counters)
+            .chain(self.histograms)
+            .map(|(name, _)| *name)
+            .chain(self.labelled_counters.iter().map(|c| c.name))
+    }
+}

@@ -56,13 +56,7 @@ impl Application {
         config.validate()?;
         let listener = shared::net::bind(config.listen)
             .with_context(|| format!("binding WS_LISTEN={}", config.listen))?;
-        let metrics_listener = config
-            .common
-            .metrics_listen
-            .map(|addr| {
-                shared::net::bind(addr).with_context(|| format!("binding METRICS_LISTEN={addr}"))
-            })
-            .transpose()?;
+        let metrics_listener = config.common.bind_metrics_listener()?;
         let redis = shared::redis_conn::connect(&config.common.redis_url)
             .await
             .with_context(|| format!("connecting to Redis at {}", config.common.redis_url))?;

@@ -7,6 +7,9 @@
 //!
 //! The code that counts uses these constants, never a literal name.
 
+use crate::error::Error;
+use shared::telemetry::{Declared, LabelledCounter};
+
 pub const CONNECTIONS: &str = "ws_connections";
 pub const PENDING_AUTH: &str = "ws_pending_auth";
 pub const HANDSHAKES: &str = "ws_handshakes_total";
@@ -96,50 +99,20 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Counters with one label: name, help, label, every value of the label.
-const LABELLED_COUNTERS: &[(&str, &str, &str, &[&str])] = &[
-    (
-        HANDSHAKES,
-        "WebSocket handshakes by outcome: accepted, or the refusal's error code.",
-        "outcome",
-        &[
-            "accepted",
-            "not_websocket",
-            "invalid_ticket",
-            "invalid_session",
-            "origin_not_allowed",
-            "origin_mismatch",
-            "insufficient_scope",
-            "too_many_connections",
-            "too_many_pending",
-            "draining",
-            "unavailable",
-        ],
-    ),
-    (
-        TICKETS,
-        "Tickets presented to this node, by outcome: consumed (accepted), or why refused.",
-        "outcome",
-        &[
-            "consumed",
-            "invalid_ticket",
-            "origin_mismatch",
-            "insufficient_scope",
-            "unavailable",
-        ],
-    ),
-    (
-        PENDING_AUTH_REFUSED,
-        "Sockets refused because too many wait for first-message auth, per IP or per node.",
-        "limit",
-        &["ip", "node"],
-    ),
-    (
-        RECOVERIES,
-        "Subscriptions with `since`, by whether every missed message could be replayed.",
-        "recovered",
-        &["true", "false"],
-    ),
+/// The outcomes of a handshake: accepted, or the refusal's error code.
+fn handshake_outcomes() -> Vec<&'static str> {
+    std::iter::once("accepted")
+        .chain(Error::CODES.iter().copied())
+        .collect()
+}
+
+/// The `outcome` values of [`TICKETS`]: consumed, or why refused.
+const TICKET_OUTCOMES: &[&str] = &[
+    "consumed",
+    "invalid_ticket",
+    "origin_mismatch",
+    "insufficient_scope",
+    "unavailable",
 ];
 
 /// Histograms: name and help.
@@ -149,61 +122,46 @@ const HISTOGRAMS: &[(&str, &str)] = &[(
      socket (one message in 16; the oldest message of each write).",
 )];
 
-/// Installs the process's Prometheus recorder (if no one has yet), and
-/// describes every metric and registers each series at zero in it; returns
-/// the handle that renders `/metrics`. Idempotent: a counter already counting
-/// keeps its count (tests build several nodes in
-/// one process).
+/// Describes and registers every metric (see [`Declared::register`]);
+/// returns the handle that renders `/metrics`.
 pub fn register() -> metrics_exporter_prometheus::PrometheusHandle {
-    // First: anything registered before the recorder is installed is lost.
-    let handle = shared::telemetry::prometheus();
-    for &(name, help) in GAUGES {
-        metrics::describe_gauge!(name, help);
-        metrics::gauge!(name).increment(0.0);
+    let handshake_outcomes = handshake_outcomes();
+    Declared {
+        gauges: GAUGES,
+        counters: COUNTERS,
+        labelled_counters: &[
+            LabelledCounter {
+                name: HANDSHAKES,
+                help: "WebSocket handshakes by outcome: accepted, or the refusal's error code.",
+                label: "outcome",
+                values: &handshake_outcomes,
+            },
+            LabelledCounter {
+                name: TICKETS,
+                help: "Tickets presented to this node, by outcome: consumed (accepted), or why refused.",
+                label: "outcome",
+                values: TICKET_OUTCOMES,
+            },
+            LabelledCounter {
+                name: PENDING_AUTH_REFUSED,
+                help: "Sockets refused because too many wait for first-message auth, per IP or per node.",
+                label: "limit",
+                values: &["ip", "node"],
+            },
+            LabelledCounter {
+                name: RECOVERIES,
+                help: "Subscriptions with `since`, by whether every missed message could be replayed.",
+                label: "recovered",
+                values: &["true", "false"],
+            },
+        ],
+        histograms: HISTOGRAMS,
     }
-    for &(name, help) in COUNTERS {
-        metrics::describe_counter!(name, help);
-        metrics::counter!(name).increment(0);
-    }
-    for &(name, help, label, values) in LABELLED_COUNTERS {
-        metrics::describe_counter!(name, help);
-        for &value in values {
-            metrics::counter!(name, label => value).increment(0);
-        }
-    }
-    for &(name, help) in HISTOGRAMS {
-        metrics::describe_histogram!(name, metrics::Unit::Seconds, help);
-        // Registered by asking for its handle; the exporter lists it with
-        // zero observations.
-        let _ = metrics::histogram!(name);
-    }
-    handle
-}
-
-/// Every metric name this module declares.
-pub fn names() -> impl Iterator<Item = &'static str> {
-    GAUGES
-        .iter()
-        .chain(COUNTERS)
-        .chain(HISTOGRAMS)
-        .map(|(name, _)| *name)
-        .chain(LABELLED_COUNTERS.iter().map(|(name, ..)| *name))
+    .register()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::error::Error;
-
-    #[test]
-    fn every_handshake_refusal_has_its_label() {
-        let (.., outcomes) = LABELLED_COUNTERS
-            .iter()
-            .find(|(name, ..)| *name == HANDSHAKES)
-            .expect("handshakes");
-        assert_eq!(outcomes[0], "accepted");
-        assert_eq!(&outcomes[1..], Error::CODES);
-    }
 
     #[test]
     fn the_code_names_metrics_only_through_this_module() {

@@ -145,9 +145,9 @@ pub struct StreamPosition {
     pub offset: u64,
 }
 
-/// Milliseconds for Redis, at least 1.
+/// Milliseconds for Redis, at least 1 (a `PX` or `PEXPIRE` of 0 is refused).
 fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+    crate::millis(d).max(1)
 }
 
 #[cfg(test)]

@@ -97,16 +97,6 @@ return #expired
     ))
 });
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// One connection's presence in one channel.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Membership {
@@ -144,15 +134,15 @@ pub async fn join(
     membership: &Membership,
     lease: Duration,
 ) -> redis::RedisResult<()> {
-    let now = now_ms();
+    let now = shared::unix_now_ms();
     JOIN.key(keys.channel_presence(&membership.channel))
         .key(keys.channel_presence_index(&membership.channel))
         .key(keys.channel_live(&membership.channel))
         .arg(membership.user_prefix())
         .arg(now)
         .arg(&membership.member)
-        .arg(now + millis(lease))
-        .arg(millis(lease) * 2)
+        .arg(now + shared::millis(lease))
+        .arg(shared::millis(lease) * 2)
         .arg(event_frame(PresenceEvent::Join, membership))
         .invoke_async::<i64>(redis)
         .await
@@ -170,7 +160,7 @@ pub async fn leave(
         .key(keys.channel_presence_index(&membership.channel))
         .key(keys.channel_live(&membership.channel))
         .arg(membership.user_prefix())
-        .arg(now_ms())
+        .arg(shared::unix_now_ms())
         .arg(&membership.member)
         .arg(event_frame(PresenceEvent::Leave, membership))
         .invoke_async::<i64>(redis)
@@ -187,7 +177,7 @@ pub async fn renew(
     memberships: &[Membership],
     lease: Duration,
 ) -> redis::RedisResult<Vec<Membership>> {
-    let expiry = now_ms() + millis(lease);
+    let expiry = shared::unix_now_ms() + shared::millis(lease);
     let mut missing = Vec::new();
     for chunk in memberships.chunks(500) {
         let mut pipe = redis::pipe();
@@ -203,11 +193,11 @@ pub async fn renew(
                 .arg(&m.member);
             pipe.cmd("PEXPIRE")
                 .arg(&presence)
-                .arg(millis(lease) * 2)
+                .arg(shared::millis(lease) * 2)
                 .ignore();
             pipe.cmd("PEXPIRE")
                 .arg(keys.channel_presence_index(&m.channel))
-                .arg(millis(lease) * 2)
+                .arg(shared::millis(lease) * 2)
                 .ignore();
         }
         let renewed: Vec<i64> = pipe.query_async(redis).await?;
@@ -233,7 +223,7 @@ pub async fn sweep(
         .key(keys.channel_presence(channel))
         .key(keys.channel_presence_index(channel))
         .key(keys.channel_live(channel))
-        .arg(now_ms())
+        .arg(shared::unix_now_ms())
         .arg(frame::channel_json(channel))
         .invoke_async(redis)
         .await
@@ -247,7 +237,7 @@ pub async fn members(
 ) -> redis::RedisResult<Vec<Member>> {
     let raw: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(keys.channel_presence(channel))
-        .arg(format!("({}", now_ms()))
+        .arg(format!("({}", shared::unix_now_ms()))
         .arg("+inf")
         .query_async(redis)
         .await?;
