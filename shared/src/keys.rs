@@ -12,8 +12,9 @@
 //! | `P:session:<sha256>` | string (JSON [`SessionRecord`](crate::session::SessionRecord)), TTL = idle timeout | [`crate::session`] | auth-service | both |
 //! | `P:rl:<bucket>:<subject>` | counter with TTL (fixed window) | auth-service's `rate_limit` | auth-service | auth-service |
 //! | `P:ch:{<channel>}:live` | pub/sub channel carrying ready-to-send frames | [`crate::channel::frame`] | both (publish), ws-node (presence) | ws-node |
-//! | `P:ch:{<channel>}:hist` | stream: the channel's bounded history | [`crate::channel`] | both | ws-node |
-//! | `P:ch:{<channel>}:meta` | hash: the history's epoch and last offset | [`crate::channel`] | both | ws-node |
+//! | `P:ch:{<channel>}:hist` | stream: the channel's bounded history, entry id `<offset>-0`, TTL = max age | [`crate::channel`] | both | ws-node |
+//! | `P:ch:{<channel>}:times` | list: the publish time of each history entry, oldest first, TTL = max age | [`crate::channel`] | both | both |
+//! | `P:ch:{<channel>}:meta` | hash: the history's epoch, last offset and format version, TTL = max age | [`crate::channel`] | both | ws-node |
 //! | `P:ch:{<channel>}:idem:<key>` | string, TTL 10 min: an idempotency key already published | [`crate::channel`] | both | both |
 //! | `P:ch:{<channel>}:presence` | sorted set of present connections, scored by lease expiry | ws-node's `presence` | ws-node | ws-node |
 //! | `P:ch:{<channel>}:presence-idx` | the same members scored 0, searchable by user prefix | ws-node's `presence` | ws-node | ws-node |
@@ -121,6 +122,12 @@ impl RedisKeys {
     /// The stream that keeps a channel's bounded history.
     pub fn channel_history(&self, channel: &ChannelName) -> String {
         format!("{}:ch:{{{}}}:hist", self.prefix, channel.as_str())
+    }
+
+    /// The publish times (ms) of the entries of a channel's history, oldest
+    /// first: what trims the history by age.
+    pub fn channel_history_times(&self, channel: &ChannelName) -> String {
+        format!("{}:ch:{{{}}}:times", self.prefix, channel.as_str())
     }
 
     /// The hash holding a channel history's epoch and last offset.

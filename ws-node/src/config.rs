@@ -61,6 +61,17 @@ pub struct Config {
     #[arg(long, env = "CLIENT_MESSAGE_BURST", default_value_t = 100)]
     pub client_message_burst: u32,
 
+    /// Subscriptions with `since` (each a read of the channel's history) a
+    /// connection may make per second, sustained; a replay's further pages
+    /// are paced by the same allowance.
+    #[arg(long, env = "HISTORY_READS_PER_SEC", default_value_t = 10)]
+    pub history_reads_per_sec: u32,
+
+    /// History reads a connection may make at once: what a client resuming
+    /// many subscriptions after a reconnect needs.
+    #[arg(long, env = "HISTORY_READ_BURST", default_value_t = 20)]
+    pub history_read_burst: u32,
+
     /// Open connections per user, counted across all nodes.
     #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 100)]
     pub max_connections_per_user: u32,

@@ -6,10 +6,13 @@ use std::sync::LazyLock;
 
 /// Reads a channel's history after `since_offset`, atomically with its
 /// current epoch and offset: the oldest `ARGV[3]` (page) of the messages
-/// after it, and the stream id of the last one returned. A gap of more than
-/// `ARGV[2]` (cap) messages is reported as not covered (no messages).
-/// `ARGV[4]`, if not empty, is the stream id the previous page ended at: the
-/// page is then read forward from there (O(page), not O(gap)).
+/// after it, and the stream id of the last one returned. The epoch and the
+/// size of the gap are checked first, from the meta hash: a gap of more than
+/// `ARGV[2]` (cap) messages is reported as not covered (no messages) without
+/// reading it. The page itself is read from the entry of the first offset
+/// wanted (ids are `<offset>-0`), or, if `ARGV[4]` is not empty, after that
+/// stream id (the previous page's end): either way O(page), however long the
+/// gap. A history of another format version (`ARGV[5]`) covers nothing.
 const HISTORY_SINCE: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
@@ -17,29 +20,24 @@ if not epoch then
   return {'', 0, {}, ''}
 end
 local missing = seq - tonumber(ARGV[1])
-local page = tonumber(ARGV[3])
-if missing <= 0 or (ARGV[4] == '' and missing > tonumber(ARGV[2])) then
+if missing <= 0 or redis.call('HGET', KEYS[2], 'v') ~= ARGV[5]
+    or (ARGV[4] == '' and missing > tonumber(ARGV[2])) then
   return {epoch, seq, {}, ''}
 end
+local from = (tonumber(ARGV[1]) + 1) .. '-0'
+if ARGV[4] ~= '' then from = '(' .. ARGV[4] end
+local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[3])
 local out = {}
 local last_id = ''
-local function take(entry)
-  local fields = entry[2]
-  local s, d
+for i = 1, #entries do
+  local id, fields = entries[i][1], entries[i][2]
+  local d
   for j = 1, #fields, 2 do
-    if fields[j] == 's' then s = fields[j + 1] elseif fields[j] == 'd' then d = fields[j + 1] end
+    if fields[j] == 'd' then d = fields[j + 1] end
   end
-  table.insert(out, s)
+  table.insert(out, string.match(id, '^(%d+)'))
   table.insert(out, d)
-  last_id = entry[1]
-end
-if ARGV[4] ~= '' then
-  local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[4], '+', 'COUNT', page)
-  for i = 1, #entries do take(entries[i]) end
-else
-  local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', missing)
-  local oldest_last = math.max(1, #entries - page + 1)
-  for i = #entries, oldest_last, -1 do take(entries[i]) end
+  last_id = id
 end
 return {epoch, seq, out, last_id}
 "#;
@@ -100,11 +98,11 @@ pub async fn current_position(
 }
 
 /// Reads a channel's history after `since_offset`, with its current epoch
-/// and offset: the oldest `page` messages after it. A replay is read a page
-/// at a time, so memory holds one page, not the whole gap (up to `cap`
-/// messages of up to 64 KiB each; a larger gap reads as not covered). Pass
-/// the previous page's `last_id` as `after_id` to continue a replay: the read
-/// then starts right there instead of scanning the gap again.
+/// and offset: the oldest `page` messages after it, found without reading
+/// the ones before (see `HISTORY_SINCE`). A replay is read a page at a time,
+/// so memory holds one page, not the whole gap (up to `cap` messages; a
+/// larger gap reads as not covered). Pass the previous page's `last_id` as
+/// `after_id` to continue a replay.
 pub async fn history_page(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,
@@ -121,6 +119,7 @@ pub async fn history_page(
         .arg(cap)
         .arg(page.max(1))
         .arg(after_id.unwrap_or(""))
+        .arg(super::publish::HISTORY_FORMAT)
         .invoke_async(conn)
         .await?;
     let messages = flat

@@ -7,46 +7,64 @@ use serde_json::value::RawValue;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-/// How long a channel's epoch and offset counter outlive its last publish. Far
-/// longer than any history age, so a client that saw the last message of a
-/// quiet channel can still be told "nothing missed" rather than "resync".
-const META_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The history's layout version, kept in its meta hash. A history without it
+/// (written before entries were keyed by offset) is replaced by a new epoch
+/// at the next publish, and reads as not covering anything meanwhile.
+pub(super) const HISTORY_FORMAT: &str = "2";
 
 /// Appends to history, bumps the offset and publishes the frame, in one step
 /// (preceded by [`frame::MESSAGE_FRAME_LUA`], which builds the frame).
 ///
-/// KEYS: history stream, meta hash, live channel (declared so Cluster routes the
-/// script to the slot of the channel's hash tag), and optionally the
-/// idempotency key of this publish.
+/// The history is a stream whose entry ids are `<offset>-0`, so that a
+/// reader seeks to an offset directly (`XRANGE <offset>-0`) whatever the gap,
+/// and a list of the entries' publish times, which trims it by age: both are
+/// trimmed to the same oldest offset. All three keys (and the meta hash) live
+/// as long as the history's maximum age after the last publish: a channel
+/// quiet for longer has no history, and its epoch goes with it.
+///
+/// KEYS: history stream, meta hash, live channel (declared so Cluster routes
+/// the script to the slot of the channel's hash tag), times list, and
+/// optionally the idempotency key of this publish.
 /// ARGV: channel as a JSON string, data as JSON, max length, max age in ms,
-/// a candidate epoch (used only when the channel has none yet), meta TTL in ms,
-/// idempotency window in ms.
+/// a candidate epoch (used only when the channel has none yet), idempotency
+/// window in ms, history format version.
 /// Returns `{epoch, offset, duplicate}`; a repeated idempotency key returns the
 /// first publish's position with `duplicate = 1` and publishes nothing.
 const PUBLISH_WITH_HISTORY: &str = r#"
-if KEYS[4] then
-  local seen = redis.call('GET', KEYS[4])
+if KEYS[5] then
+  local seen = redis.call('GET', KEYS[5])
   if seen then
     local sep = string.find(seen, ':', 1, true)
     return {string.sub(seen, 1, sep - 1), tonumber(string.sub(seen, sep + 1)), 1}
   end
 end
-local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
+if not epoch or redis.call('HGET', KEYS[2], 'v') ~= ARGV[7] then
+  -- A new incarnation: whatever an earlier one left behind is not its history.
   epoch = ARGV[5]
-  redis.call('HSET', KEYS[2], 'epoch', epoch)
+  redis.call('DEL', KEYS[1], KEYS[4], KEYS[2])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'v', ARGV[7])
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 's', seq, 'd', ARGV[2])
+local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 local now = redis.call('TIME')
-local oldest = (tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)) - tonumber(ARGV[4])
-if oldest > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', oldest)
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('XADD', KEYS[1], seq .. '-0', 'd', ARGV[2])
+redis.call('RPUSH', KEYS[4], now_ms)
+redis.call('LTRIM', KEYS[4], -tonumber(ARGV[3]), -1)
+-- Entries past the maximum age leave from the head; each leaves once.
+local oldest = now_ms - tonumber(ARGV[4])
+while true do
+  local first = redis.call('LINDEX', KEYS[4], 0)
+  if not first or tonumber(first) >= oldest then break end
+  redis.call('LPOP', KEYS[4])
 end
+local kept = redis.call('LLEN', KEYS[4])
+redis.call('XTRIM', KEYS[1], 'MINID', (seq - kept + 1) .. '-0')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-if KEYS[4] then
-  redis.call('SET', KEYS[4], epoch .. ':' .. seq, 'PX', ARGV[7])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[4], ARGV[4])
+if KEYS[5] then
+  redis.call('SET', KEYS[5], epoch .. ':' .. seq, 'PX', ARGV[6])
 end
 redis.call('PUBLISH', KEYS[3], message_frame(ARGV[1], epoch, seq, ARGV[2]))
 return {epoch, seq, 0}
@@ -125,7 +143,8 @@ pub async fn publish(
     invocation
         .key(keys.channel_history(channel))
         .key(keys.channel_meta(channel))
-        .key(keys.channel_live(channel));
+        .key(keys.channel_live(channel))
+        .key(keys.channel_history_times(channel));
     if let Some(key) = idempotency_key {
         if !valid_idempotency_key(key) {
             return Err(PublishError::InvalidIdempotencyKey);
@@ -138,8 +157,8 @@ pub async fn publish(
         .arg(limits.max_len)
         .arg(millis(limits.max_age))
         .arg(new_epoch())
-        .arg(millis(META_TTL))
-        .arg(millis(IDEMPOTENCY_WINDOW));
+        .arg(millis(IDEMPOTENCY_WINDOW))
+        .arg(HISTORY_FORMAT);
     let (epoch, offset, duplicate): (String, u64, u8) = invocation.invoke_async(conn).await?;
     Ok(Published {
         position: Some(StreamPosition { epoch, offset }),

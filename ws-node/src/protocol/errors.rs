@@ -29,8 +29,9 @@ pub enum RequestError {
     PresenceDisabled,
     #[error("idempotency keys need a channel with history")]
     IdempotencyUnsupported,
-    #[error("too many messages; slow down")]
-    RateLimited,
+    /// Over one of the connection's rates (messages, history reads).
+    #[error("{0}")]
+    RateLimited(&'static str),
     #[error("this connection is already authenticated")]
     AlreadyAuthenticated,
     #[error("binary frames are not supported; send JSON text")]
@@ -67,7 +68,7 @@ impl RequestError {
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::PresenceDisabled => "presence_disabled",
             Self::IdempotencyUnsupported => "idempotency_unsupported",
-            Self::RateLimited => "rate_limited",
+            Self::RateLimited(_) => "rate_limited",
             Self::AlreadyAuthenticated => "already_authenticated",
             Self::Unsupported => "unsupported",
             Self::Unavailable(_) => "unavailable",
@@ -208,7 +209,7 @@ mod tests {
             RequestError::TooManySubscriptions,
             RequestError::PresenceDisabled,
             RequestError::IdempotencyUnsupported,
-            RequestError::RateLimited,
+            RequestError::RateLimited(""),
             RequestError::AlreadyAuthenticated,
             RequestError::Unsupported,
             RequestError::Unavailable(""),

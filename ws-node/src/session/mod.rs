@@ -66,6 +66,7 @@ pub async fn run(node: NodeState, socket: Socket, id: ConnId, principal: Princip
         control,
         bucket,
         strikes: 0,
+        history_reads: None,
         principal,
         last_heard: Instant::now(),
         floors: HashMap::new(),
@@ -134,6 +135,9 @@ struct Connection {
     principal: Principal,
     bucket: TokenBucket,
     strikes: u32,
+    /// History reads (subscriptions with `since`, replay pages), made on
+    /// first use: most connections never read history.
+    history_reads: Option<Box<TokenBucket>>,
     last_heard: Instant,
     /// Per channel subscribed with `since`: the last offset replayed from
     /// history. Live copies of those messages (queued while the replay ran)
@@ -289,6 +293,21 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Takes one history read from the connection's allowance
+    /// (`HISTORY_READS_PER_SEC`, `HISTORY_READ_BURST`), if there is one:
+    /// a history read costs Redis in proportion to the page's bytes.
+    fn take_history_read(&mut self) -> bool {
+        let config = &self.node.config;
+        self.history_reads
+            .get_or_insert_with(|| {
+                Box::new(TokenBucket::new(
+                    config.history_reads_per_sec,
+                    config.history_read_burst,
+                ))
+            })
+            .try_take()
     }
 
     /// Sends one frame, unless a close is requested while the peer is not reading.

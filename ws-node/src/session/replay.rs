@@ -11,6 +11,9 @@ use shared::channel::{ChannelName, HistorySince, StreamPosition, frame};
 /// replay holds in memory at most.
 pub(super) const REPLAY_PAGE: u64 = 256;
 
+/// How long a replay waits before asking again for a history read.
+const HISTORY_READ_PACE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The rest of a `since` replay, sent a page at a time after the `ack`.
 pub(super) struct Replay {
     pub channel: ChannelName,
@@ -30,6 +33,11 @@ impl Connection {
     /// holds what comes next (trimmed meanwhile, or Redis lost it), the client
     /// is told with a `recovery` notice instead of being left with a gap.
     pub(super) async fn replay_page(&mut self, replay: Box<Replay>) -> Vec<String> {
+        // Pages share the connection's history-read allowance: a long replay
+        // is paced, not refused (the client asked for all of it).
+        while !self.take_history_read() {
+            tokio::time::sleep(HISTORY_READ_PACE).await;
+        }
         let mut redis = self.node.redis.clone();
         let page = shared::channel::history_page(
             &mut redis,

@@ -42,7 +42,9 @@ impl Connection {
                 return Err(CloseReason::RateExceeded);
             }
             // Refused unread: the error carries no id.
-            return Ok(vec![RequestError::RateLimited.frame(None)]);
+            return Ok(vec![
+                RequestError::RateLimited("too many messages; slow down").frame(None),
+            ]);
         }
         self.strikes = 0;
         let (id, request) = match protocol::parse(text) {
@@ -115,6 +117,15 @@ impl Connection {
         }
         match (since, start) {
             (Some(since), _) => {
+                if !self.take_history_read() {
+                    // Not joined half-way: the client retries the subscribe.
+                    if !already {
+                        self.leave_channel(&channel).await;
+                    }
+                    return Err(RequestError::RateLimited(
+                        "too many history reads; retry the subscribe in a moment",
+                    ));
+                }
                 let resume = Resume::AskedFor(since);
                 self.resume(id, channel, rule.history, resume, already)
                     .await

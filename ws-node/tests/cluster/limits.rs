@@ -240,3 +240,46 @@ async fn a_client_that_never_finishes_its_upgrade_request_is_dropped() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn history_reads_are_limited_per_connection() {
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_node: Box::new(|c| {
+            c.history_read_burst = 2;
+            c.history_reads_per_sec = 1;
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("hana").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut client = stack.connect(0, &key).await;
+    let since = |channel: &str| json!({ "action": "subscribe", "channel": channel, "since": { "epoch": "", "offset": 0 } });
+    for (id, channel) in [(1, "broadcast:a"), (2, "broadcast:b")] {
+        let ack = client.request(since(channel), id).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let refused = client.request(since("broadcast:c"), 3).await;
+    assert_eq!(
+        (&refused["type"], &refused["code"]),
+        (&json!("error"), &json!("rate_limited")),
+        "{refused}"
+    );
+    // Refused means not subscribed: a server publish there does not arrive.
+    stack
+        .server_publish(&key, "broadcast:c", json!("missed"))
+        .await;
+    // The allowance comes back; a plain subscribe never used it.
+    let plain = client
+        .request(
+            json!({ "action": "subscribe", "channel": "broadcast:d" }),
+            4,
+        )
+        .await;
+    assert_eq!(plain["type"], "ack", "{plain}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let ack = client.request(since("broadcast:c"), 5).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(client.recv_message().await["data"], "missed");
+}

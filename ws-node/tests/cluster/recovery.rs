@@ -164,7 +164,7 @@ async fn history_older_than_its_age_limit_is_not_replayed() {
     let publish = |n: u64| json!({ "action": "publish", "channel": "brief:x", "data": { "n": n } });
 
     // A busy channel: entries past the age limit are trimmed as new ones
-    // arrive (in whole stream nodes of ~100 entries, so publish several).
+    // arrive, while the channel (and its epoch) lives on.
     let mut epoch = String::new();
     for n in 1..=250u64 {
         epoch = client.request(publish(n), n).await["epoch"]
@@ -172,19 +172,26 @@ async fn history_older_than_its_age_limit_is_not_replayed() {
             .expect("epoch")
             .to_owned();
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(client.request(publish(251), 251).await["offset"], 251);
+    let mut n = 250u64;
+    let busy_until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < busy_until {
+        n += 1;
+        let ack = client.request(publish(n), n).await;
+        assert_eq!((&ack["epoch"], &ack["offset"]), (&json!(epoch), &json!(n)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut late = stack.connect(0, &key).await;
     let ack = late.subscribe_since("brief:x", &epoch, 0).await;
     assert_eq!(ack["recovered"], false, "aged-out entries: {ack}");
-    let ack = late.subscribe_since("brief:x", &epoch, 250).await;
+    let ack = late.subscribe_since("brief:x", &epoch, n - 1).await;
     assert_eq!(ack["recovered"], true, "a recent entry: {ack}");
-    assert_eq!(late.recv().await["data"]["n"], 251);
+    assert_eq!(late.recv().await["data"]["n"], n);
 
-    // An idle channel: its whole history lapses once its newest entry is too old.
+    // An idle channel: its whole history lapses once its newest entry is too
+    // old, and its epoch with it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut later = stack.connect(0, &key).await;
-    let ack = later.subscribe_since("brief:x", &epoch, 250).await;
+    let ack = later.subscribe_since("brief:x", &epoch, n).await;
     assert_eq!(
         ack["recovered"], false,
         "an idle channel's aged history: {ack}"
@@ -354,4 +361,120 @@ async fn a_subscription_acks_where_it_starts_and_resuming_from_there_misses_noth
     assert_eq!(again.recv_message().await["data"], 5);
     assert_eq!(back.recv_message().await["data"], 4);
     assert_eq!(back.recv_message().await["data"], 5);
+}
+
+/// Redis's own account of the scripts it ran since the last
+/// `SLOWLOG RESET` (with every command logged): how many, and the longest,
+/// in microseconds.
+async fn script_calls(redis: &mut redis::aio::ConnectionManager) -> (usize, u64) {
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(10_000)
+        .query_async(redis)
+        .await
+        .expect("SLOWLOG GET");
+    let durations: Vec<u64> = entries
+        .iter()
+        .filter_map(|entry| match entry {
+            redis::Value::Array(fields) => Some(fields),
+            _ => None,
+        })
+        .filter(|fields| {
+            matches!(fields.get(3), Some(redis::Value::Array(args))
+                if matches!(args.first(), Some(redis::Value::BulkString(cmd)) if cmd.eq_ignore_ascii_case(b"evalsha")))
+        })
+        .filter_map(|fields| match fields.get(2) {
+            Some(redis::Value::Int(usec)) => u64::try_from(*usec).ok(),
+            _ => None,
+        })
+        .collect();
+    (durations.len(), durations.into_iter().max().unwrap_or(0))
+}
+
+async fn reset_slowlog(redis: &mut redis::aio::ConnectionManager) {
+    let _: () = redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async(redis)
+        .await
+        .expect("SLOWLOG RESET");
+}
+
+/// A `since` far back costs Redis about what a near one does: the history is
+/// read a page at a time from the first offset wanted, never the whole gap.
+/// (Reading the gap, as the node once did, made each such call cost Redis
+/// time in proportion to the gap: with large messages, enough to stall it
+/// for every other client.)
+#[tokio::test]
+async fn a_far_back_since_costs_redis_about_what_a_near_one_does() {
+    let redis_server = testkit::RedisServer::start();
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        redis_url: redis_server.url(),
+        customise_node: Box::new(|c| {
+            c.common.channel_namespaces = open_namespace("big", 5_000, 600);
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("fay").await;
+    let key = stack.api_key(&user, "connect").await;
+    let node = &stack.nodes[0].state;
+    let mut redis = node.redis.clone();
+    // 3 000 messages of 16 KiB: 48 MiB of history.
+    let channel: shared::channel::ChannelName = "big:archive".parse().expect("channel");
+    let rule = node.namespaces.rule_for(&channel).expect("rule").clone();
+    let data = serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(16 * 1024)))
+        .expect("json");
+    let mut epoch = String::new();
+    for _ in 0..3_000 {
+        let published =
+            shared::channel::publish(&mut redis, &node.keys, &channel, &data, rule.history, None)
+                .await
+                .expect("published");
+        epoch = published.position.expect("history").epoch;
+    }
+    // Every command logged, with its duration.
+    for (name, value) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "10000"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut redis)
+            .await
+            .expect("CONFIG SET");
+    }
+    let mut warm = stack.connect(0, &key).await;
+    warm.subscribe_since("big:archive", &epoch, 2_999).await;
+    reset_slowlog(&mut redis).await;
+
+    // Near: the last page (256 messages).
+    let mut near = stack.connect(0, &key).await;
+    let ack = near
+        .subscribe_since("big:archive", &epoch, 3_000 - 256)
+        .await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    for _ in 0..256 {
+        near.recv_message().await;
+    }
+    let (near_calls, near_usec) = script_calls(&mut redis).await;
+    assert_eq!(near_calls, 1);
+    reset_slowlog(&mut redis).await;
+
+    // Far: from the start, 3 000 messages in 12 pages.
+    let mut far = stack.connect(0, &key).await;
+    let ack = far.subscribe_since("big:archive", &epoch, 0).await;
+    assert_eq!(ack["recovered"], true, "{ack}");
+    for n in 1..=3_000u64 {
+        assert_eq!(far.recv_message().await["offset"], n);
+    }
+    let (far_calls, far_usec) = script_calls(&mut redis).await;
+    assert_eq!(far_calls, 12, "a page at a time");
+    eprintln!("history reads: near {near_usec} µs, far: the longest of 12 pages {far_usec} µs");
+    assert!(
+        far_usec < 3 * near_usec,
+        "a far-back since cost Redis {far_usec} µs in one call, a near one {near_usec} µs"
+    );
 }
