@@ -112,7 +112,7 @@ pub async fn find_by_id(db: &PgPool, id: Uuid) -> Result<Option<User>> {
 
 /// Marks a user disabled in Postgres (no more logins); the rest is
 /// [`crate::revocation::disable_user`]'s.
-pub async fn set_disabled(db: &PgPool, user_id: Uuid) -> Result<()> {
+pub async fn set_disabled(db: impl sqlx::PgExecutor<'_>, user_id: Uuid) -> Result<()> {
     sqlx::query("UPDATE users SET disabled_at = coalesce(disabled_at, now()) WHERE id = $1")
         .bind(user_id)
         .execute(db)

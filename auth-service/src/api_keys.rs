@@ -333,26 +333,27 @@ pub async fn list(db: &PgPool, user_id: Uuid) -> Result<Vec<ApiKeyInfo>> {
     .await?)
 }
 
-/// Marks a key (of `owner`, when given) revoked in Postgres; returns its hash
-/// and owner if it was live. The rest is [`crate::revocation::revoke_api_key`]'s.
+/// Marks a key (of `owner`, when given) revoked in Postgres, or finds it
+/// already revoked; returns its hash, or `None` if there is no such key. The
+/// rest is [`crate::revocation::revoke_api_key`]'s.
 pub async fn revoke(
-    db: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     key_id: Uuid,
     owner: Option<Uuid>,
-) -> Result<Option<(TokenHash, Uuid)>> {
-    let row: Option<(Vec<u8>, Uuid)> = sqlx::query_as(
-        "UPDATE api_keys SET revoked_at = now()
-         WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2) AND revoked_at IS NULL
-         RETURNING key_hash, user_id",
+) -> Result<Option<TokenHash>> {
+    let hash: Option<Vec<u8>> = sqlx::query_scalar(
+        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now())
+         WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2)
+         RETURNING key_hash",
     )
     .bind(key_id)
     .bind(owner)
     .fetch_optional(db)
     .await?;
-    Ok(row.and_then(|(hash, user)| {
-        <[u8; 32]>::try_from(hash.as_slice())
+    Ok(hash.and_then(|h| {
+        <[u8; 32]>::try_from(h.as_slice())
             .ok()
-            .map(|h| (TokenHash::from_bytes(h), user))
+            .map(TokenHash::from_bytes)
     }))
 }
 

@@ -178,7 +178,7 @@ async fn api_key_command(state: AppState, command: ApiKeyCommand) -> anyhow::Res
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
             {
-                bail!("no live API key with id {id}");
+                bail!("no API key with id {id}");
             }
             eprintln_info(&format!("revoked API key {id}"));
         }

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use shared::secret::TokenHash;
 use shared::session::SessionRecord;
 use std::net::{IpAddr, SocketAddr};
+use uuid::Uuid;
 
 /// Largest request body accepted (a publish carries up to 64 KiB of data),
 /// enforced by [`body_bytes`], which every body extractor here goes through.
@@ -217,6 +218,36 @@ impl FromRequestParts<AppState> for SessionUser {
             hash,
             origin,
         })
+    }
+}
+
+/// Whom a session cookie lets revoke all their sessions: the user of a live
+/// session, or of one revoked within the idle timeout, so that retrying a
+/// revoke-all whose Redis half failed completes it instead of answering 401.
+/// The CSRF checks apply as for [`SessionUser`].
+pub struct RevokingUser(pub Uuid);
+
+impl FromRequestParts<AppState> for RevokingUser {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        match SessionUser::from_request_parts(parts, state).await {
+            Ok(user) => Ok(Self(user.session.user_id)),
+            Err(Error::Unauthenticated { .. }) => {
+                let token = session_cookie_value(&parts.headers, state.config.common.cookie_name())
+                    .filter(|t| shared::secret::looks_like_token(t))
+                    .ok_or_else(Error::unauthenticated)?;
+                crate::sessions::recently_revoked_owner(
+                    &state.db,
+                    &TokenHash::of(&token),
+                    state.config.session_idle_timeout_secs,
+                )
+                .await?
+                .map(Self)
+                .ok_or_else(Error::unauthenticated)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

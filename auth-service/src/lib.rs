@@ -135,6 +135,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let drain = Duration::from_secs(self.state.config.shutdown_timeout_secs);
         let addr = self.local_addr();
+        let outbox = tokio::spawn(revocation::run_outbox(self.state.clone()));
         let metrics_server = self.metrics_listener.map(|listener| {
             tokio::spawn(shared::http::serve_side_listener(
                 listener,
@@ -214,6 +215,7 @@ impl Application {
                 }
             }
         }
+        outbox.abort();
         if let Some(server) = metrics_server {
             server.abort();
         }

@@ -8,6 +8,7 @@
 use crate::accounts::User;
 use crate::error::Result;
 use crate::state::AppState;
+use shared::credential::{AuthSource, RevocationCheck};
 use shared::secret::{Secret, TokenHash, looks_like_token, random_token};
 use shared::session::{SessionRecord, cache_session, touch_cached_session};
 use sqlx::PgPool;
@@ -74,10 +75,27 @@ pub async fn authenticate(
     }
     let hash = TokenHash::of(token);
     let idle = state.config.session_idle_timeout_secs;
-    match touch_cached_session(&mut state.redis.clone(), &state.keys, &hash, idle).await {
+    let mut redis = state.redis.clone();
+    match touch_cached_session(&mut redis, &state.keys, &hash, idle).await {
         Ok(Some(record)) => {
-            note_activity(state, record.session_id);
-            return Ok(Some((record, hash)));
+            // A cache entry can outlive its session's revocation (its
+            // eviction failed, or raced this read): the markers decide.
+            let check = RevocationCheck {
+                source: AuthSource::Session {
+                    session_id: record.session_id,
+                },
+                user_id: record.user_id,
+            };
+            match check.ask(&mut redis, &state.keys).await {
+                Ok(status) if status.is_revoked() => return Ok(None),
+                Ok(_) => {
+                    note_activity(state, record.session_id);
+                    return Ok(Some((record, hash)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation markers unavailable; using Postgres");
+                }
+            }
         }
         Ok(None) => {}
         // Postgres is the source of truth; a Redis outage must not log people out.
@@ -137,7 +155,7 @@ fn note_activity(state: &AppState, session_id: Uuid) {
 /// was). Returns its token hash and whether it was live until now; `None` if
 /// the user has no such session. The rest is [`crate::revocation`]'s.
 pub async fn mark_revoked(
-    db: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     user_id: Uuid,
     session_id: Uuid,
 ) -> Result<Option<(TokenHash, bool)>> {
@@ -160,7 +178,7 @@ pub async fn mark_revoked(
 /// older one cannot still be cached (a cache entry lives at most the idle
 /// timeout), and a retry after a failure comes soon after it.
 pub async fn mark_all_revoked(
-    db: &PgPool,
+    db: &mut sqlx::PgConnection,
     user_id: Uuid,
     recent_secs: u64,
 ) -> Result<(usize, Vec<(Uuid, TokenHash)>)> {
@@ -168,7 +186,7 @@ pub async fn mark_all_revoked(
         "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
     )
     .bind(user_id)
-    .execute(db)
+    .execute(&mut *db)
     .await?
     .rows_affected();
     // Revoked ones only: a session created meanwhile stays live.
@@ -179,13 +197,48 @@ pub async fn mark_all_revoked(
     )
     .bind(user_id)
     .bind(recent_secs as f64)
-    .fetch_all(db)
+    .fetch_all(&mut *db)
     .await?;
     let recent = rows
         .into_iter()
         .filter_map(|(id, hash)| Some((id, token_hash(&hash)?)))
         .collect();
     Ok((usize::try_from(revoked).unwrap_or(usize::MAX), recent))
+}
+
+/// Marks the unexpired session with this token hash revoked in Postgres
+/// (again, if it already was); returns its id, or `None` if there is none.
+pub async fn mark_revoked_by_hash(
+    db: impl sqlx::PgExecutor<'_>,
+    hash: &TokenHash,
+) -> Result<Option<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = COALESCE(revoked_at, now())
+         WHERE token_hash = $1 AND expires_at > now()
+         RETURNING id",
+    )
+    .bind(hash.as_bytes().as_slice())
+    .fetch_optional(db)
+    .await?)
+}
+
+/// The user of the unexpired session with this token hash, live or revoked
+/// within `recent_secs`: who may retry revoking their sessions with a cookie
+/// the first attempt already revoked.
+pub async fn recently_revoked_owner(
+    db: &PgPool,
+    hash: &TokenHash,
+    recent_secs: u64,
+) -> Result<Option<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "SELECT user_id FROM sessions
+         WHERE token_hash = $1 AND expires_at > now() AND revoked_at IS NOT NULL
+           AND revoked_at > now() - make_interval(secs => $2)",
+    )
+    .bind(hash.as_bytes().as_slice())
+    .bind(recent_secs as f64)
+    .fetch_optional(db)
+    .await?)
 }
 
 fn token_hash(bytes: &[u8]) -> Option<TokenHash> {

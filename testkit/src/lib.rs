@@ -6,7 +6,9 @@
 //! * [`unique_prefix`]: a Redis key prefix no other test uses, for tests that
 //!   share the machine's Redis.
 //! * [`raw_http`]: reading an HTTP answer off a socket, for hand-written requests.
+//! * [`proxy`]: a TCP proxy a test can cut, to fail a connection on cue.
 
+pub mod proxy;
 pub mod raw_http;
 
 use std::net::TcpListener;

@@ -3,7 +3,9 @@
 use crate::accounts::{self, Username};
 use crate::error::ErrorBody;
 use crate::error::{Error, Result};
-use crate::extract::{ApiJson, ApiPath, Caller, ClientIp, SessionUser, session_cookie_value};
+use crate::extract::{
+    ApiJson, ApiPath, Caller, ClientIp, RevokingUser, SessionUser, session_cookie_value,
+};
 use crate::password::MAX_PASSWORD_BYTES;
 use crate::rate_limit;
 use crate::revocation;
@@ -20,6 +22,7 @@ use axum::response::{AppendHeaders, IntoResponse};
 use serde::{Deserialize, Serialize};
 use shared::keys::RateBucket;
 use shared::secret::Secret;
+use shared::secret::TokenHash;
 use std::time::Duration;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -207,10 +210,13 @@ pub async fn logout(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse> {
     crate::csrf::check_browser_request(&headers, &state.origins)?;
+    // By the cookie's hash, not by authenticating it: a retry after an
+    // attempt whose Redis half failed finds the session revoked already, and
+    // completes that half instead of answering 401.
     if let Some(token) = session_cookie_value(&headers, state.config.common.cookie_name())
-        && let Some((session, _)) = sessions::authenticate(&state, &token).await?
+        && shared::secret::looks_like_token(&token)
     {
-        revocation::revoke_session(&state, session.user_id, session.session_id).await?;
+        revocation::log_out(&state, &TokenHash::of(&token)).await?;
     }
     Ok((
         StatusCode::NO_CONTENT,
@@ -282,10 +288,10 @@ pub async fn list(State(state): State<AppState>, user: SessionUser) -> Result<im
 )]
 pub async fn revoke_all(
     State(state): State<AppState>,
-    user: SessionUser,
+    user: RevokingUser,
 ) -> Result<impl IntoResponse> {
-    let revoked = revocation::revoke_all_sessions(&state, user.session.user_id).await?;
-    tracing::info!(user_id = %user.session.user_id, revoked, "revoked all sessions");
+    let revoked = revocation::revoke_all_sessions(&state, user.0).await?;
+    tracing::info!(user_id = %user.0, revoked, "revoked all sessions");
     Ok((
         StatusCode::NO_CONTENT,
         AppendHeaders([(

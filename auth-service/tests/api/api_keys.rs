@@ -86,10 +86,9 @@ async fn keys_are_shown_once_listed_without_secrets_and_revocable() {
             .expect("request")
     };
     assert_eq!(delete().await.status(), StatusCode::NO_CONTENT);
-    assert_eq!(
-        error_code(delete().await, StatusCode::NOT_FOUND).await,
-        "not_found"
-    );
+    // Idempotent: a retry (say, after a 503 whose Redis half failed) redoes
+    // the Redis half and answers the same.
+    assert_eq!(delete().await.status(), StatusCode::NO_CONTENT);
     assert_eq!(
         error_code(app.mint_with_key(&key).await, StatusCode::UNAUTHORIZED).await,
         "unauthenticated"

@@ -349,3 +349,69 @@ async fn a_revocation_whose_redis_half_failed_completes_when_retried() {
         "the retried logout evicted the cached session"
     );
 }
+
+/// A cached session is checked against the revocation markers: a cache
+/// entry that outlived its session's revocation (its eviction failed, or
+/// raced the read) does not authenticate.
+#[tokio::test]
+async fn a_cached_session_marked_revoked_does_not_authenticate() {
+    let app = TestApp::spawn().await;
+    app.create_user("rita").await;
+    let cookie = app.login_cookie("rita").await;
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &cookie).await.status(),
+        StatusCode::OK
+    );
+    let session_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM sessions")
+        .fetch_one(&app.state.db)
+        .await
+        .expect("session");
+    shared::credential::mark_revoked(
+        &mut app.redis(),
+        &app.state.keys,
+        &[shared::credential::Revoked::Source(
+            shared::credential::AuthSource::Session { session_id },
+        )],
+    )
+    .await
+    .expect("marked");
+    assert_eq!(
+        app.get_with_cookie("/v1/me", &cookie).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// Logout and revoke-all answer a retry as they answered the first call,
+/// although the first already revoked the cookie's session: a retry after a
+/// 503 (Redis unreachable after the Postgres commit) completes the
+/// revocation instead of meeting 401.
+#[tokio::test]
+async fn logout_and_revoke_all_can_be_retried_with_the_same_cookie() {
+    let app = TestApp::spawn().await;
+    app.create_user("ravi").await;
+    let post = |path: &'static str, cookie: String| {
+        app.http
+            .post(app.url(path))
+            .header("cookie", cookie)
+            .header("origin", APP_ORIGIN)
+            .send()
+    };
+    let cookie = app.login_cookie("ravi").await;
+    for _ in 0..2 {
+        let response = post("/v1/sessions/revoke-all", cookie.clone())
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+    let cookie = app.login_cookie("ravi").await;
+    for _ in 0..2 {
+        let response = post("/v1/logout", cookie.clone()).await.expect("request");
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+    // A cookie that was never a session is still no way in.
+    let stranger = format!("__Host-session={}", shared::secret::random_token());
+    let response = post("/v1/sessions/revoke-all", stranger)
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}

@@ -677,3 +677,105 @@ async fn a_node_killed_with_sigkill_loses_no_message_and_leaves_no_zombie_presen
 async fn a_node_drained_with_sigterm_loses_no_message() {
     node_loss(false).await;
 }
+
+/// Revocation fails closed: Redis cut off from auth-service between the
+/// Postgres commit of a logout (and of an API key's revocation) and their
+/// Redis writes. The calls fail (503); once Redis is back, without anyone
+/// retrying, the stolen cookie and the revoked key are refused and their
+/// sockets close; and retrying then succeeds.
+#[tokio::test]
+async fn a_revocation_cut_off_from_redis_completes_once_redis_is_back() {
+    let upstream: std::net::SocketAddr = testkit::shared_redis_url()
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("the shared Redis as host:port");
+    let proxy = std::sync::Arc::new(testkit::proxy::TcpProxy::start(upstream).await);
+    let through_proxy = proxy.redis_url();
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        customise_auth: Box::new(move |c| c.common.redis_url = through_proxy.clone()),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("victor").await;
+    let cookie = stack.login("victor").await;
+    let key = stack.api_key(&user, "connect").await;
+    let key_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM api_keys")
+        .fetch_one(&stack.auth.db)
+        .await
+        .expect("the key's id");
+    let url = stack.nodes[0].ws_url();
+    let with_cookie = [("cookie", cookie.as_str()), ("origin", APP_ORIGIN)];
+    let mut cookie_socket = Client::connect(&url, &with_cookie)
+        .await
+        .expect("cookie socket");
+    let mut key_socket = stack.connect(0, &key).await;
+
+    proxy.cut();
+    let logout = |stack: &Stack| {
+        stack
+            .http
+            .post(stack.auth("/v1/logout"))
+            .header("cookie", &cookie)
+            .header("origin", APP_ORIGIN)
+            .send()
+    };
+    let failed = logout(&stack).await.expect("request");
+    assert_eq!(failed.status(), 503, "Redis is cut off");
+    let revoked_in_postgres: bool =
+        sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM sessions")
+            .fetch_one(&stack.auth.db)
+            .await
+            .expect("session");
+    assert!(revoked_in_postgres, "the Postgres half is committed");
+    assert!(
+        auth_service::revocation::revoke_api_key(&stack.auth, key_id, None)
+            .await
+            .is_err(),
+        "the key's Redis half fails too"
+    );
+
+    // Redis back, nobody retries: the pending Redis halves complete by
+    // themselves, and the sockets close.
+    proxy.restore();
+    let started = std::time::Instant::now();
+    for socket in [&mut cookie_socket, &mut key_socket] {
+        let closed = tokio::time::timeout(Duration::from_secs(15), socket.expect_close())
+            .await
+            .expect("closed once Redis is back");
+        assert_eq!(closed, 4003);
+    }
+    eprintln!(
+        "sockets closed {:?} after Redis came back",
+        started.elapsed()
+    );
+    let me = stack
+        .http
+        .get(stack.auth("/v1/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(me.status(), 401, "the stolen cookie");
+    let refused = Client::connect(&url, &with_cookie)
+        .await
+        .err()
+        .expect("the cookie opens no socket");
+    assert_eq!(refused.status, 401);
+    let mint = stack
+        .http
+        .post(stack.auth("/v1/tickets"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(mint.status(), 401, "the revoked key");
+
+    // Retrying is safe and says so.
+    assert_eq!(logout(&stack).await.expect("request").status(), 204);
+    assert!(
+        auth_service::revocation::revoke_api_key(&stack.auth, key_id, None)
+            .await
+            .expect("Redis is back")
+    );
+}
