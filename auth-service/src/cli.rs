@@ -57,6 +57,11 @@ pub enum UserCommand {
     Disable { username: String },
     /// Revoke every session of a user (logs them out everywhere).
     RevokeSessions { username: String },
+    /// Show a user's failed-login counters as JSON: per address, the hourly
+    /// budget for new addresses, and the addresses exempt from it.
+    Lockout { username: String },
+    /// Lift every login lock-out of a user (per address and hourly budget).
+    Unlock { username: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -104,6 +109,11 @@ async fn user_command(state: AppState, command: UserCommand) -> anyhow::Result<(
         } => {
             let username = Username::parse(&username).map_err(anyhow::Error::msg)?;
             let key_scopes = Scopes::parse_list(&key_scopes)?;
+            if let Some(scope) = key_scopes.iter().find(|s| !s.self_issuable()) {
+                bail!(
+                    "--key-scopes: `{scope}` cannot be self-issued; give it with `api-key create`"
+                );
+            }
             if if_missing
                 && let Some(user) = accounts::find_by_username(&state.db, &username)
                     .await
@@ -140,6 +150,22 @@ async fn user_command(state: AppState, command: UserCommand) -> anyhow::Result<(
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             eprintln_info(&format!("revoked {n} session(s) of {}", user.username));
+        }
+        UserCommand::Lockout { username } => {
+            let username = Username::parse(&username).map_err(anyhow::Error::msg)?;
+            let report = crate::login_limits::report(&state, &username)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print_stdout(&serde_json::to_string_pretty(&report)?);
+        }
+        UserCommand::Unlock { username } => {
+            let username = Username::parse(&username).map_err(anyhow::Error::msg)?;
+            let cleared = crate::login_limits::unlock(&state, &username)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            eprintln_info(&format!(
+                "unlocked {username}: cleared {cleared} failed-login counter(s)"
+            ));
         }
     }
     Ok(())

@@ -66,9 +66,21 @@ pub struct Config {
     #[arg(long, env = "HASH_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub hash_nice: i32,
 
-    /// Failed logins allowed per account within the failure window.
+    /// Failed logins allowed per account from one client address (an IPv6
+    /// address by its /64) within the failure window: the hard limit, which
+    /// locks out only that address.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_ACCOUNT", default_value_t = 10)]
     pub login_max_failures_per_account: u64,
+
+    /// Failed logins allowed per account per hour from addresses the account
+    /// has not logged in from: throttles guessing from many addresses without
+    /// locking the owner out of the addresses they use.
+    #[arg(
+        long,
+        env = "LOGIN_MAX_FAILURES_PER_ACCOUNT_HOURLY",
+        default_value_t = 50
+    )]
+    pub login_max_failures_per_account_hourly: u64,
 
     /// Failed logins allowed per client IP within the failure window.
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 100)]

@@ -16,6 +16,7 @@ pub mod csrf;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod login_limits;
 pub mod password;
 pub mod rate_limit;
 pub mod revocation;

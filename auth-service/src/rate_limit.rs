@@ -37,11 +37,21 @@ pub fn add_hit(pipe: &mut redis::Pipeline, key: &str, window: Duration) {
 /// The `limit` label of [`crate::telemetry::RATE_LIMITED`] for each bucket.
 pub fn limit_label(bucket: RateBucket) -> &'static str {
     match bucket {
+        RateBucket::LoginFailuresByAccountAndIp => "login_account_ip",
         RateBucket::LoginFailuresByAccount => "login_account",
         RateBucket::LoginFailuresByIp => "login_ip",
         RateBucket::MintByUser => "mint_user",
         RateBucket::MintByApiKey => "mint_key",
     }
+}
+
+/// One counter to check: what it counts, its key, how many hits its window
+/// allows, and the window.
+pub struct Limit {
+    pub bucket: RateBucket,
+    pub key: String,
+    pub max: u64,
+    pub window: Duration,
 }
 
 /// The 429 for `bucket`'s counter `key` over its limit, with `Retry-After`
@@ -58,24 +68,20 @@ pub async fn refusal(redis: &mut ConnectionManager, bucket: RateBucket, key: &st
     }
 }
 
-/// Counts one attempt against each counter (its bucket, key and limit) *before* the work it guards, and
+/// Counts one attempt against each counter *before* the work it guards, and
 /// refuses with 429 if any is now over its limit. Counting first is what makes
 /// the limit hold under concurrency: attempts racing in parallel each see the
 /// others' counts (a check-then-count-on-failure would let a burst of guesses
 /// all pass the check while their hashes are still being computed).
-pub async fn count_attempt(
-    redis: &mut ConnectionManager,
-    counters: &[(RateBucket, String, u64)],
-    window: Duration,
-) -> Result<()> {
+pub async fn count_attempt(redis: &mut ConnectionManager, limits: &[Limit]) -> Result<()> {
     let mut pipe = redis::pipe();
-    for (_, key, _) in counters {
-        add_hit(&mut pipe, key, window);
+    for limit in limits {
+        add_hit(&mut pipe, &limit.key, limit.window);
     }
     let counts: Vec<u64> = pipe.query_async(redis).await?;
-    for ((bucket, key, max), count) in counters.iter().zip(counts) {
-        if count > *max {
-            return Err(refusal(redis, *bucket, key).await);
+    for (limit, count) in limits.iter().zip(counts) {
+        if count > limit.max {
+            return Err(refusal(redis, limit.bucket, &limit.key).await);
         }
     }
     Ok(())
@@ -90,12 +96,9 @@ pub async fn uncount(redis: &mut ConnectionManager, keys: &[&str]) -> Result<()>
     for key in keys {
         pipe.cmd("DECR").arg(*key).ignore();
     }
+    if keys.is_empty() {
+        return Ok(());
+    }
     pipe.query_async::<()>(redis).await?;
-    Ok(())
-}
-
-/// Clears counters (a successful login resets its account's failures).
-pub async fn reset(redis: &mut ConnectionManager, key: String) -> Result<()> {
-    redis::cmd("DEL").arg(key).query_async::<()>(redis).await?;
     Ok(())
 }

@@ -55,7 +55,13 @@ const LABELLED_COUNTERS: &[LabelledCounter<'static>] = &[
         name: RATE_LIMITED,
         help: "Requests refused with 429 by a rate limit, by limit.",
         label: "limit",
-        values: &["login_account", "login_ip", "mint_user", "mint_key"],
+        values: &[
+            "login_account_ip",
+            "login_account",
+            "login_ip",
+            "mint_user",
+            "mint_key",
+        ],
     },
     LabelledCounter {
         name: TICKETS_MINTED,
@@ -100,6 +106,7 @@ mod tests {
             .expect("rate_limited_total")
             .values;
         let buckets = [
+            RateBucket::LoginFailuresByAccountAndIp,
             RateBucket::LoginFailuresByAccount,
             RateBucket::LoginFailuresByIp,
             RateBucket::MintByUser,

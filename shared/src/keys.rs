@@ -11,6 +11,7 @@
 //! | `P:ticket:<sha256>` | string (JSON [`TicketClaims`](crate::ticket::TicketClaims)), TTL ≤ 30 s | [`crate::ticket`] | auth-service | ws-node (`GETDEL`) |
 //! | `P:session:<sha256>` | string (JSON [`SessionRecord`](crate::session::SessionRecord)), TTL = idle timeout | [`crate::session`] | auth-service | both |
 //! | `P:rl:<bucket>:<subject>` | counter with TTL (fixed window) | auth-service's `rate_limit` | auth-service | auth-service |
+//! | `P:login-known:<username>` | set of client addresses the account logged in from, TTL 30 days | auth-service's `login_limits` | auth-service | auth-service |
 //! | `P:ch:{<channel>}:live` | pub/sub channel carrying ready-to-send frames | [`crate::channel::frame`] | both (publish), ws-node (presence) | ws-node |
 //! | `P:ch:{<channel>}:hist` | stream: the channel's bounded history, entry id `<offset>-0`, TTL = max age | [`crate::channel`] | both | ws-node |
 //! | `P:ch:{<channel>}:times` | list: the publish time of each history entry, oldest first, TTL = max age | [`crate::channel`] | both | both |
@@ -45,9 +46,15 @@ pub struct InvalidPrefix(pub String);
 /// What a rate-limit counter counts; part of its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RateBucket {
-    /// Failed logins for one account (by normalised username).
+    /// Failed logins for one account from one client address (an IPv6
+    /// address counted by its /64): the hard limit, which locks out only
+    /// that address.
+    LoginFailuresByAccountAndIp,
+    /// Failed logins for one account from anywhere, per hour: the budget
+    /// against guessing from many addresses (addresses the account logged in
+    /// from before are exempt).
     LoginFailuresByAccount,
-    /// Failed logins from one client IP.
+    /// Failed logins from one client address (an IPv6 address by its /64).
     LoginFailuresByIp,
     /// Tickets minted by one user through a session cookie.
     MintByUser,
@@ -58,6 +65,7 @@ pub enum RateBucket {
 impl RateBucket {
     fn as_str(self) -> &'static str {
         match self {
+            Self::LoginFailuresByAccountAndIp => "login-fail-acct-ip",
             Self::LoginFailuresByAccount => "login-fail-acct",
             Self::LoginFailuresByIp => "login-fail-ip",
             Self::MintByUser => "mint-user",
@@ -112,6 +120,12 @@ impl RedisKeys {
     /// an IP address, an account name).
     pub fn rate_limit(&self, bucket: RateBucket, subject: impl std::fmt::Display) -> String {
         format!("{}:rl:{}:{}", self.prefix, bucket.as_str(), subject)
+    }
+
+    /// The client addresses (an IPv6 address by its /64) an account logged
+    /// in from successfully: exempt from the account's hourly failure budget.
+    pub fn login_known_addresses(&self, username: &str) -> String {
+        format!("{}:login-known:{username}", self.prefix)
     }
 
     /// The pub/sub channel that carries a channel's live messages to every ws-node.

@@ -6,8 +6,8 @@ use crate::error::{Error, Result};
 use crate::extract::{
     ApiJson, ApiPath, Caller, ClientIp, RevokingUser, SessionUser, session_cookie_value,
 };
+use crate::login_limits::CountedAttempt;
 use crate::password::MAX_PASSWORD_BYTES;
-use crate::rate_limit;
 use crate::revocation;
 use crate::routes::openapi::{
     BadRequest, Forbidden, NotFound, PayloadTooLarge, RateLimited, RequestTimeout, Unauthenticated,
@@ -20,10 +20,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse};
 use serde::{Deserialize, Serialize};
-use shared::keys::RateBucket;
 use shared::secret::Secret;
 use shared::secret::TokenHash;
-use std::time::Duration;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -69,9 +67,10 @@ pub struct ListedSession {
 /// `POST /v1/login`: verifies the password and starts a new session.
 ///
 /// Unknown user, wrong password and disabled user get the same 401 with the
-/// same body, after the same argon2 work. Failures are counted per account and
-/// per IP in Redis (each attempt counted before hashing, taken back if it
-/// succeeds); over the limit, 429 before any hashing.
+/// same body, after the same argon2 work. Failures are counted in Redis per
+/// account and address, per address, and per account from new addresses
+/// ([`crate::login_limits`]; each attempt counted before hashing, taken back
+/// if it succeeds); over a limit, 429 before any hashing.
 #[utoipa::path(
     post,
     path = "/v1/login",
@@ -108,28 +107,9 @@ pub async fn login(
     // A name that cannot exist is treated like an unknown one (no account counter).
     let username = Username::parse(&request.username).ok();
     let config = &state.config;
-    let mut counters = vec![(
-        RateBucket::LoginFailuresByIp,
-        state.keys.rate_limit(RateBucket::LoginFailuresByIp, ip),
-        config.login_max_failures_per_ip,
-    )];
-    let account_counter = username.as_ref().map(|u| {
-        state
-            .keys
-            .rate_limit(RateBucket::LoginFailuresByAccount, u.as_str())
-    });
-    if let Some(key) = &account_counter {
-        counters.push((
-            RateBucket::LoginFailuresByAccount,
-            key.clone(),
-            config.login_max_failures_per_account,
-        ));
-    }
-    let mut redis = state.redis.clone();
-    let window = Duration::from_secs(config.login_failure_window_secs);
     // Counted as a failure up front (taken back on success), so parallel
     // guesses cannot all slip past the limit while they wait to be hashed.
-    rate_limit::count_attempt(&mut redis, &counters, window).await?;
+    let attempt = CountedAttempt::count(&state, username.as_ref(), ip).await?;
     let checked = async {
         let user = match &username {
             Some(name) => accounts::find_by_username(&state.db, name).await?,
@@ -145,8 +125,7 @@ pub async fn login(
         Ok(user) => user,
         // Not a failed login (hashing queue full, database down): not counted.
         Err(e) => {
-            let keys: Vec<&str> = counters.iter().map(|(_, k, _)| k.as_str()).collect();
-            rate_limit::uncount(&mut redis, &keys).await?;
+            attempt.not_judged(&mut state.redis.clone()).await?;
             return Err(e);
         }
     };
@@ -157,10 +136,7 @@ pub async fn login(
             message: "invalid username or password",
         });
     };
-    rate_limit::uncount(&mut redis, &[counters[0].1.as_str()]).await?;
-    if let Some(key) = account_counter {
-        rate_limit::reset(&mut redis, key).await?;
-    }
+    attempt.succeeded(&state).await?;
     // The browser's previous session (if any) is replaced, not reused: a new id
     // at every login means a planted id never becomes an authenticated one.
     if let Some(old) = session_cookie_value(&headers, config.common.cookie_name())

@@ -147,3 +147,67 @@ async fn user_and_api_key_commands() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn operators_see_and_lift_a_login_lockout() {
+    let app = TestApp::spawn_with(|c| c.login_max_failures_per_account = 2).await;
+    app.create_user("gina").await;
+    let config = &app.state.config;
+    let cmd = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_auth-service"))
+            .env("DATABASE_URL", &config.database_url)
+            .env("REDIS_URL", &config.common.redis_url)
+            .env("REDIS_PREFIX", &config.common.redis_prefix)
+            .env("LOGIN_MAX_FAILURES_PER_ACCOUNT", "2")
+            .args(args)
+            .output()
+            .expect("run")
+    };
+    assert_eq!(
+        app.login_from("127.0.0.5", "gina", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            app.login_from("127.0.0.6", "gina", "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        app.login_from("127.0.0.6", "gina", PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    let out = cmd(&["user", "lockout", "Gina"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["username"], "gina");
+    let locked = &report["addresses"][0];
+    assert_eq!(locked["address"], "127.0.0.6");
+    // Two failures and the refused attempt, all counted.
+    assert_eq!(locked["failures"], 3);
+    assert_eq!(locked["locked"], true);
+    let resets_in = locked["resets_in_secs"].as_u64().expect("secs");
+    assert!((1..=900).contains(&resets_in), "{resets_in}");
+    assert_eq!(report["known_addresses"], serde_json::json!(["127.0.0.5"]));
+    assert_eq!(report["hourly_budget"]["locked"], false);
+
+    let out = cmd(&["user", "unlock", "gina"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unlocked gina"));
+    assert_eq!(
+        app.login_from("127.0.0.6", "gina", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    let out = cmd(&["user", "lockout", "gina"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["addresses"], serde_json::json!([]));
+}

@@ -135,6 +135,20 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Logs in from another client address: the request's socket is bound to
+    /// `source` (a loopback address such as `127.0.0.2`).
+    pub async fn login_from(&self, source: &str, username: &str, password: &str) -> Response {
+        reqwest::Client::builder()
+            .local_address(source.parse::<std::net::IpAddr>().expect("address"))
+            .build()
+            .expect("client")
+            .post(self.url("/v1/login"))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Logs in and returns the `Cookie` header value that carries the session.
     pub async fn login_cookie(&self, username: &str) -> String {
         let response = self.login(username, PASSWORD).await;

@@ -56,6 +56,87 @@ async fn a_successful_login_resets_the_account_counter() {
 }
 
 #[tokio::test]
+async fn failures_from_one_address_do_not_lock_the_owner_out_on_another() {
+    let app = TestApp::spawn_with(|c| c.login_max_failures_per_account = 3).await;
+    app.create_user("erin").await;
+    for _ in 0..3 {
+        assert_eq!(
+            app.login_from("127.0.0.2", "erin", "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The guessing address is locked out, even with the right password…
+    let response = app.login_from("127.0.0.2", "erin", PASSWORD).await;
+    assert_eq!(
+        error_code(response, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
+    // …and the owner, elsewhere, is not: neither from an address the account
+    // knows nor from a new one.
+    assert_eq!(
+        app.login_from("127.0.0.3", "erin", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.login_from("127.0.0.4", "erin", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn guessing_one_account_from_many_addresses_spends_an_hourly_budget() {
+    let app = TestApp::spawn_with(|c| {
+        c.login_max_failures_per_account = 3;
+        c.login_max_failures_per_account_hourly = 5;
+    })
+    .await;
+    app.create_user("frank").await;
+    // The owner's usual address becomes known to the account.
+    assert_eq!(
+        app.login_from("127.0.0.2", "frank", PASSWORD)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // Guesses spread thin, each address under its own limit.
+    let attackers = [
+        "127.0.1.1",
+        "127.0.1.2",
+        "127.0.1.3",
+        "127.0.1.4",
+        "127.0.1.5",
+    ];
+    for source in attackers {
+        assert_eq!(
+            app.login_from(source, "frank", "wrong").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // The budget is spent: any new address now waits, whatever it sends.
+    for source in ["127.0.1.6", "127.0.1.1"] {
+        let response = app.login_from(source, "frank", PASSWORD).await;
+        let wait = retry_after(&response);
+        assert!((1..=3600).contains(&wait), "Retry-After {wait}");
+        assert_eq!(
+            error_code(response, StatusCode::TOO_MANY_REQUESTS).await,
+            "rate_limited"
+        );
+    }
+    // The owner's known address is exempt, and a wrong password there does
+    // not spend the budget either.
+    assert_eq!(
+        app.login_from("127.0.0.2", "frank", "typo").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.login_from("127.0.0.2", "frank", PASSWORD)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
 async fn failed_logins_are_throttled_per_ip_across_accounts() {
     let app = TestApp::spawn_with(|c| {
         c.login_max_failures_per_ip = 4;
