@@ -19,7 +19,7 @@ username="e2e-$(random_hex 6)"
 AUTH_PASSWORD=$(random_hex 18)
 export AUTH_PASSWORD
 auth-service user add "$username" --key-scopes connect,publish,admin
-key=$(auth-service api-key create "$username" --scopes connect,publish,admin)
+key=$(auth-service api-key create "$username" --scopes connect,publish,publish_any,admin)
 
 umask 077
 printf "E2E_USERNAME='%s'\nE2E_PASSWORD='%s'\nE2E_API_KEY='%s'\n" "$username" "$AUTH_PASSWORD" "$key" >"$OUT.tmp"

@@ -11,7 +11,7 @@ environment:
                         an existing user, created with the operator CLI
                         (`auth-service user add NAME --key-scopes connect,publish,admin`)
   E2E_API_KEY           an API key of that user with connect, publish, admin
-                        (`auth-service api-key create NAME --scopes connect,publish,admin`)
+                        (`auth-service api-key create NAME --scopes connect,publish,publish_any,admin`)
   E2E_PROXY_ACCESS_LOG  the proxy's access log file; when set, the suite
                         checks that no ticket ever appears in it (and fails if
                         the file is missing)

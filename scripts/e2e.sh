@@ -120,7 +120,7 @@ username="e2e-$suffix"
 password=$(od -An -N18 -tx1 /dev/urandom | tr -d ' \n')
 AUTH_PASSWORD="$password" target/debug/auth-service user add "$username" --key-scopes connect,publish,admin \
   2>>"$work/cli.log"
-api_key=$(target/debug/auth-service api-key create "$username" --scopes connect,publish,admin 2>>"$work/cli.log")
+api_key=$(target/debug/auth-service api-key create "$username" --scopes connect,publish,publish_any,admin 2>>"$work/cli.log")
 
 # The proxy: the repository's template with local upstreams. The static root
 # (the demo, as in compose) is copied next to it so the workers can read it

@@ -81,7 +81,7 @@ log "database ${database}, Redis prefix ${REDIS_PREFIX}, port ${port}"
 password="schemathesis-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 # The operator CLI creates the database and the user, then the key.
 AUTH_PASSWORD="$password" "$bin" user add schemathesis --key-scopes connect,publish,admin >/dev/null
-api_key=$("$bin" api-key create schemathesis --scopes connect,publish,admin --name schemathesis)
+api_key=$("$bin" api-key create schemathesis --scopes connect,publish,publish_any,admin --name schemathesis)
 
 "$bin" >"$work/server.log" 2>&1 &
 server_pid=$!

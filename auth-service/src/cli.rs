@@ -69,7 +69,8 @@ pub enum ApiKeyCommand {
     /// Issue an API key and print it once on stdout.
     Create {
         username: String,
-        /// Comma-separated: connect, publish, admin.
+        /// Comma-separated: connect, publish, admin, publish_any (publish to
+        /// any channel over HTTP: the backend's scope).
         #[arg(long)]
         scopes: String,
         #[arg(long, default_value = "cli")]

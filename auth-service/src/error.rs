@@ -168,6 +168,7 @@ pub const ERROR_CODES: &[&str] = &[
     "origin_not_allowed",
     "insufficient_scope",
     "scope_not_allowed",
+    "scope_not_self_issuable",
     // 404, 405
     "not_found",
     "method_not_allowed",

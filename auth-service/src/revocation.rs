@@ -122,8 +122,7 @@ async fn all_sessions(
     user_id: Uuid,
 ) -> Result<(usize, Vec<Due>)> {
     let (revoked, recent) =
-        sessions::mark_all_revoked(tx, user_id, state.config.session_idle_timeout_secs)
-            .await?;
+        sessions::mark_all_revoked(tx, user_id, state.config.session_idle_timeout_secs).await?;
     let due = recent
         .into_iter()
         .map(|(id, hash)| Due::Session { id, hash })

@@ -23,6 +23,18 @@ pub enum Access {
     Server,
 }
 
+impl Access {
+    /// Whether a client acting for `user_id` (a socket, or an API key with the
+    /// client-side `publish` scope) is let in on `channel` by this rule.
+    pub fn admits(self, user_id: uuid::Uuid, channel: &ChannelName) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Owner => channel.name() == user_id.to_string(),
+            Self::Server => false,
+        }
+    }
+}
+
 /// The rules of one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceRule {
@@ -160,6 +172,19 @@ mod tests {
             (Access::Owner, Access::Server)
         );
         assert!(ns.rule_for(&"other:a".parse().expect("valid")).is_none());
+    }
+
+    #[test]
+    fn access_admits_clients_by_rule() {
+        let me = uuid::Uuid::new_v4();
+        let mine: ChannelName = format!("user:{me}").parse().expect("name");
+        let theirs: ChannelName = format!("user:{}", uuid::Uuid::new_v4())
+            .parse()
+            .expect("name");
+        assert!(Access::Any.admits(me, &theirs));
+        assert!(Access::Owner.admits(me, &mine));
+        assert!(!Access::Owner.admits(me, &theirs));
+        assert!(!Access::Server.admits(me, &mine));
     }
 
     #[test]

@@ -11,21 +11,41 @@ use std::str::FromStr;
 pub enum Scope {
     /// Mint tickets and open WebSocket connections.
     Connect,
-    /// Publish messages (over a socket, or server-side through `POST /v1/publish`).
+    /// Publish where the namespace rules let the credential's user write, as a
+    /// client: over a socket, or through `POST /v1/publish` with an API key
+    /// (with the default namespaces, `public:` channels only).
     Publish,
     /// Operate on other users' connections (server control API).
     Admin,
+    /// Publish to any channel of a configured namespace through
+    /// `POST /v1/publish`, including the server-only `user:` and `broadcast:`
+    /// channels: the backend's scope. Only an operator grants it
+    /// (`auth-service api-key create … --scopes publish_any`); it is never
+    /// self-issued over HTTP, and gives nothing more on a socket.
+    PublishAny,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Connect, Scope::Publish, Scope::Admin];
+    pub const ALL: [Scope; 4] = [
+        Scope::Connect,
+        Scope::Publish,
+        Scope::Admin,
+        Scope::PublishAny,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Connect => "connect",
             Self::Publish => "publish",
             Self::Admin => "admin",
+            Self::PublishAny => "publish_any",
         }
+    }
+
+    /// Whether a user may give it to a key they create over HTTP (given the
+    /// account allows it); `publish_any` comes from an operator only.
+    pub fn self_issuable(self) -> bool {
+        !matches!(self, Self::PublishAny)
     }
 
     fn bit(self) -> u8 {
@@ -33,6 +53,7 @@ impl Scope {
             Self::Connect => 1,
             Self::Publish => 2,
             Self::Admin => 4,
+            Self::PublishAny => 8,
         }
     }
 }
@@ -44,7 +65,7 @@ impl fmt::Display for Scope {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown scope {0:?}: expected one of connect, publish, admin")]
+#[error("unknown scope {0:?}: expected one of connect, publish, admin, publish_any")]
 pub struct UnknownScope(pub String);
 
 impl FromStr for Scope {

@@ -82,6 +82,12 @@ pub async fn create(
     let account = accounts::find_by_id(&state.db, user.session.user_id)
         .await?
         .ok_or_else(Error::unauthenticated)?;
+    if let Some(scope) = request.scopes.iter().find(|s| !s.self_issuable()) {
+        return Err(Error::forbidden(
+            "scope_not_self_issuable",
+            format!("`{scope}` keys are issued by an operator only (auth-service api-key create)"),
+        ));
+    }
     if !account.key_scopes().covers(request.scopes) {
         return Err(Error::forbidden(
             "scope_not_allowed",

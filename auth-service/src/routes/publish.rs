@@ -1,10 +1,12 @@
-//! `POST /v1/publish`: server-side publishing with a `publish`-scoped API key.
+//! `POST /v1/publish`: publishing over HTTP with an API key. A `publish` key
+//! obeys the namespace rules as its user's sockets do; a `publish_any` key (an
+//! operator's, for backends) writes any configured channel.
 
 use crate::error::{Error, Result};
 use crate::extract::{ApiJson, ApiKeyUser};
 use crate::routes::openapi::{
-    BadRequest, Forbidden, PayloadTooLarge, RequestTimeout, Unauthenticated, Unavailable,
-    Unprocessable, UnsupportedMediaType,
+    BadRequest, Forbidden, PayloadTooLarge, RateLimited, RequestTimeout, Unauthenticated,
+    Unavailable, Unprocessable, UnsupportedMediaType,
 };
 use crate::state::AppState;
 use axum::Json;
@@ -55,8 +57,10 @@ pub struct Published {
     offset: Option<u64>,
 }
 
-/// Publishes to any configured channel, including `user:<id>` and
-/// `broadcast:` channels that clients cannot write. Any auth-service process
+/// Publishes to a channel: with a `publish_any` key any configured channel,
+/// including the `user:<id>` and `broadcast:` channels that clients cannot
+/// write; with a `publish` key only channels its user may write from a
+/// socket (403 `insufficient_scope` otherwise). Any auth-service process
 /// accepts it; Redis carries it to every ws-node. Answers 202 with the
 /// message's history position when the channel keeps history.
 #[utoipa::path(
@@ -82,10 +86,10 @@ pub async fn publish(
     ApiKeyUser(key): ApiKeyUser,
     ApiJson(request): ApiJson<PublishRequest>,
 ) -> Result<impl IntoResponse> {
-    if !key.scopes.contains(Scope::Publish) {
+    if !key.scopes.contains(Scope::Publish) && !key.scopes.contains(Scope::PublishAny) {
         return Err(Error::forbidden(
             "insufficient_scope",
-            "this API key lacks the `publish` scope",
+            "this API key lacks the `publish` (or `publish_any`) scope",
         ));
     }
     if request.data.get().len() > MAX_DATA_BYTES {
@@ -102,6 +106,18 @@ pub async fn publish(
             ),
         )
     })?;
+    if !key.scopes.contains(Scope::PublishAny)
+        && !rule.publish.admits(key.user_id, &request.channel)
+    {
+        return Err(Error::forbidden(
+            "insufficient_scope",
+            format!(
+                "a `publish` key writes only where its user could from a socket; \
+                 namespace {:?} needs `publish_any`",
+                request.channel.namespace()
+            ),
+        ));
+    }
     let mut redis = state.redis.clone();
     let published = publish_to_channel(
         &mut redis,

@@ -308,3 +308,34 @@ async fn a_disabled_users_keys_stop_working() {
         "tickets of a disabled user are void"
     );
 }
+
+#[tokio::test]
+async fn the_operator_publish_scope_is_never_self_issued() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("alice").await;
+    // Even an account whose key scopes were stretched to include it directly
+    // in the database cannot give it to its own keys.
+    sqlx::query("UPDATE users SET key_scopes = '{connect,publish,publish_any}' WHERE id = $1")
+        .bind(user.id)
+        .execute(&app.state.db)
+        .await
+        .expect("update");
+    let cookie = app.login_cookie("alice").await;
+    let response = create_key(
+        &app,
+        &cookie,
+        json!({ "name": "backend", "scopes": ["publish_any"] }),
+    )
+    .await;
+    assert_eq!(
+        error_code(response, StatusCode::FORBIDDEN).await,
+        "scope_not_self_issuable"
+    );
+    let response = create_key(
+        &app,
+        &cookie,
+        json!({ "name": "client", "scopes": ["connect", "publish"] }),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}

@@ -19,7 +19,7 @@ async fn publish(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
 async fn server_publish_reaches_the_channel_live_and_in_history() {
     let app = TestApp::spawn().await;
     let user = app.create_user("backend").await;
-    let key = app.api_key(&user, "publish").await;
+    let key = app.api_key(&user, "publish_any").await;
     let channel: ChannelName = "broadcast:news".parse().expect("channel");
 
     let client = redis::Client::open(testkit::shared_redis_url()).expect("client");
@@ -65,6 +65,63 @@ async fn server_publish_reaches_the_channel_live_and_in_history() {
         .await
         .expect("xlen");
     assert_eq!(len, 3);
+}
+
+#[tokio::test]
+async fn a_publish_key_writes_only_where_its_user_could_from_a_socket() {
+    let app = TestApp::spawn_with(|c| {
+        c.common.channel_namespaces = Some(
+            r#"[{"name":"public","subscribe":"any","publish":"any","history":{"max_len":10,"max_age_secs":60}},
+                {"name":"user","subscribe":"owner","publish":"server"},
+                {"name":"inbox","subscribe":"owner","publish":"owner"},
+                {"name":"broadcast","subscribe":"any","publish":"server"}]"#
+                .to_owned(),
+        );
+    })
+    .await;
+    let user = app.create_user("client").await;
+    let other = app.create_user("someone").await;
+    let client_key = app.api_key(&user, "publish").await;
+    let operator_key = app.api_key(&user, "publish_any").await;
+    let status = |key: &str, channel: String| {
+        let key = key.to_owned();
+        let app = &app;
+        async move {
+            publish(app, &key, json!({ "channel": channel, "data": 1 }))
+                .await
+                .status()
+        }
+    };
+    let written = ["public:lobby".to_owned(), format!("inbox:{}", user.id)];
+    let refused = [
+        "broadcast:news".to_owned(),
+        format!("user:{}", user.id),
+        format!("user:{}", other.id),
+        format!("inbox:{}", other.id),
+    ];
+    for channel in written.clone() {
+        assert_eq!(
+            status(&client_key, channel.clone()).await,
+            StatusCode::ACCEPTED,
+            "{channel}"
+        );
+    }
+    for channel in refused.clone() {
+        let response = publish(&app, &client_key, json!({ "channel": channel, "data": 1 })).await;
+        assert_eq!(
+            error_code(response, StatusCode::FORBIDDEN).await,
+            "insufficient_scope",
+            "{channel}"
+        );
+    }
+    // The operator's scope writes every configured channel.
+    for channel in written.into_iter().chain(refused) {
+        assert_eq!(
+            status(&operator_key, channel.clone()).await,
+            StatusCode::ACCEPTED,
+            "{channel}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -72,11 +72,7 @@ impl Connection {
 
     /// Whether the namespace rule `access` admits this connection to `channel`.
     fn admits(&self, access: Access, channel: &ChannelName) -> bool {
-        match access {
-            Access::Any => true,
-            Access::Owner => channel.name() == self.principal.user_id.to_string(),
-            Access::Server => false,
-        }
+        access.admits(self.principal.user_id, channel)
     }
 
     /// The namespace rule of `channel` if this connection may subscribe to it.

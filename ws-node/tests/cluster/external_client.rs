@@ -55,7 +55,7 @@ async fn python_websockets_client_receives_a_server_published_message() {
     let client_user = stack.create_user("pyclient").await;
     let backend = stack.create_user("backend").await;
     let connect_key = stack.api_key(&client_user, "connect").await;
-    let publish_key = stack.api_key(&backend, "publish").await;
+    let publish_key = stack.api_key(&backend, "publish_any").await;
 
     let mut child = Command::new(root.join(".venv/bin/python"))
         .arg(root.join("clients/python/example_client.py"))
@@ -104,7 +104,7 @@ async fn python_client_reconnects_with_a_fresh_ticket_and_misses_nothing() {
     let client_user = stack.create_user("pyresume").await;
     let backend = stack.create_user("backend").await;
     let connect_key = stack.api_key(&client_user, "connect").await;
-    let publish_key = stack.api_key(&backend, "publish").await;
+    let publish_key = stack.api_key(&backend, "publish_any").await;
     let addr = stack.nodes[0].addr;
     let mut child = Command::new(root.join(".venv/bin/python"))
         .arg(root.join("clients/python/example_client.py"))

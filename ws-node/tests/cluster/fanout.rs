@@ -57,7 +57,7 @@ async fn a_server_message_for_a_user_reaches_all_their_connections_on_every_node
     let backend = stack.create_user("backend").await;
     let bob_key = stack.api_key(&recipient, "connect").await;
     let carol_key = stack.api_key(&bystander, "connect").await;
-    let server_key = stack.api_key(&backend, "publish").await;
+    let server_key = stack.api_key(&backend, "publish_any").await;
 
     let mut on_b = stack.connect(1, &bob_key).await;
     let mut on_c = stack.connect(2, &bob_key).await;
@@ -83,7 +83,7 @@ async fn a_server_message_for_a_user_reaches_all_their_connections_on_every_node
 async fn server_broadcasts_reach_subscribers_on_every_node() {
     let stack = Stack::start(2).await;
     let user = stack.create_user("dan").await;
-    let key = stack.api_key(&user, "connect,publish").await;
+    let key = stack.api_key(&user, "connect,publish,publish_any").await;
     let mut a = stack.connect(0, &key).await;
     let mut b = stack.connect(1, &key).await;
     a.subscribe("broadcast:news").await;

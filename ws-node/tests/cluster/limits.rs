@@ -253,7 +253,7 @@ async fn history_reads_are_limited_per_connection() {
     })
     .await;
     let user = stack.create_user("hana").await;
-    let key = stack.api_key(&user, "connect,publish").await;
+    let key = stack.api_key(&user, "connect,publish,publish_any").await;
     let mut client = stack.connect(0, &key).await;
     let since = |channel: &str| json!({ "action": "subscribe", "channel": channel, "since": { "epoch": "", "offset": 0 } });
     for (id, channel) in [(1, "broadcast:a"), (2, "broadcast:b")] {

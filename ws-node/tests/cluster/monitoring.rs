@@ -237,7 +237,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
 async fn fan_out_latency_is_measured_on_a_sample_of_messages() {
     let stack = Stack::start(1).await;
     let user = stack.create_user("otto").await;
-    let key = stack.api_key(&user, "connect,publish").await;
+    let key = stack.api_key(&user, "connect,publish,publish_any").await;
     let mut client = stack.connect(0, &key).await;
     client.subscribe("broadcast:latency").await;
     let sampled = |exposition: &str| {

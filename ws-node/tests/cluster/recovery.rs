@@ -202,7 +202,7 @@ async fn history_older_than_its_age_limit_is_not_replayed() {
 async fn an_idempotency_key_is_delivered_once() {
     let stack = Stack::start(1).await;
     let user = stack.create_user("carol").await;
-    let key = stack.api_key(&user, "connect,publish").await;
+    let key = stack.api_key(&user, "connect,publish,publish_any").await;
     let mut listener = stack.connect(0, &key).await;
     listener.subscribe("broadcast:orders").await;
     listener.subscribe("public:orders").await;
@@ -307,7 +307,7 @@ async fn a_socket_closes_when_its_session_reaches_its_absolute_expiry() {
 async fn a_subscription_acks_where_it_starts_and_resuming_from_there_misses_nothing() {
     let stack = Stack::start(2).await;
     let user = stack.create_user("ursula").await;
-    let key = stack.api_key(&user, "connect,publish").await;
+    let key = stack.api_key(&user, "connect,publish,publish_any").await;
     let subscribe = json!({ "action": "subscribe", "channel": "broadcast:fresh" });
 
     // No history yet: the position before any message.

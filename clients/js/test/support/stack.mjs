@@ -283,7 +283,7 @@ export async function createUser(stack, name = 'user', { exact = false } = {}) {
   return { username, password };
 }
 
-export function createApiKey(stack, username, scopes = 'connect,publish,admin') {
+export function createApiKey(stack, username, scopes = 'connect,publish,publish_any,admin') {
   return cli(stack, ['api-key', 'create', username, '--scopes', scopes]);
 }
 
