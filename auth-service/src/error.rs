@@ -51,6 +51,13 @@ pub enum Error {
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
 
+    /// A user's publish quota ([`shared::quota`]) is spent for this window.
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        retry_after_secs: u64,
+    },
+
     /// The server is at capacity (e.g. the password-hashing queue is full).
     #[error("{0}")]
     Busy(&'static str),
@@ -116,6 +123,7 @@ impl Error {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
             Self::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Database(e) if is_unavailable_db(e) => {
@@ -144,8 +152,12 @@ fn is_unavailable_db(e: &sqlx::Error) -> bool {
     )
 }
 
+/// Redis cannot serve the request now: unreachable, or out of memory (with
+/// `maxmemory-policy noeviction` it refuses writes with `OOM`), which is
+/// Redis's condition, not a bug of ours.
 fn is_unavailable_redis(e: &redis::RedisError) -> bool {
-    e.is_io_error()
+    e.code() == Some("OOM")
+        || e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
@@ -187,6 +199,7 @@ pub const ERROR_CODES: &[&str] = &[
     "idempotency_unsupported",
     // 429, 500, 503
     "rate_limited",
+    "quota_exceeded",
     "internal",
     "busy",
     "unavailable",
@@ -252,7 +265,11 @@ impl IntoResponse for Error {
             other => other.to_string(),
         };
         let mut response = error_response(status, code, &message);
-        if let Self::RateLimited { retry_after_secs } = self {
+        if let Self::RateLimited { retry_after_secs }
+        | Self::QuotaExceeded {
+            retry_after_secs, ..
+        } = self
+        {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs.max(1)),

@@ -41,6 +41,20 @@ pub struct CommonConfig {
     #[arg(long, env = "CHANNEL_NAMESPACES")]
     pub channel_namespaces: Option<String>,
 
+    /// Bytes of message `data` one user may publish per quota window (client
+    /// publishes: over a socket, or with a `publish` key; a backend's
+    /// `publish_any` key is not charged).
+    #[arg(long, env = "PUBLISH_QUOTA_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub publish_quota_bytes: u64,
+
+    /// Channels with history one user's publishes may bring into existence
+    /// per quota window.
+    #[arg(long, env = "PUBLISH_QUOTA_NEW_CHANNELS", default_value_t = 200)]
+    pub publish_quota_new_channels: u64,
+
+    #[arg(long, env = "PUBLISH_QUOTA_WINDOW_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub publish_quota_window_secs: u64,
+
     /// Take the client's IP from the last `X-Forwarded-For` entry (only
     /// behind a proxy that sets it; otherwise clients could pick their own
     /// IP). The per-IP limits count it: behind a proxy, the socket's peer is
@@ -68,6 +82,14 @@ impl CommonConfig {
             Some(json) => Namespaces::from_json(json)?,
             None => Namespaces::default(),
         })
+    }
+
+    pub fn publish_quota(&self) -> crate::quota::PublishQuota {
+        crate::quota::PublishQuota {
+            bytes: self.publish_quota_bytes,
+            new_channels: self.publish_quota_new_channels,
+            window: std::time::Duration::from_secs(self.publish_quota_window_secs),
+        }
     }
 
     pub fn origin_allowlist(&self) -> anyhow::Result<OriginAllowlist> {

@@ -11,6 +11,7 @@
 //! | `P:ticket:<sha256>` | string (JSON [`TicketClaims`](crate::ticket::TicketClaims)), TTL ≤ 30 s | [`crate::ticket`] | auth-service | ws-node (`GETDEL`) |
 //! | `P:session:<sha256>` | string (JSON [`SessionRecord`](crate::session::SessionRecord)), TTL = idle timeout | [`crate::session`] | auth-service | both |
 //! | `P:rl:<bucket>:<subject>` | counter with TTL (fixed window) | auth-service's `rate_limit` | auth-service | auth-service |
+//! | `P:quota:<user id>:<bytes\|channels>` | counter with TTL (fixed window): a user's publish quota spent | [`crate::quota`] | both | both |
 //! | `P:login-known:<username>` | set of client addresses the account logged in from, TTL 30 days | auth-service's `login_limits` | auth-service | auth-service |
 //! | `P:ch:{<channel>}:live` | pub/sub channel carrying ready-to-send frames | [`crate::channel::frame`] | both (publish), ws-node (presence) | ws-node |
 //! | `P:ch:{<channel>}:hist` | stream: the channel's bounded history, entry id `<offset>-0`, TTL = max age | [`crate::channel`] | both | ws-node |
@@ -42,6 +43,15 @@ pub struct RedisKeys {
     "REDIS_PREFIX must be 1-{MAX_PREFIX_LEN} characters of letters, digits, '-', '_', '.' or ':' (got {0:?})"
 )]
 pub struct InvalidPrefix(pub String);
+
+/// Which publish quota a counter holds ([`crate::quota`]); part of its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaCounter {
+    /// Bytes of `data` published.
+    Bytes,
+    /// Channels with history brought into existence.
+    NewChannels,
+}
 
 /// What a rate-limit counter counts; part of its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +130,15 @@ impl RedisKeys {
     /// an IP address, an account name).
     pub fn rate_limit(&self, bucket: RateBucket, subject: impl std::fmt::Display) -> String {
         format!("{}:rl:{}:{}", self.prefix, bucket.as_str(), subject)
+    }
+
+    /// A user's spent publish quota of one kind.
+    pub fn publish_quota(&self, user_id: uuid::Uuid, counter: QuotaCounter) -> String {
+        let kind = match counter {
+            QuotaCounter::Bytes => "bytes",
+            QuotaCounter::NewChannels => "channels",
+        };
+        format!("{}:quota:{user_id}:{kind}", self.prefix)
     }
 
     /// The client addresses (an IPv6 address by its /64) an account logged

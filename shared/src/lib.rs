@@ -32,6 +32,7 @@ pub mod keys;
 pub mod namespace;
 pub mod net;
 pub mod origin;
+pub mod quota;
 pub mod redact;
 pub mod redis_conn;
 pub mod scope;

@@ -6,6 +6,12 @@
 //! defaults, e.g.
 //! `[{"name":"public","subscribe":"any","publish":"any","history":{"max_len":1000,"max_age_secs":600},"presence":true}]`.
 //! A channel whose namespace is not listed cannot be used at all.
+//!
+//! Two optional fields let operators bound what clients can make Redis hold
+//! in a namespace: `"names"`, a regular expression (regex-lite syntax) that
+//! the part after `namespace:` must match in full (e.g. `"lobby|room-[0-9]{1,4}"`),
+//! and `"max_message_bytes"`, a cap on a message's `data` below the global
+//! one.
 
 use crate::channel::{ChannelName, HistoryLimits};
 use serde::Deserialize;
@@ -45,7 +51,54 @@ pub struct NamespaceRule {
     pub history: Option<HistoryLimits>,
     /// Whether members are tracked and join/leave events sent.
     pub presence: bool,
+    /// The names (after `namespace:`) the namespace accepts; `None`: any.
+    pub names: Option<NamePattern>,
+    /// The largest `data` a message may carry here; `None`: the global limit.
+    pub max_message_bytes: Option<usize>,
 }
+
+impl NamespaceRule {
+    /// Whether the namespace accepts `channel`'s name (its namespace is this one).
+    pub fn accepts_name(&self, channel: &ChannelName) -> bool {
+        self.names
+            .as_ref()
+            .is_none_or(|pattern| pattern.regex.is_match(channel.name()))
+    }
+
+    /// Whether `data` of `len` bytes fits this namespace's message cap.
+    pub fn fits(&self, len: usize) -> bool {
+        self.max_message_bytes.is_none_or(|max| len <= max)
+    }
+}
+
+/// A namespace's `"names"` pattern, compiled once, matched against the whole
+/// name.
+#[derive(Clone, Debug)]
+pub struct NamePattern {
+    source: String,
+    regex: regex_lite::Regex,
+}
+
+impl NamePattern {
+    fn new(source: &str) -> Result<Self, regex_lite::Error> {
+        Ok(Self {
+            source: source.to_owned(),
+            regex: regex_lite::Regex::new(&format!("^(?:{source})$"))?,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl PartialEq for NamePattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for NamePattern {}
 
 /// The configured namespaces.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +118,8 @@ impl Default for Namespaces {
             publish,
             history,
             presence,
+            names: None,
+            max_message_bytes: None,
         };
         Self {
             rules: vec![
@@ -88,6 +143,10 @@ pub enum NamespaceConfigError {
     Duplicate(String),
     #[error("CHANNEL_NAMESPACES: history of {0:?} needs max_len >= 1 and max_age_secs >= 1")]
     History(String),
+    #[error("CHANNEL_NAMESPACES: names of {0:?} is not a valid regular expression: {1}")]
+    Names(String, regex_lite::Error),
+    #[error("CHANNEL_NAMESPACES: max_message_bytes of {0:?} must be at least 1")]
+    MaxMessageBytes(String),
 }
 
 #[derive(Deserialize)]
@@ -100,6 +159,10 @@ struct RuleJson {
     history: Option<HistoryJson>,
     #[serde(default)]
     presence: bool,
+    #[serde(default)]
+    names: Option<String>,
+    #[serde(default)]
+    max_message_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -129,12 +192,22 @@ impl Namespaces {
                 }),
                 Some(_) => return Err(NamespaceConfigError::History(r.name)),
             };
+            let names = match r.names.as_deref().map(NamePattern::new) {
+                None => None,
+                Some(Ok(pattern)) => Some(pattern),
+                Some(Err(e)) => return Err(NamespaceConfigError::Names(r.name, e)),
+            };
+            if r.max_message_bytes == Some(0) {
+                return Err(NamespaceConfigError::MaxMessageBytes(r.name));
+            }
             rules.push(NamespaceRule {
                 name: r.name,
                 subscribe: r.subscribe,
                 publish: r.publish,
                 history,
                 presence: r.presence,
+                names,
+                max_message_bytes: r.max_message_bytes,
             });
         }
         Ok(Self { rules })
@@ -172,6 +245,36 @@ mod tests {
             (Access::Owner, Access::Server)
         );
         assert!(ns.rule_for(&"other:a".parse().expect("valid")).is_none());
+    }
+
+    #[test]
+    fn operators_restrict_names_and_message_sizes_per_namespace() {
+        let namespaces = Namespaces::from_json(
+            r#"[{"name":"chat","subscribe":"any","publish":"any","names":"lobby|room-[0-9]{1,4}","max_message_bytes":512},
+                {"name":"open","subscribe":"any","publish":"any"}]"#,
+        )
+        .expect("valid");
+        let rule = |c: &str| {
+            let channel: ChannelName = c.parse().expect("name");
+            let rule = namespaces.rule_for(&channel).expect("rule").clone();
+            (rule, channel)
+        };
+        let (chat, lobby) = rule("chat:lobby");
+        assert!(chat.accepts_name(&lobby));
+        assert!(chat.accepts_name(&rule("chat:room-42").1));
+        // Matched in full, not as a substring.
+        assert!(!chat.accepts_name(&rule("chat:lobby2").1));
+        assert!(!chat.accepts_name(&rule("chat:room-12345").1));
+        assert!(!chat.accepts_name(&rule("chat:x-lobby").1));
+        assert!(chat.fits(512) && !chat.fits(513));
+        let (open, anything) = rule("open:whatever.you@like");
+        assert!(open.accepts_name(&anything) && open.fits(1 << 20));
+        for bad in [
+            r#"[{"name":"a","subscribe":"any","publish":"any","names":"("}]"#,
+            r#"[{"name":"a","subscribe":"any","publish":"any","max_message_bytes":0}]"#,
+        ] {
+            assert!(Namespaces::from_json(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

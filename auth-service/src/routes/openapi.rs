@@ -266,7 +266,10 @@ error_responses! {
          `idempotency_unsupported`)",
     );
     RateLimited => with_retry_after(
-        error_response("Over a rate limit (`rate_limited`)"),
+        error_response(
+            "Over a rate limit (`rate_limited`), or a publish over the user's quota \
+             (`quota_exceeded`)"
+        ),
         "Seconds until the limit's window lets a request through",
     );
     Unavailable => with_retry_after(

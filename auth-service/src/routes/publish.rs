@@ -16,6 +16,7 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use shared::channel::{ChannelName, PublishError, publish as publish_to_channel};
+use shared::quota::QuotaError;
 use shared::scope::Scope;
 use utoipa::ToSchema;
 
@@ -78,6 +79,7 @@ pub struct Published {
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = Unprocessable),
+        (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
 )]
@@ -118,7 +120,41 @@ pub async fn publish(
             ),
         ));
     }
+    if !rule.accepts_name(&request.channel) {
+        return Err(Error::unprocessable(
+            "invalid_field",
+            format!(
+                "namespace {:?} does not accept that name",
+                request.channel.namespace()
+            ),
+        ));
+    }
+    let len = request.data.get().len();
+    if let Some(limit) = rule.max_message_bytes.filter(|_| !rule.fits(len)) {
+        return Err(Error::PayloadTooLarge { limit });
+    }
     let mut redis = state.redis.clone();
+    if !key.scopes.contains(Scope::PublishAny) {
+        shared::quota::charge_publish(
+            &mut redis,
+            &state.keys,
+            &state.config.common.publish_quota(),
+            key.user_id,
+            &request.channel,
+            rule.history.is_some(),
+            len,
+        )
+        .await
+        .map_err(|e| match e {
+            QuotaError::Exceeded {
+                retry_after_secs, ..
+            } => Error::QuotaExceeded {
+                message: e.to_string(),
+                retry_after_secs,
+            },
+            QuotaError::Redis(e) => Error::Redis(e),
+        })?;
+    }
     let published = publish_to_channel(
         &mut redis,
         &state.keys,

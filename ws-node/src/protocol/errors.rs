@@ -29,6 +29,14 @@ pub enum RequestError {
     PresenceDisabled,
     #[error("idempotency keys need a channel with history")]
     IdempotencyUnsupported,
+    /// The namespace's `names` pattern does not match the channel's name.
+    #[error("this channel namespace does not accept that name")]
+    NameNotAccepted,
+    #[error("data is over this channel namespace's {0} bytes")]
+    MessageTooLarge(usize),
+    /// The user's publish quota ([`shared::quota`]) is spent.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// Over one of the connection's rates (messages, history reads).
     #[error("{0}")]
     RateLimited(&'static str),
@@ -52,6 +60,8 @@ impl RequestError {
         "too_many_subscriptions",
         "presence_disabled",
         "idempotency_unsupported",
+        "message_too_large",
+        "quota_exceeded",
         "rate_limited",
         "already_authenticated",
         "unsupported",
@@ -62,12 +72,14 @@ impl RequestError {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::UnknownAction(_) => "unknown_action",
-            Self::InvalidChannel(_) => "invalid_channel",
+            Self::InvalidChannel(_) | Self::NameNotAccepted => "invalid_channel",
             Self::UnknownNamespace => "unknown_namespace",
             Self::Forbidden(_) => "forbidden",
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::PresenceDisabled => "presence_disabled",
             Self::IdempotencyUnsupported => "idempotency_unsupported",
+            Self::MessageTooLarge(_) => "message_too_large",
+            Self::QuotaExceeded(_) => "quota_exceeded",
             Self::RateLimited(_) => "rate_limited",
             Self::AlreadyAuthenticated => "already_authenticated",
             Self::Unsupported => "unsupported",
@@ -209,6 +221,8 @@ mod tests {
             RequestError::TooManySubscriptions,
             RequestError::PresenceDisabled,
             RequestError::IdempotencyUnsupported,
+            RequestError::MessageTooLarge(0),
+            RequestError::QuotaExceeded(String::new()),
             RequestError::RateLimited(""),
             RequestError::AlreadyAuthenticated,
             RequestError::Unsupported,

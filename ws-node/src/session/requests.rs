@@ -10,6 +10,7 @@ use crate::protocol::{self, CloseReason, Request, RequestError, RequestId, Serve
 use serde_json::value::RawValue;
 use shared::channel::{ChannelName, PublishError, StreamPosition};
 use shared::namespace::{Access, NamespaceRule};
+use shared::quota::QuotaError;
 use shared::scope::Scope;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -86,6 +87,9 @@ impl Connection {
             return Err(RequestError::Forbidden(
                 "you may not subscribe to this channel",
             ));
+        }
+        if !rule.accepts_name(channel) {
+            return Err(RequestError::NameNotAccepted);
         }
         Ok(rule.clone())
     }
@@ -351,7 +355,33 @@ impl Connection {
                 "you may not publish to this channel",
             ));
         }
+        if !rule.accepts_name(channel) {
+            return Err(RequestError::NameNotAccepted);
+        }
+        let len = data.get().len();
+        if !rule.fits(len) {
+            return Err(RequestError::MessageTooLarge(
+                rule.max_message_bytes.unwrap_or(len),
+            ));
+        }
         let mut redis = self.node.redis.clone();
+        shared::quota::charge_publish(
+            &mut redis,
+            &self.node.keys,
+            &self.node.config.common.publish_quota(),
+            self.principal.user_id,
+            channel,
+            rule.history.is_some(),
+            len,
+        )
+        .await
+        .map_err(|e| match e {
+            QuotaError::Exceeded { .. } => RequestError::QuotaExceeded(e.to_string()),
+            QuotaError::Redis(e) => {
+                tracing::warn!(error = %e, "publish quota not charged");
+                RequestError::Unavailable("the message could not be published; retry")
+            }
+        })?;
         let published = shared::channel::publish(
             &mut redis,
             &self.node.keys,

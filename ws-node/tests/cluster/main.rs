@@ -4,6 +4,7 @@
 // Fault tests print what they injected and the counts they observed (for the record).
 #![allow(clippy::print_stderr)]
 
+mod budgets;
 mod external_client;
 mod fanout;
 mod faults;

@@ -1,0 +1,126 @@
+//! Per-user publish quotas: how many bytes a user may publish, and how many
+//! channels with history their publishes may bring into existence, per
+//! window. They bound what one user can make Redis hold (history is kept for
+//! its namespace's maximum age), counted in Redis so they hold across every
+//! ws-node and auth-service process.
+//!
+//! Charged by client publishes: over a socket, and `POST /v1/publish` with a
+//! `publish` key. A backend's `publish_any` key is not charged.
+//!
+//! A publish is charged before it is carried out and refunded if it is
+//! refused, like the login limits: parallel publishes each see the others'
+//! bytes. Counting whether a channel is new reads its meta key first, so
+//! publishes racing to create the same channel may each count it: the quota
+//! errs towards refusing, never towards letting more through.
+
+use crate::channel::ChannelName;
+use crate::keys::{QuotaCounter, RedisKeys};
+use redis::aio::ConnectionLike;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What one user may publish per window (`PUBLISH_QUOTA_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublishQuota {
+    /// Bytes of `data` per window.
+    pub bytes: u64,
+    /// Channels with history that the user's publishes may create per window.
+    pub new_channels: u64,
+    pub window: Duration,
+}
+
+/// Why a publish was not charged.
+#[derive(Debug, thiserror::Error)]
+pub enum QuotaError {
+    #[error("{what} quota of this user is used up; it renews in {retry_after_secs} s")]
+    Exceeded {
+        what: &'static str,
+        retry_after_secs: u64,
+    },
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Charges `user_id` for publishing `bytes` to `channel` (`with_history`:
+/// whether its namespace keeps history, so that a first publish creates
+/// keys). Errs with [`QuotaError::Exceeded`] (and charges nothing) when over.
+pub async fn charge_publish<C: ConnectionLike>(
+    redis: &mut C,
+    keys: &RedisKeys,
+    quota: &PublishQuota,
+    user_id: Uuid,
+    channel: &ChannelName,
+    with_history: bool,
+    bytes: usize,
+) -> Result<(), QuotaError> {
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    let window = millis(quota.window);
+    let bytes_key = keys.publish_quota(user_id, QuotaCounter::Bytes);
+    let mut pipe = redis::pipe();
+    pipe.cmd("INCRBY")
+        .arg(&bytes_key)
+        .arg(bytes)
+        .cmd("PEXPIRE")
+        .arg(&bytes_key)
+        .arg(window)
+        .arg("NX")
+        .ignore();
+    if with_history {
+        pipe.cmd("EXISTS").arg(keys.channel_meta(channel));
+    }
+    let replies: Vec<u64> = pipe.query_async(redis).await?;
+    let used = replies.first().copied().unwrap_or(0);
+    if used > quota.bytes {
+        return Err(refuse(redis, &bytes_key, bytes, None, "bytes-published").await);
+    }
+    let is_new = with_history && replies.get(1) == Some(&0);
+    if !is_new {
+        return Ok(());
+    }
+    let channels_key = keys.publish_quota(user_id, QuotaCounter::NewChannels);
+    let (created,): (u64,) = redis::pipe()
+        .cmd("INCR")
+        .arg(&channels_key)
+        .cmd("PEXPIRE")
+        .arg(&channels_key)
+        .arg(window)
+        .arg("NX")
+        .ignore()
+        .query_async(redis)
+        .await?;
+    if created > quota.new_channels {
+        return Err(refuse(redis, &bytes_key, bytes, Some(&channels_key), "new-channel").await);
+    }
+    Ok(())
+}
+
+/// Refunds a refused publish and says when the exhausted counter renews.
+async fn refuse<C: ConnectionLike>(
+    redis: &mut C,
+    bytes_key: &str,
+    bytes: u64,
+    channels_key: Option<&str>,
+    what: &'static str,
+) -> QuotaError {
+    let exhausted = channels_key.unwrap_or(bytes_key);
+    let mut pipe = redis::pipe();
+    pipe.cmd("DECRBY").arg(bytes_key).arg(bytes).ignore();
+    if let Some(key) = channels_key {
+        pipe.cmd("DECR").arg(key).ignore();
+    }
+    pipe.cmd("PTTL").arg(exhausted);
+    let ttl_ms = pipe
+        .query_async::<(i64,)>(redis)
+        .await
+        .map_or(1000, |(ttl,)| ttl);
+    QuotaError::Exceeded {
+        what,
+        retry_after_secs: u64::try_from(ttl_ms).unwrap_or(1).div_ceil(1000).max(1),
+    }
+}
