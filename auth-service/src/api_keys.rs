@@ -10,13 +10,16 @@
 //! process that revokes a key forgets it at once, every other process within
 //! that bound.
 
+use crate::credential_gate::CredentialKind;
 use crate::error::{Error, Result};
+use crate::state::AppState;
 use moka::future::Cache;
 use serde::Serialize;
 use shared::scope::{Scope, Scopes};
 use shared::secret::{Secret, TokenHash};
 use sqlx::PgPool;
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -110,19 +113,30 @@ impl ApiKeyVerifier {
 
     /// The live key behind `key`, or `None`. Concurrent lookups of one key
     /// share a single database query.
-    pub async fn verify(&self, db: &PgPool, key: &str) -> Result<Option<VerifiedKey>> {
+    ///
+    /// A key in no cache is looked up behind the credential gate
+    /// ([`crate::credential_gate`]), which charges a key Postgres does not
+    /// know to `client`'s address.
+    pub async fn verify(
+        &self,
+        state: &AppState,
+        key: &str,
+        client: IpAddr,
+    ) -> Result<Option<VerifiedKey>> {
         if !is_well_formed(key) {
             return Ok(None);
         }
         let hash = TokenHash::of(key);
         let verified = if self.cache_ttl.is_zero() {
             // No caching: every verification asks Postgres.
-            lookup(db, hash).await.map_err(|e| lookup_failed(&e))?
+            gated_lookup(state, hash, client)
+                .await
+                .map_err(|e| lookup_failed(&e))?
         } else {
-            self.cached(db, hash).await?
+            self.cached(state, hash, client).await?
         };
         if let Some(k) = &verified {
-            self.note_used(db, k.id);
+            self.note_used(&state.db, k.id);
         }
         Ok(verified)
     }
@@ -135,10 +149,18 @@ impl ApiKeyVerifier {
     /// again in the background. Otherwise every request for a busy key would
     /// wait on the one Postgres query each time its entry expired: under load
     /// (Postgres waiting for a CPU) that stall was the mint's p99.
-    async fn cached(&self, db: &PgPool, hash: TokenHash) -> Result<Option<VerifiedKey>> {
+    async fn cached(
+        &self,
+        state: &AppState,
+        hash: TokenHash,
+        client: IpAddr,
+    ) -> Result<Option<VerifiedKey>> {
+        let db = &state.db;
         let fetch = || async move {
             let started = std::time::Instant::now();
-            lookup(db, hash).await.map(|key| (key, started))
+            gated_lookup(state, hash, client)
+                .await
+                .map(|key| (key, started))
         };
         let (verified, started) = self
             .cache
@@ -226,8 +248,27 @@ impl ApiKeyVerifier {
 fn lookup_failed(e: &Error) -> Error {
     match e {
         Error::Database(_) => Error::Unavailable("the database is unavailable; retry later"),
+        Error::RateLimited { retry_after_secs } => Error::RateLimited {
+            retry_after_secs: *retry_after_secs,
+        },
+        Error::Busy(message) => Error::Busy(message),
         other => Error::Internal(anyhow::anyhow!("api key lookup: {other}")),
     }
+}
+
+/// [`lookup`] behind the credential gate.
+async fn gated_lookup(
+    state: &AppState,
+    hash: TokenHash,
+    client: IpAddr,
+) -> Result<Option<VerifiedKey>> {
+    let admitted = state
+        .credential_gate
+        .admit(state, client, CredentialKind::ApiKey)
+        .await?;
+    let key = lookup(&state.db, hash).await?;
+    admitted.finish(key.is_some(), &hash).await;
+    Ok(key)
 }
 
 async fn lookup(db: &PgPool, hash: TokenHash) -> Result<Option<VerifiedKey>> {

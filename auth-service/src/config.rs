@@ -86,6 +86,15 @@ pub struct Config {
     #[arg(long, env = "LOGIN_MAX_FAILURES_PER_IP", default_value_t = 100)]
     pub login_max_failures_per_ip: u64,
 
+    /// Cookies and API keys from one client address that Postgres does not
+    /// know, per failure window; over it, that address's credentials that
+    /// are in no cache get 429 until the window ends.
+    #[arg(long, env = "AUTH_MAX_FAILURES_PER_IP", default_value_t = 100)]
+    pub auth_max_failures_per_ip: u64,
+
+    #[arg(long, env = "AUTH_FAILURE_WINDOW_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub auth_failure_window_secs: u64,
+
     #[arg(long, env = "LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
     pub login_failure_window_secs: u64,
 

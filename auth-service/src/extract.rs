@@ -2,6 +2,7 @@
 //! the two ways to authenticate (session cookie, API key).
 
 use crate::api_keys::VerifiedKey;
+use crate::credential_gate::CredentialKind;
 use crate::error::{Error, Result};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
@@ -210,7 +211,8 @@ impl FromRequestParts<AppState> for SessionUser {
         };
         let token = session_cookie_value(&parts.headers, state.config.common.cookie_name())
             .ok_or_else(Error::unauthenticated)?;
-        let (session, hash) = crate::sessions::authenticate(state, &token)
+        let ClientIp(client) = ClientIp::from_request_parts(parts, state).await?;
+        let (session, hash) = crate::sessions::authenticate(state, &token, client)
             .await?
             .ok_or_else(Error::unauthenticated)?;
         Ok(Self {
@@ -237,14 +239,20 @@ impl FromRequestParts<AppState> for RevokingUser {
                 let token = session_cookie_value(&parts.headers, state.config.common.cookie_name())
                     .filter(|t| shared::secret::looks_like_token(t))
                     .ok_or_else(Error::unauthenticated)?;
-                crate::sessions::recently_revoked_owner(
+                let ClientIp(client) = ClientIp::from_request_parts(parts, state).await?;
+                let hash = TokenHash::of(&token);
+                let admitted = state
+                    .credential_gate
+                    .admit(state, client, CredentialKind::Session)
+                    .await?;
+                let owner = crate::sessions::recently_revoked_owner(
                     &state.db,
-                    &TokenHash::of(&token),
+                    &hash,
                     state.config.session_idle_timeout_secs,
                 )
-                .await?
-                .map(Self)
-                .ok_or_else(Error::unauthenticated)
+                .await?;
+                admitted.finish(owner.is_some(), &hash).await;
+                owner.map(Self).ok_or_else(Error::unauthenticated)
             }
             Err(e) => Err(e),
         }
@@ -271,9 +279,10 @@ impl FromRequestParts<AppState> for ApiKeyUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
         let key = bearer_token(&parts.headers)?.ok_or_else(Error::unauthenticated)?;
+        let ClientIp(client) = ClientIp::from_request_parts(parts, state).await?;
         let verified = state
             .api_keys
-            .verify(&state.db, &key)
+            .verify(state, &key, client)
             .await?
             .ok_or_else(Error::unauthenticated)?;
         Ok(Self(verified))

@@ -12,6 +12,7 @@ pub mod api_keys;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod credential_gate;
 pub mod csrf;
 pub mod db;
 pub mod error;
@@ -62,6 +63,9 @@ impl AppState {
             api_keys: Arc::new(api_keys::ApiKeyVerifier::new(Duration::from_millis(
                 config.api_key_cache_ms,
             ))),
+            credential_gate: Arc::new(credential_gate::CredentialGate::new(
+                config.database_pool_size,
+            )),
             recently_seen_sessions: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(touch_interval)

@@ -17,9 +17,8 @@
 //!   distributed guess has spent the budget the owner gets in from home; only
 //!   a login from an address new to the account waits for the hour to end.
 //!
-//! An "address" is an IPv4 address, or an IPv6 address's /64: one host usually
-//! holds a whole /64, so counting single IPv6 addresses would give it 2⁶⁴
-//! budgets.
+//! An "address" is an IPv4 address, or an IPv6 address's /64
+//! ([`rate_limit::address_subject`]).
 //!
 //! A success takes its attempt back from the per-address and hourly counters,
 //! clears the account-and-address counter, and remembers the address.
@@ -27,7 +26,7 @@
 
 use crate::accounts::Username;
 use crate::error::Result;
-use crate::rate_limit::{self, Limit};
+use crate::rate_limit::{self, Limit, address_subject};
 use crate::state::AppState;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
@@ -42,21 +41,6 @@ const KNOWN_ADDRESS_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_KNOWN_ADDRESSES: u64 = 32;
 /// The window of the per-account budget.
 const ACCOUNT_BUDGET_WINDOW: Duration = Duration::from_secs(3600);
-
-/// The subject a client address is counted under: an IPv4 address as it is
-/// (also when it arrives IPv4-mapped), an IPv6 address by its /64.
-pub fn address_subject(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let network = std::net::Ipv6Addr::from(v6.to_bits() & (u128::MAX << 64));
-                format!("{network}/64")
-            }
-        },
-    }
-}
 
 /// A login attempt that has been counted (and was under every limit). Each
 /// way it can end is a method; a plain failure needs none (it stays counted).
@@ -323,22 +307,4 @@ pub async fn unlock(state: &AppState, username: &Username) -> Result<u64> {
     );
     let mut redis = state.redis.clone();
     Ok(redis::cmd("DEL").arg(keys).query_async(&mut redis).await?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::address_subject;
-
-    #[test]
-    fn ipv6_addresses_count_by_their_64_and_mapped_ipv4_as_ipv4() {
-        let subject = |s: &str| address_subject(s.parse().expect("ip"));
-        assert_eq!(subject("203.0.113.7"), "203.0.113.7");
-        assert_eq!(subject("::ffff:203.0.113.7"), "203.0.113.7");
-        assert_eq!(subject("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
-        assert_eq!(
-            subject("2001:db8:1:2:ffff:ffff:ffff:ffff"),
-            subject("2001:db8:1:2::")
-        );
-        assert_ne!(subject("2001:db8:1:2::1"), subject("2001:db8:1:3::1"));
-    }
 }

@@ -10,6 +10,7 @@
 use crate::error::{Error, Result};
 use redis::aio::ConnectionManager;
 use shared::keys::RateBucket;
+use std::net::IpAddr;
 use std::time::Duration;
 
 fn window_ms(window: Duration) -> u64 {
@@ -40,8 +41,26 @@ pub fn limit_label(bucket: RateBucket) -> &'static str {
         RateBucket::LoginFailuresByAccountAndIp => "login_account_ip",
         RateBucket::LoginFailuresByAccount => "login_account",
         RateBucket::LoginFailuresByIp => "login_ip",
+        RateBucket::AuthFailuresByIp => "auth_ip",
         RateBucket::MintByUser => "mint_user",
         RateBucket::MintByApiKey => "mint_key",
+    }
+}
+
+/// The subject a client address is counted under: an IPv4 address as it is
+/// (also when it arrives IPv4-mapped), an IPv6 address by its /64 (one host
+/// usually holds a whole /64, so counting single IPv6 addresses would give it
+/// 2⁶⁴ budgets).
+pub fn address_subject(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let network = std::net::Ipv6Addr::from(v6.to_bits() & (u128::MAX << 64));
+                format!("{network}/64")
+            }
+        },
     }
 }
 
@@ -101,4 +120,22 @@ pub async fn uncount(redis: &mut ConnectionManager, keys: &[&str]) -> Result<()>
     }
     pipe.query_async::<()>(redis).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_subject;
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let subject = |s: &str| address_subject(s.parse().expect("ip"));
+        assert_eq!(subject("203.0.113.7"), "203.0.113.7");
+        assert_eq!(subject("::ffff:203.0.113.7"), "203.0.113.7");
+        assert_eq!(subject("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(
+            subject("2001:db8:1:2:ffff:ffff:ffff:ffff"),
+            subject("2001:db8:1:2::")
+        );
+        assert_ne!(subject("2001:db8:1:2::1"), subject("2001:db8:1:3::1"));
+    }
 }

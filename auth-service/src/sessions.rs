@@ -6,12 +6,14 @@
 //! `last_seen_at` as the fallback after a Redis flush) and absolute (fixed at login).
 
 use crate::accounts::User;
+use crate::credential_gate::CredentialKind;
 use crate::error::Result;
 use crate::state::AppState;
 use shared::credential::{AuthSource, RevocationCheck};
 use shared::secret::{Secret, TokenHash, looks_like_token, random_token};
 use shared::session::{SessionRecord, cache_session, touch_cached_session};
 use sqlx::PgPool;
+use std::net::IpAddr;
 use time::OffsetDateTime;
 use tower_cookies::cookie::{Cookie, SameSite};
 use uuid::Uuid;
@@ -69,6 +71,7 @@ pub async fn create(
 pub async fn authenticate(
     state: &AppState,
     token: &str,
+    client: IpAddr,
 ) -> Result<Option<(SessionRecord, TokenHash)>> {
     if !looks_like_token(token) {
         return Ok(None);
@@ -101,6 +104,15 @@ pub async fn authenticate(
         // Postgres is the source of truth; a Redis outage must not log people out.
         Err(e) => tracing::warn!(error = %e, "session cache unavailable; using Postgres"),
     }
+    // Not in the cache: only Postgres can tell, behind the gate that keeps
+    // floods of forged cookies from costing it anything.
+    if state.credential_gate.is_known_unknown_session(&hash) {
+        return Ok(None);
+    }
+    let admitted = state
+        .credential_gate
+        .admit(state, client, CredentialKind::Session)
+        .await?;
     let row: Option<(Uuid, Uuid, String, OffsetDateTime)> = sqlx::query_as(
         "UPDATE sessions s SET last_seen_at = now()
          FROM users u
@@ -114,6 +126,7 @@ pub async fn authenticate(
     .bind(idle as f64)
     .fetch_optional(&state.db)
     .await?;
+    admitted.finish(row.is_some(), &hash).await;
     let Some((session_id, user_id, username, expires_at)) = row else {
         return Ok(None);
     };

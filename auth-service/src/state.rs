@@ -55,6 +55,8 @@ pub struct AppStateInner {
     pub namespaces: Arc<Namespaces>,
     pub passwords: PasswordHasher,
     pub api_keys: Arc<ApiKeyVerifier>,
+    /// Bounds what credentials no cache knows can cost Postgres.
+    pub credential_gate: Arc<crate::credential_gate::CredentialGate>,
     /// Sessions whose activity this process wrote to Postgres recently.
     pub recently_seen_sessions: moka::sync::Cache<Uuid, ()>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,

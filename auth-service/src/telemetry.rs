@@ -22,6 +22,8 @@ pub const RATE_LIMITED: &str = "rate_limited_total";
 pub const TICKETS_MINTED: &str = "tickets_minted_total";
 pub const API_KEYS_CREATED: &str = "api_keys_created_total";
 pub const SERVER_PUBLISHES: &str = "server_publishes_total";
+pub const SESSION_LOOKUPS: &str = "session_lookups_total";
+pub const API_KEY_LOOKUPS: &str = "api_key_lookups_total";
 
 /// Gauges: name and help.
 const GAUGES: &[(&str, &str)] = &[(
@@ -59,9 +61,22 @@ const LABELLED_COUNTERS: &[LabelledCounter<'static>] = &[
             "login_account_ip",
             "login_account",
             "login_ip",
+            "auth_ip",
             "mint_user",
             "mint_key",
         ],
+    },
+    LabelledCounter {
+        name: SESSION_LOOKUPS,
+        help: "Session cookies looked up in Postgres (a miss of the Redis cache), by outcome.",
+        label: "outcome",
+        values: &["found", "unknown"],
+    },
+    LabelledCounter {
+        name: API_KEY_LOOKUPS,
+        help: "API keys looked up in Postgres (a miss of the in-memory cache), by outcome.",
+        label: "outcome",
+        values: &["found", "unknown"],
     },
     LabelledCounter {
         name: TICKETS_MINTED,
@@ -109,6 +124,7 @@ mod tests {
             RateBucket::LoginFailuresByAccountAndIp,
             RateBucket::LoginFailuresByAccount,
             RateBucket::LoginFailuresByIp,
+            RateBucket::AuthFailuresByIp,
             RateBucket::MintByUser,
             RateBucket::MintByApiKey,
         ];

@@ -66,6 +66,9 @@ pub enum RateBucket {
     LoginFailuresByAccount,
     /// Failed logins from one client address (an IPv6 address by its /64).
     LoginFailuresByIp,
+    /// Cookies and API keys from one client address that Postgres did not
+    /// know (an IPv6 address by its /64).
+    AuthFailuresByIp,
     /// Tickets minted by one user through a session cookie.
     MintByUser,
     /// Tickets minted with one API key.
@@ -78,6 +81,7 @@ impl RateBucket {
             Self::LoginFailuresByAccountAndIp => "login-fail-acct-ip",
             Self::LoginFailuresByAccount => "login-fail-acct",
             Self::LoginFailuresByIp => "login-fail-ip",
+            Self::AuthFailuresByIp => "auth-fail-ip",
             Self::MintByUser => "mint-user",
             Self::MintByApiKey => "mint-key",
         }

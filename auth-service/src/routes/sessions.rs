@@ -140,7 +140,7 @@ pub async fn login(
     // The browser's previous session (if any) is replaced, not reused: a new id
     // at every login means a planted id never becomes an authenticated one.
     if let Some(old) = session_cookie_value(&headers, config.common.cookie_name())
-        && let Some((previous, _)) = sessions::authenticate(&state, &old).await?
+        && let Some((previous, _)) = sessions::authenticate(&state, &old, ip).await?
     {
         revocation::revoke_session(&state, previous.user_id, previous.session_id).await?;
     }

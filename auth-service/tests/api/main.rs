@@ -6,6 +6,7 @@ mod api_keys;
 mod bad_input;
 mod cli;
 mod durability;
+mod floods;
 mod helpers;
 mod login;
 mod openapi;
