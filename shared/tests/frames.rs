@@ -4,7 +4,7 @@
 
 use futures_util::StreamExt as _;
 use serde_json::value::RawValue;
-use shared::channel::{ChannelName, HistoryLimits, frame, publish};
+use shared::channel::{ChannelName, HistoryLimits, Publisher, frame, publish};
 use shared::keys::RedisKeys;
 use std::time::Duration;
 
@@ -34,8 +34,12 @@ async fn the_publish_script_writes_the_rust_message_frame() {
         message.get_payload().expect("a string payload")
     };
 
+    let publisher = Publisher {
+        user_id: uuid::Uuid::nil(),
+        username: "frames".into(),
+    };
     for history in [Some(HistoryLimits::default()), None] {
-        let published = publish(&mut conn, &keys, &channel, &data, history, None)
+        let published = publish(&mut conn, &keys, &channel, &data, history, &publisher, None)
             .await
             .expect("published");
         assert_eq!(published.position.is_some(), history.is_some());

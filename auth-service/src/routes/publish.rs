@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use shared::channel::{ChannelName, PublishError, publish as publish_to_channel};
+use shared::channel::{ChannelName, PublishError, Publisher, publish as publish_to_channel};
 use shared::scope::Scope;
 use utoipa::ToSchema;
 
@@ -31,8 +31,9 @@ pub struct PublishRequest {
     /// Any JSON value, at most 64 KiB as sent; delivered as is.
     #[schema(value_type = Value)]
     data: Box<RawValue>,
-    /// Makes retries safe: a key already published within the idempotency
-    /// window (10 min) is not delivered again. 1-64 printable ASCII
+    /// Makes retries safe: a key this user already published on this
+    /// channel within the idempotency window (10 min) is not delivered again
+    /// (keys are per user: another user's identical key does not count). 1-64 printable ASCII
     /// characters; only on channels with history.
     #[serde(default)]
     #[schema(pattern = r"^[!-~]{1,64}$")]
@@ -109,6 +110,10 @@ pub async fn publish(
         &request.channel,
         &request.data,
         rule.history,
+        &Publisher {
+            user_id: key.user_id,
+            username: key.username.clone(),
+        },
         request.idempotency_key.as_deref(),
     )
     .await

@@ -24,7 +24,7 @@ pub(super) const HISTORY_FORMAT: &str = "2";
 ///
 /// KEYS: history stream, meta hash, live channel (declared so Cluster routes
 /// the script to the slot of the channel's hash tag), times list, and
-/// optionally the idempotency key of this publish.
+/// optionally the idempotency key of this publish (scoped by its publisher).
 /// ARGV: channel as a JSON string, data as JSON, max length, max age in ms,
 /// a candidate epoch (used only when the channel has none yet), idempotency
 /// window in ms, history format version.
@@ -89,6 +89,15 @@ static PUBLISH_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
     ))
 });
 
+/// Who publishes: the user behind the connection or API key, as the server
+/// authenticated them (never what the client says). Idempotency keys are
+/// scoped by it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publisher {
+    pub user_id: uuid::Uuid,
+    pub username: String,
+}
+
 /// The outcome of a publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Published {
@@ -113,14 +122,16 @@ pub enum PublishError {
 ///
 /// With `history`, the message is appended to the channel's stream and carries
 /// an epoch and offset; without, it is only published. An `idempotency_key`
-/// (history channels only) makes retries safe: a key seen within
-/// [`IDEMPOTENCY_WINDOW`] is not published again.
+/// (history channels only) makes retries safe: a key the same `publisher`
+/// used on this channel within [`IDEMPOTENCY_WINDOW`] is not published again
+/// (another publisher's identical key is theirs, and does not interfere).
 pub async fn publish(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,
     channel: &ChannelName,
     data: &RawValue,
     history: Option<HistoryLimits>,
+    publisher: &Publisher,
     idempotency_key: Option<&str>,
 ) -> Result<Published, PublishError> {
     let Some(limits) = history else {
@@ -149,7 +160,7 @@ pub async fn publish(
         if !valid_idempotency_key(key) {
             return Err(PublishError::InvalidIdempotencyKey);
         }
-        invocation.key(keys.channel_idempotency(channel, key));
+        invocation.key(keys.channel_idempotency(channel, publisher.user_id, key));
     }
     invocation
         .arg(channel_json)

@@ -8,7 +8,7 @@ use super::{Connection, RATE_STRIKES};
 use crate::cluster::presence::{self, Membership};
 use crate::protocol::{self, CloseReason, Request, RequestError, RequestId, ServerFrame, Since};
 use serde_json::value::RawValue;
-use shared::channel::{ChannelName, PublishError, StreamPosition};
+use shared::channel::{ChannelName, PublishError, Publisher, StreamPosition};
 use shared::namespace::{Access, NamespaceRule};
 use shared::scope::Scope;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -362,6 +362,10 @@ impl Connection {
             channel,
             data,
             rule.history,
+            &Publisher {
+                user_id: self.principal.user_id,
+                username: self.principal.username.clone(),
+            },
             idempotency_key,
         )
         .await

@@ -233,6 +233,15 @@ pub fn open_namespace(name: &str, max_len: u64, max_age_secs: u64) -> Option<Str
     ))
 }
 
+/// A server-side writer for tests that publish through `shared` directly, as
+/// auth-service does for an API key's owner.
+pub fn test_publisher() -> shared::channel::Publisher {
+    shared::channel::Publisher {
+        user_id: uuid::Uuid::nil(),
+        username: "test-backend".into(),
+    }
+}
+
 /// Publishes `{"n": n}` on `channel` through `node`'s own Redis path (the
 /// namespace's history policy applies), as a server-side writer would.
 pub async fn publish_numbered(
@@ -244,11 +253,19 @@ pub async fn publish_numbered(
     let data =
         serde_json::value::RawValue::from_string(json!({ "n": n }).to_string()).expect("json");
     let mut redis = node.redis.clone();
-    shared::channel::publish(&mut redis, &node.keys, channel, &data, history, None)
-        .await
-        .expect("publish")
-        .position
-        .expect("a channel with history")
+    shared::channel::publish(
+        &mut redis,
+        &node.keys,
+        channel,
+        &data,
+        history,
+        &test_publisher(),
+        None,
+    )
+    .await
+    .expect("publish")
+    .position
+    .expect("a channel with history")
 }
 
 pub fn node_config(redis_url: &str, prefix: &str, node_id: &str) -> ws_node::config::Config {

@@ -176,9 +176,17 @@ async fn a_client_that_stops_reading_is_closed_while_a_reader_keeps_receiving() 
                 json!({ "n": published, "pad": payload }).to_string(),
             )
             .expect("json");
-            shared::channel::publish(&mut redis, &node.keys, &channel, &data, None, None)
-                .await
-                .expect("publish");
+            shared::channel::publish(
+                &mut redis,
+                &node.keys,
+                &channel,
+                &data,
+                None,
+                &test_publisher(),
+                None,
+            )
+            .await
+            .expect("publish");
         }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(30),
