@@ -28,7 +28,8 @@ pub struct PublishRequest {
     /// `/openapi.json` names this deployment's namespaces.
     #[schema(value_type = String, max_length = 128, pattern = r"^[a-z0-9_-]{1,32}:[A-Za-z0-9_.:@=+-]+$")]
     channel: ChannelName,
-    /// Any JSON value, at most 64 KiB as sent; delivered as is.
+    /// Any JSON value, at most 64 KiB as sent and nested at most 64 levels
+    /// deep (arrays and objects); delivered as is.
     #[schema(value_type = Value)]
     data: Box<RawValue>,
     /// Makes retries safe: a key this user already published on this
@@ -124,6 +125,7 @@ pub async fn publish(
             "idempotency keys need a channel namespace with history",
         ),
         PublishError::InvalidIdempotencyKey => Error::unprocessable("invalid_field", e.to_string()),
+        PublishError::TooDeep => Error::bad_request("json_too_deep", e.to_string()),
     })?;
     metrics::counter!(crate::telemetry::SERVER_PUBLISHES).increment(1);
     let (epoch, offset) = published.position.map(|p| (p.epoch, p.offset)).unzip();

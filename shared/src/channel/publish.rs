@@ -2,6 +2,7 @@
 
 use super::frame;
 use super::{ChannelName, HistoryLimits, StreamPosition, millis};
+use crate::json::{MAX_JSON_DEPTH, depth_within};
 use crate::keys::RedisKeys;
 use serde_json::value::RawValue;
 use std::sync::LazyLock;
@@ -114,6 +115,9 @@ pub enum PublishError {
     IdempotencyWithoutHistory,
     #[error("idempotency key must be 1-64 printable ASCII characters")]
     InvalidIdempotencyKey,
+    /// `data` nests arrays and objects deeper than [`MAX_JSON_DEPTH`].
+    #[error("`data` nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")]
+    TooDeep,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
@@ -125,6 +129,7 @@ pub enum PublishError {
 /// (history channels only) makes retries safe: a key the same `publisher`
 /// used on this channel within [`IDEMPOTENCY_WINDOW`] is not published again
 /// (another publisher's identical key is theirs, and does not interfere).
+/// `data` nested deeper than [`MAX_JSON_DEPTH`] is refused, for both paths.
 pub async fn publish(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,
@@ -134,6 +139,9 @@ pub async fn publish(
     publisher: &Publisher,
     idempotency_key: Option<&str>,
 ) -> Result<Published, PublishError> {
+    if !depth_within(data.get(), MAX_JSON_DEPTH) {
+        return Err(PublishError::TooDeep);
+    }
     let Some(limits) = history else {
         if idempotency_key.is_some() {
             return Err(PublishError::IdempotencyWithoutHistory);

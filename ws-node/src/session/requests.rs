@@ -374,6 +374,7 @@ impl Connection {
             PublishError::InvalidIdempotencyKey => RequestError::BadRequest(
                 "idempotency_key must be 1-64 printable ASCII characters".into(),
             ),
+            PublishError::TooDeep => RequestError::BadRequest(e.to_string()),
             PublishError::Redis(e) => {
                 tracing::warn!(error = %e, "publish failed");
                 RequestError::Unavailable("the message could not be published; retry")
