@@ -41,12 +41,15 @@ pub struct CommonConfig {
     #[arg(long, env = "CHANNEL_NAMESPACES")]
     pub channel_namespaces: Option<String>,
 
-    /// Take the client's IP from the last `X-Forwarded-For` entry (only
-    /// behind a proxy that sets it; otherwise clients could pick their own
-    /// IP). The per-IP limits count it: behind a proxy, the socket's peer is
-    /// the proxy, for every client.
-    #[arg(long, env = "TRUST_PROXY_HEADERS", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub trust_proxy_headers: bool,
+    /// How many proxies of our own stand in front of the service, each
+    /// appending to `X-Forwarded-For`: the client's IP is the entry that
+    /// many from the right (see [`crate::net::forwarded_client`]); 0 ignores
+    /// the header. `true`/`false`, the older form, mean 1/0. Only set it to
+    /// the real number: one more lets clients pick their own IP. The per-IP
+    /// limits count it: behind a proxy, the socket's peer is the proxy, for
+    /// every client.
+    #[arg(long, env = "TRUST_PROXY_HEADERS", default_value = "0", value_parser = crate::net::parse_proxy_hops)]
+    pub trust_proxy_headers: usize,
 
     /// Serve `/metrics` on this address only (e.g. `0.0.0.0:9100`, reached by
     /// Prometheus but not through the public proxy) instead of on the
