@@ -6,13 +6,15 @@
 use crate::keys::RedisKeys;
 use crate::namespace::Namespaces;
 use crate::origin::OriginAllowlist;
+use crate::redact::SecretUrl;
 use clap::builder::BoolishValueParser;
 use std::net::SocketAddr;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommonConfig {
+    /// Printed with its password redacted (`Debug` included).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    pub redis_url: SecretUrl,
 
     /// Prefix of every Redis key and channel, so deployments can share one
     /// Redis; auth-service and the ws-nodes of a deployment must use the same.

@@ -9,8 +9,8 @@ pub const TICKET_PROTOCOL_PREFIX: &str = "ticket.";
 
 /// What authenticating an upgrade needs from its request, however the request
 /// was read: by [`crate::transport::server`] from a connection's first bytes,
-/// or by hyper (see [`crate::transport::http`]).
-#[derive(Debug)]
+/// or by hyper (see [`crate::transport::http`]). Its `Debug` leaves the
+/// ticket and the session cookie out.
 pub struct UpgradeRequest {
     pub(super) peer: SocketAddr,
     /// The `X-Forwarded-For` headers' values, joined in order, if any: the
@@ -105,6 +105,21 @@ impl UpgradeRequest {
     }
 }
 
+impl std::fmt::Debug for UpgradeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "[REDACTED]");
+        f.debug_struct("UpgradeRequest")
+            .field("peer", &self.peer)
+            .field("forwarded_for", &self.forwarded_for)
+            .field("websocket_key", &self.websocket_key.is_some())
+            .field("origin", &self.origin)
+            .field("protocol_ticket", &redacted(&self.protocol_ticket))
+            .field("query_ticket", &redacted(&self.query_ticket))
+            .field("session_cookie", &redacted(&self.session_cookie))
+            .finish()
+    }
+}
+
 /// The value of the first `ticket` query parameter.
 fn ticket_from_query(query: &str) -> Option<&str> {
     query
@@ -182,6 +197,11 @@ mod tests {
         let bare = parse(true, "", &UPGRADE);
         assert!(bare.protocol_ticket.is_none() && bare.query_ticket.is_none());
         assert!(bare.session_cookie.is_none() && bare.origin.is_none());
+        let printed = format!("{request:?}");
+        for secret in ["ticket.abc", "\"abc\"", "\"q\"", "s3cret"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("https://app.example"), "{printed}");
     }
 
     #[test]

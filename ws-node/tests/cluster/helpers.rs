@@ -93,9 +93,9 @@ impl Stack {
         let prefix = testkit::unique_prefix();
         let mut auth_config = auth_service::config::Config::from_env().expect("config");
         auth_config.listen = "127.0.0.1:0".parse().expect("addr");
-        auth_config.database_url = db.url.clone();
+        auth_config.database_url = db.url.clone().into();
         auth_config.database_pool_size = 5;
-        auth_config.common.redis_url = options.redis_url.clone();
+        auth_config.common.redis_url = options.redis_url.clone().into();
         auth_config.common.redis_prefix = prefix.clone();
         auth_config.common.allowed_origins = vec![APP_ORIGIN.to_owned()];
         (options.customise_auth)(&mut auth_config);
@@ -271,7 +271,7 @@ pub async fn publish_numbered(
 pub fn node_config(redis_url: &str, prefix: &str, node_id: &str) -> ws_node::config::Config {
     let mut config = ws_node::config::Config::from_env().expect("config");
     config.listen = "127.0.0.1:0".parse().expect("addr");
-    config.common.redis_url = redis_url.to_owned();
+    config.common.redis_url = redis_url.into();
     config.common.redis_prefix = prefix.to_owned();
     config.node_id = Some(node_id.to_owned());
     config.common.allowed_origins = vec![APP_ORIGIN.to_owned()];
