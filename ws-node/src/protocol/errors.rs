@@ -27,6 +27,9 @@ pub enum RequestError {
     TooManySubscriptions,
     #[error("this channel namespace does not track presence")]
     PresenceDisabled,
+    /// Presence is answered only to the channel's own subscribers.
+    #[error("subscribe to the channel first")]
+    NotSubscribed,
     #[error("idempotency keys need a channel with history")]
     IdempotencyUnsupported,
     /// Over one of the connection's rates (messages, history reads).
@@ -51,6 +54,7 @@ impl RequestError {
         "forbidden",
         "too_many_subscriptions",
         "presence_disabled",
+        "not_subscribed",
         "idempotency_unsupported",
         "rate_limited",
         "already_authenticated",
@@ -67,6 +71,7 @@ impl RequestError {
             Self::Forbidden(_) => "forbidden",
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::PresenceDisabled => "presence_disabled",
+            Self::NotSubscribed => "not_subscribed",
             Self::IdempotencyUnsupported => "idempotency_unsupported",
             Self::RateLimited(_) => "rate_limited",
             Self::AlreadyAuthenticated => "already_authenticated",
@@ -208,6 +213,7 @@ mod tests {
             RequestError::Forbidden(""),
             RequestError::TooManySubscriptions,
             RequestError::PresenceDisabled,
+            RequestError::NotSubscribed,
             RequestError::IdempotencyUnsupported,
             RequestError::RateLimited(""),
             RequestError::AlreadyAuthenticated,

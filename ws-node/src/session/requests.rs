@@ -400,6 +400,11 @@ impl Connection {
         if !rule.presence {
             return Err(RequestError::PresenceDisabled);
         }
+        // Who is in a channel is for those in it: being allowed to subscribe
+        // is not enough, or anyone could watch a room without showing up in it.
+        if !self.guard.channels.contains(channel) {
+            return Err(RequestError::NotSubscribed);
+        }
         let mut redis = self.node.redis.clone();
         let members = presence::members(&mut redis, &self.node.keys, channel)
             .await
