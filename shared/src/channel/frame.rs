@@ -20,12 +20,19 @@ end
 "#;
 
 /// Lua: `presence_frame(kind, channel_json, user_id, username)`, a `join` or
-/// `leave` event. Usernames are `[a-z0-9_.-]` and user ids UUIDs, so neither
-/// needs escaping.
+/// `leave` event. The id and username come out of a presence member string,
+/// so they are JSON-encoded with `cjson` rather than trusted to need no
+/// escaping: today's usernames (`[a-z0-9_.-]`) and UUIDs do not, but a
+/// frame must stay valid JSON whatever a member holds. The frame's fixed
+/// layout is still written out, so it keeps the Rust writer's field order,
+/// and `cjson` escapes what may appear the way serde_json does (quotes,
+/// backslashes, control characters); it differs only in escaping `/` and
+/// DEL, which no username contains (and which still decode the same).
 pub const PRESENCE_FRAME_LUA: &str = r#"
 local function presence_frame(kind, channel_json, user_id, username)
   return '{"type":"' .. kind .. '","channel":' .. channel_json ..
-    ',"user":{"id":"' .. user_id .. '","username":"' .. username .. '"}}'
+    ',"user":{"id":' .. cjson.encode(user_id) .. ',"username":' ..
+    cjson.encode(username) .. '}}'
 end
 "#;
 
