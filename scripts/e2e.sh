@@ -93,7 +93,7 @@ export REDIS_URL=redis://127.0.0.1:6379
 export REDIS_PREFIX="$prefix"
 export ALLOWED_ORIGINS="$base_url"
 export COOKIE_SECURE=true
-export TRUST_PROXY_HEADERS=true
+export TRUST_PROXY_HEADERS=1
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$database"
 # Short drains, so the cleanup does not wait.
 export SHUTDOWN_TIMEOUT_SECS=2 DRAIN_TIMEOUT_SECS=2

@@ -90,7 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped(shared::net::shutdown_signal()).await
         }
         Command::Migrate => {
-            crate::db::connect_and_migrate(&cli.config.database_url, 1).await?;
+            crate::db::connect_and_migrate(cli.config.database_url.expose(), 1).await?;
             tracing::info!("migrations applied");
             Ok(())
         }

@@ -2,6 +2,7 @@
 //! with a default that works on a developer machine with local Postgres and Redis.
 
 use shared::config::CommonConfig;
+use shared::redact::SecretUrl;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -10,13 +11,14 @@ pub struct Config {
     #[command(flatten)]
     pub common: CommonConfig,
 
-    /// Postgres URL; the database is created if missing and migrated at startup.
+    /// Postgres URL; the database is created if missing and migrated at
+    /// startup. Printed with its password redacted (`Debug` included).
     #[arg(
         long,
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/tessera"
     )]
-    pub database_url: String,
+    pub database_url: SecretUrl,
 
     /// Postgres connection pool size.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
@@ -175,5 +177,37 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_passwords_of_both_urls() {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        use clap::Parser as _;
+        let config = Wrapper::try_parse_from([
+            "auth-service",
+            "--redis-url",
+            "redis://:redis-pw-1@cache:6379",
+            "--database-url",
+            "postgres://app:pg-pw-2@db:5432/tessera",
+        ])
+        .expect("config")
+        .config;
+        assert_eq!(
+            config.database_url.expose(),
+            "postgres://app:pg-pw-2@db:5432/tessera"
+        );
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("redis-pw-1"), "{printed}");
+        assert!(!printed.contains("pg-pw-2"), "{printed}");
+        assert!(printed.contains("postgres://app:[REDACTED]@db:5432/tessera"));
     }
 }

@@ -170,6 +170,7 @@ fn is_unavailable_redis(e: &redis::RedisError) -> bool {
 pub const ERROR_CODES: &[&str] = &[
     // 400
     "malformed_json",
+    "json_too_deep",
     "unreadable_body",
     "invalid_path",
     // 401

@@ -163,24 +163,23 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     }
 }
 
-/// The client's IP: the socket peer, or, when `TRUST_PROXY_HEADERS` is on and
-/// the request came through the proxy, the entry the proxy appended to
-/// `X-Forwarded-For` ([`shared::net::last_forwarded_for`]).
+/// The client's IP: the socket peer, or, with `TRUST_PROXY_HEADERS` proxy
+/// hops, the entry our outermost proxy appended to `X-Forwarded-For`
+/// ([`shared::net::forwarded_client`]).
 pub struct ClientIp(pub IpAddr);
 
 impl FromRequestParts<AppState> for ClientIp {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        if state.config.common.trust_proxy_headers
-            && let Some(ip) = shared::net::last_forwarded_for(
-                parts
-                    .headers
-                    .get_all("x-forwarded-for")
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            )
-        {
+        if let Some(ip) = shared::net::forwarded_client(
+            parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes()),
+            state.config.common.trust_proxy_headers,
+        ) {
             return Ok(Self(ip));
         }
         parts

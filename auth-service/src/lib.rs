@@ -42,8 +42,9 @@ impl AppState {
     /// and prepares everything requests share. Used by the server and the CLI.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
-        let db = db::connect_and_migrate(&config.database_url, config.database_pool_size).await?;
-        let redis = shared::redis_conn::connect(&config.common.redis_url)
+        let db = db::connect_and_migrate(config.database_url.expose(), config.database_pool_size)
+            .await?;
+        let redis = shared::redis_conn::connect(config.common.redis_url.expose())
             .await
             .with_context(|| format!("connecting to Redis at {}", config.common.redis_url))?;
         let idle = config.session_idle_timeout_secs;
@@ -164,7 +165,7 @@ impl Application {
             };
             let mut abandon = abandon_rx.clone();
             let work = async move {
-                let redis = shared::redis_conn::connect(&state.config.common.redis_url)
+                let redis = shared::redis_conn::connect(state.config.common.redis_url.expose())
                     .await
                     .context("connecting a serving thread to Redis")?;
                 let listener = TcpListener::from_std(listener).context("listening")?;

@@ -180,7 +180,7 @@ function join(name) {
   ui.presence.replaceChildren();
   client
     .subscribe(channel, {
-      message: (data) => addMessage(data),
+      message: (data, message) => addMessage(data, message.from),
       join: () => refreshPresence(channel),
       leave: () => refreshPresence(channel),
       // (Re)subscribed, possibly on another node: who is here now.
@@ -210,12 +210,12 @@ ui.send.addEventListener('submit', (event) => {
   ui.text.value = '';
   // Shown when the node delivers it back, like everyone else's: once, in
   // the order the channel has. While reconnecting it waits in the client's
-  // queue. (The sender's name is the page's claim: a real app would have its
-  // backend publish, or put the name in the ticket.)
-  client.publish(room, { user: me.username, text }).catch((e) => showError(`not sent: ${e.message}`));
+  // queue. The author shown is the message's `from`, which the server
+  // stamps: a page cannot claim to be someone else.
+  client.publish(room, { text }).catch((e) => showError(`not sent: ${e.message}`));
 });
 
-function addMessage(data) {
+function addMessage(data, from) {
   const item = document.createElement('li');
   item.dataset.testid = 'message';
   const time = document.createElement('span');
@@ -225,7 +225,7 @@ function addMessage(data) {
   author.className = 'author';
   const text = document.createElement('span');
   if (data && typeof data === 'object' && typeof data.text === 'string') {
-    author.textContent = String(data.user ?? '?');
+    author.textContent = from?.username ?? '?';
     text.textContent = data.text;
   } else {
     text.textContent = JSON.stringify(data);

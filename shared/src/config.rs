@@ -6,13 +6,15 @@
 use crate::keys::RedisKeys;
 use crate::namespace::Namespaces;
 use crate::origin::OriginAllowlist;
+use crate::redact::SecretUrl;
 use clap::builder::BoolishValueParser;
 use std::net::SocketAddr;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommonConfig {
+    /// Printed with its password redacted (`Debug` included).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    pub redis_url: SecretUrl,
 
     /// Prefix of every Redis key and channel, so deployments can share one
     /// Redis; auth-service and the ws-nodes of a deployment must use the same.
@@ -55,12 +57,15 @@ pub struct CommonConfig {
     #[arg(long, env = "PUBLISH_QUOTA_WINDOW_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub publish_quota_window_secs: u64,
 
-    /// Take the client's IP from the last `X-Forwarded-For` entry (only
-    /// behind a proxy that sets it; otherwise clients could pick their own
-    /// IP). The per-IP limits count it: behind a proxy, the socket's peer is
-    /// the proxy, for every client.
-    #[arg(long, env = "TRUST_PROXY_HEADERS", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub trust_proxy_headers: bool,
+    /// How many proxies of our own stand in front of the service, each
+    /// appending to `X-Forwarded-For`: the client's IP is the entry that
+    /// many from the right (see [`crate::net::forwarded_client`]); 0 ignores
+    /// the header. `true`/`false`, the older form, mean 1/0. Only set it to
+    /// the real number: one more lets clients pick their own IP. The per-IP
+    /// limits count it: behind a proxy, the socket's peer is the proxy, for
+    /// every client.
+    #[arg(long, env = "TRUST_PROXY_HEADERS", default_value = "0", value_parser = crate::net::parse_proxy_hops)]
+    pub trust_proxy_headers: usize,
 
     /// Serve `/metrics` on this address only (e.g. `0.0.0.0:9100`, reached by
     /// Prometheus but not through the public proxy) instead of on the

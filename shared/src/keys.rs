@@ -17,7 +17,7 @@
 //! | `P:ch:{<channel>}:hist` | stream: the channel's bounded history, entry id `<offset>-0`, TTL = max age | [`crate::channel`] | both | ws-node |
 //! | `P:ch:{<channel>}:times` | list: the publish time of each history entry, oldest first, TTL = max age | [`crate::channel`] | both | both |
 //! | `P:ch:{<channel>}:meta` | hash: the history's epoch, last offset and format version, TTL = max age | [`crate::channel`] | both | ws-node |
-//! | `P:ch:{<channel>}:idem:<key>` | string, TTL 10 min: an idempotency key already published | [`crate::channel`] | both | both |
+//! | `P:ch:{<channel>}:idem:<user id>:<key>` | string, TTL 10 min: an idempotency key this user already published | [`crate::channel`] | both | both |
 //! | `P:ch:{<channel>}:presence` | sorted set of present connections, scored by lease expiry | ws-node's `presence` | ws-node | ws-node |
 //! | `P:ch:{<channel>}:presence-idx` | the same members scored 0, searchable by user prefix | ws-node's `presence` | ws-node | ws-node |
 //! | `P:conn:<node>:<id>` | hash: a live connection's node, user, since, channels; TTL = lease | [`crate::connections`] | ws-node | auth-service |
@@ -172,9 +172,22 @@ impl RedisKeys {
         format!("{}:ch:{{{}}}:meta", self.prefix, channel.as_str())
     }
 
-    /// Remembers one idempotency key of a channel for the idempotency window.
-    pub fn channel_idempotency(&self, channel: &ChannelName, key: &str) -> String {
-        format!("{}:ch:{{{}}}:idem:{key}", self.prefix, channel.as_str())
+    /// Remembers one publisher's idempotency key on a channel for the
+    /// idempotency window. The publisher is part of the name so that one user
+    /// cannot claim a key another will use and turn their publish into a
+    /// silent "duplicate". The user id is a fixed-length UUID, so a key
+    /// containing `:` cannot alias another user's.
+    pub fn channel_idempotency(
+        &self,
+        channel: &ChannelName,
+        publisher: uuid::Uuid,
+        key: &str,
+    ) -> String {
+        format!(
+            "{}:ch:{{{}}}:idem:{publisher}:{key}",
+            self.prefix,
+            channel.as_str()
+        )
     }
 
     /// The sorted set of a channel's present connections, scored by lease expiry.
@@ -241,6 +254,11 @@ mod tests {
         assert_eq!(keys.channel_live(&channel), "p:ch:{public:lobby}:live");
         assert_eq!(keys.channel_history(&channel), "p:ch:{public:lobby}:hist");
         assert_eq!(keys.channel_meta(&channel), "p:ch:{public:lobby}:meta");
+        let user = uuid::Uuid::nil();
+        assert_eq!(
+            keys.channel_idempotency(&channel, user, "k"),
+            format!("p:ch:{{public:lobby}}:idem:{user}:k")
+        );
         assert_eq!(
             keys.channel_from_live("p:ch:{public:lobby}:live"),
             Some(channel)

@@ -18,6 +18,7 @@
 //! * [`net`]: listening sockets, client addresses behind a proxy, shutdown signals.
 //! * [`http`]: serving HTTP/1.1 connections with hyper, with a request-head timeout.
 //! * [`origin`]: the exact-match browser origin allowlist.
+//! * [`json`]: how deeply nested a published message's JSON may be.
 //! * [`redact`]: scrubbing secrets from anything that may be logged.
 //! * [`redis_conn`]: opening Redis connections with the timeouts both services need.
 //! * [`telemetry`]: logging setup shared by both binaries.
@@ -28,6 +29,7 @@ pub mod connections;
 pub mod control;
 pub mod credential;
 pub mod http;
+pub mod json;
 pub mod keys;
 pub mod namespace;
 pub mod net;

@@ -57,7 +57,7 @@ impl Application {
         let listener = shared::net::bind(config.listen)
             .with_context(|| format!("binding WS_LISTEN={}", config.listen))?;
         let metrics_listener = config.common.bind_metrics_listener()?;
-        let redis = shared::redis_conn::connect(&config.common.redis_url)
+        let redis = shared::redis_conn::connect(config.common.redis_url.expose())
             .await
             .with_context(|| format!("connecting to Redis at {}", config.common.redis_url))?;
         let keys = config.common.redis_keys()?;
@@ -69,7 +69,7 @@ impl Application {
         let node_id: Arc<str> = config.node_id().into();
         let namespaces = Arc::new(config.common.namespaces()?);
         let subscriber = cluster::subscriber::Subscriber {
-            client: shared::redis_conn::client(&config.common.redis_url)?,
+            client: shared::redis_conn::client(config.common.redis_url.expose())?,
             redis: redis.clone(),
             keys: keys.clone(),
             namespaces: namespaces.clone(),

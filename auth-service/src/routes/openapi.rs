@@ -239,7 +239,8 @@ macro_rules! error_responses {
 
 error_responses! {
     BadRequest => error_response(
-        "The body is not JSON (`malformed_json`) or could not be read (`unreadable_body`), or a \
+        "The body is not JSON (`malformed_json`), nests deeper than 64 levels \
+         (`json_too_deep`) or could not be read (`unreadable_body`), or a \
          path parameter is not valid UTF-8 (`invalid_path`)",
     );
     Unauthenticated => error_response(

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use shared::channel::{ChannelName, PublishError, publish as publish_to_channel};
+use shared::channel::{ChannelName, PublishError, Publisher, publish as publish_to_channel};
 use shared::quota::QuotaError;
 use shared::scope::Scope;
 use utoipa::ToSchema;
@@ -31,11 +31,13 @@ pub struct PublishRequest {
     /// `/openapi.json` names this deployment's namespaces.
     #[schema(value_type = String, max_length = 128, pattern = r"^[a-z0-9_-]{1,32}:[A-Za-z0-9_.:@=+-]+$")]
     channel: ChannelName,
-    /// Any JSON value, at most 64 KiB as sent; delivered as is.
+    /// Any JSON value, at most 64 KiB as sent and nested at most 64 levels
+    /// deep (arrays and objects); delivered as is.
     #[schema(value_type = Value)]
     data: Box<RawValue>,
-    /// Makes retries safe: a key already published within the idempotency
-    /// window (10 min) is not delivered again. 1-64 printable ASCII
+    /// Makes retries safe: a key this user already published on this
+    /// channel within the idempotency window (10 min) is not delivered again
+    /// (keys are per user: another user's identical key does not count). 1-64 printable ASCII
     /// characters; only on channels with history.
     #[serde(default)]
     #[schema(pattern = r"^[!-~]{1,64}$")]
@@ -161,6 +163,10 @@ pub async fn publish(
         &request.channel,
         &request.data,
         rule.history,
+        &Publisher {
+            user_id: key.user_id,
+            username: key.username.clone(),
+        },
         request.idempotency_key.as_deref(),
     )
     .await
@@ -171,6 +177,7 @@ pub async fn publish(
             "idempotency keys need a channel namespace with history",
         ),
         PublishError::InvalidIdempotencyKey => Error::unprocessable("invalid_field", e.to_string()),
+        PublishError::TooDeep => Error::bad_request("json_too_deep", e.to_string()),
     })?;
     metrics::counter!(crate::telemetry::SERVER_PUBLISHES).increment(1);
     let (epoch, offset) = published.position.map(|p| (p.epoch, p.offset)).unzip();

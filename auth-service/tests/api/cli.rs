@@ -11,8 +11,8 @@ async fn user_and_api_key_commands() {
     let bin = env!("CARGO_BIN_EXE_auth-service");
     let config = &app.state.config;
     let envs = [
-        ("DATABASE_URL", config.database_url.as_str()),
-        ("REDIS_URL", config.common.redis_url.as_str()),
+        ("DATABASE_URL", config.database_url.expose()),
+        ("REDIS_URL", config.common.redis_url.expose()),
         ("REDIS_PREFIX", config.common.redis_prefix.as_str()),
     ];
     let cmd = |args: &[&str]| {

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 async fn flushall_logs_nobody_out_and_breaks_no_api_key() {
     let redis = testkit::RedisServer::start();
     let url = redis.url();
-    let app = TestApp::spawn_with(|c| c.common.redis_url = url).await;
+    let app = TestApp::spawn_with(|c| c.common.redis_url = url.into()).await;
     let user = app.create_user("alice").await;
     let key = app.api_key(&user, "connect").await;
     let cookie = app.login_cookie("alice").await;

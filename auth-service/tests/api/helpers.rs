@@ -29,9 +29,9 @@ pub struct TestApp {
 pub fn test_config(db: &TestDatabase) -> Config {
     let mut config = Config::from_env().expect("default config");
     config.listen = "127.0.0.1:0".parse().expect("addr");
-    config.database_url = db.url.clone();
+    config.database_url = db.url.clone().into();
     config.database_pool_size = 5;
-    config.common.redis_url = testkit::shared_redis_url();
+    config.common.redis_url = testkit::shared_redis_url().into();
     config.common.redis_prefix = testkit::unique_prefix();
     config.common.allowed_origins = vec![APP_ORIGIN.to_owned()];
     config.common.cookie_secure = true;

@@ -92,7 +92,7 @@ async fn metrics_listen_serves_metrics_apart_and_the_public_listener_no_longer_d
 async fn readiness_fails_and_requests_fail_closed_when_redis_is_gone() {
     let mut redis = testkit::RedisServer::start();
     let url = redis.url();
-    let app = TestApp::spawn_with(|c| c.common.redis_url = url).await;
+    let app = TestApp::spawn_with(|c| c.common.redis_url = url.into()).await;
     let user = app.create_user("alice").await;
     let key = app.api_key(&user, "connect").await;
     assert_eq!(app.mint_with_key(&key).await.status(), StatusCode::CREATED);

@@ -189,3 +189,51 @@ async fn publish_needs_the_publish_scope_and_a_valid_channel() {
     );
     assert_eq!(publish(&app, &key, ok).await.status(), StatusCode::ACCEPTED);
 }
+
+/// `[[…[1]…]]`, arrays nested `depth` deep.
+fn nested(depth: usize) -> Value {
+    serde_json::from_str(&format!("{}1{}", "[".repeat(depth), "]".repeat(depth))).expect("json")
+}
+
+#[tokio::test]
+async fn data_nested_deeper_than_64_levels_is_a_400() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("backend").await;
+    let key = app.api_key(&user, "publish").await;
+    let response = publish(
+        &app,
+        &key,
+        json!({ "channel": "public:deep", "data": { "a": nested(64) } }),
+    )
+    .await;
+    assert_eq!(
+        error_code(response, StatusCode::BAD_REQUEST).await,
+        "json_too_deep"
+    );
+    // Far deeper than serde_json's own recursion limit: still a 400, not a 500.
+    let very_deep = format!(
+        r#"{{"channel":"public:deep","data":{}1{}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let response = app
+        .http
+        .post(app.url("/v1/publish"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(very_deep)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        error_code(response, StatusCode::BAD_REQUEST).await,
+        "json_too_deep"
+    );
+    let response = publish(
+        &app,
+        &key,
+        json!({ "channel": "public:deep", "data": nested(64) }),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+}

@@ -236,7 +236,7 @@ async fn failed_login_via_proxy(app: &TestApp, forwarded: &str) -> StatusCode {
 #[tokio::test]
 async fn behind_the_proxy_the_per_ip_limit_counts_the_address_the_proxy_appended() {
     let app = TestApp::spawn_with(|c| {
-        c.common.trust_proxy_headers = true;
+        c.common.trust_proxy_headers = 1;
         c.login_max_failures_per_ip = 2;
         c.login_max_failures_per_account = 100;
     })

@@ -603,6 +603,7 @@ export class Client extends Emitter<ClientEvents> {
     const message: Message = { channel: frame.channel, data: frame.data };
     if (frame.epoch !== undefined) message.epoch = frame.epoch;
     if (frame.offset !== undefined) message.offset = frame.offset;
+    if (frame.from !== undefined) message.from = frame.from;
     const sub = this.subs.get(frame.channel);
     if (sub) {
       if (!sub.accept(message)) return;

@@ -23,7 +23,7 @@ export {
   type PublishOptions,
   type PublishResult,
 } from './client.js';
-export { type Message, type PresenceMember, type StreamPosition, TesseraError, type UserInfo } from './protocol.js';
+export { type Message, type PresenceMember, type Sender, type StreamPosition, TesseraError, type UserInfo } from './protocol.js';
 export {
   type ResyncInfo,
   type ResyncReason,

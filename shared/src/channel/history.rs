@@ -31,11 +31,13 @@ local out = {}
 local last_id = ''
 for i = 1, #entries do
   local id, fields = entries[i][1], entries[i][2]
-  local d
+  local d, f = 'null', 'null'
   for j = 1, #fields, 2 do
     if fields[j] == 'd' then d = fields[j + 1] end
+    if fields[j] == 'f' then f = fields[j + 1] end
   end
   table.insert(out, string.match(id, '^(%d+)'))
+  table.insert(out, f)
   table.insert(out, d)
   last_id = id
 end
@@ -53,8 +55,9 @@ pub struct HistorySince {
     pub epoch: Option<String>,
     /// The channel's current (latest) offset.
     pub offset: u64,
-    /// Messages after the requested offset, oldest first, as `(offset, data)`.
-    pub messages: Vec<(u64, String)>,
+    /// Messages after the requested offset, oldest first, as
+    /// `(offset, from, data)`: `from` is the frame's sender (JSON).
+    pub messages: Vec<(u64, String, String)>,
     /// The stream id of the last message returned (where the next page of a
     /// [`history_page`] read continues); `None` if none was returned.
     pub last_id: Option<String>,
@@ -74,7 +77,7 @@ impl HistorySince {
                 .messages
                 .iter()
                 .zip(since + 1..)
-                .all(|((offset, _), want)| *offset == want)
+                .all(|((offset, ..), want)| *offset == want)
     }
 }
 
@@ -123,8 +126,8 @@ pub async fn history_page(
         .invoke_async(conn)
         .await?;
     let messages = flat
-        .chunks_exact(2)
-        .filter_map(|pair| Some((pair[0].parse().ok()?, pair[1].clone())))
+        .chunks_exact(3)
+        .filter_map(|entry| Some((entry[0].parse().ok()?, entry[1].clone(), entry[2].clone())))
         .collect();
     Ok(HistorySince {
         epoch: (!epoch.is_empty()).then_some(epoch),
@@ -143,7 +146,7 @@ mod tests {
         let history = HistorySince {
             epoch: Some("e".into()),
             offset: 5,
-            messages: vec![(4, "4".into()), (5, "5".into())],
+            messages: vec![(4, "f".into(), "4".into()), (5, "f".into(), "5".into())],
             last_id: None,
         };
         assert!(history.covers_page("e", 3, u64::MAX));
@@ -165,7 +168,7 @@ mod tests {
         let page = HistorySince {
             epoch: Some("e".into()),
             offset: 9,
-            messages: vec![(6, "6".into()), (7, "7".into())],
+            messages: vec![(6, "f".into(), "6".into()), (7, "f".into(), "7".into())],
             last_id: None,
         };
         assert!(page.covers_page("e", 5, 2));

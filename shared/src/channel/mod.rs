@@ -19,7 +19,7 @@ pub mod publish;
 
 pub use history::{HistorySince, current_position, history_page};
 pub use publish::{
-    IDEMPOTENCY_WINDOW, MAX_IDEMPOTENCY_KEY_LEN, PublishError, Published, publish,
+    IDEMPOTENCY_WINDOW, MAX_IDEMPOTENCY_KEY_LEN, PublishError, Published, Publisher, publish,
     valid_idempotency_key,
 };
 

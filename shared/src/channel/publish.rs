@@ -2,15 +2,17 @@
 
 use super::frame;
 use super::{ChannelName, HistoryLimits, StreamPosition, millis};
+use crate::json::{MAX_JSON_DEPTH, depth_within};
 use crate::keys::RedisKeys;
 use serde_json::value::RawValue;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-/// The history's layout version, kept in its meta hash. A history without it
-/// (written before entries were keyed by offset) is replaced by a new epoch
-/// at the next publish, and reads as not covering anything meanwhile.
-pub(super) const HISTORY_FORMAT: &str = "2";
+/// The history's layout version, kept in its meta hash. A history of another
+/// version (written before entries were keyed by offset, "1"; or before they
+/// kept their sender, "2") is replaced by a new epoch at the next publish,
+/// and reads as not covering anything meanwhile.
+pub(super) const HISTORY_FORMAT: &str = "3";
 
 /// Appends to history, bumps the offset and publishes the frame, in one step
 /// (preceded by [`frame::MESSAGE_FRAME_LUA`], which builds the frame).
@@ -24,10 +26,11 @@ pub(super) const HISTORY_FORMAT: &str = "2";
 ///
 /// KEYS: history stream, meta hash, live channel (declared so Cluster routes
 /// the script to the slot of the channel's hash tag), times list, and
-/// optionally the idempotency key of this publish.
+/// optionally the idempotency key of this publish (scoped by its publisher).
 /// ARGV: channel as a JSON string, data as JSON, max length, max age in ms,
 /// a candidate epoch (used only when the channel has none yet), idempotency
-/// window in ms, history format version.
+/// window in ms, history format version, sender as JSON (the frame's `from`,
+/// kept in the entry's field `f` beside the data's `d`).
 /// Returns `{epoch, offset, duplicate}`; a repeated idempotency key returns the
 /// first publish's position with `duplicate = 1` and publishes nothing.
 const PUBLISH_WITH_HISTORY: &str = r#"
@@ -48,7 +51,7 @@ end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('XADD', KEYS[1], seq .. '-0', 'd', ARGV[2])
+redis.call('XADD', KEYS[1], seq .. '-0', 'd', ARGV[2], 'f', ARGV[8])
 redis.call('RPUSH', KEYS[4], now_ms)
 redis.call('LTRIM', KEYS[4], -tonumber(ARGV[3]), -1)
 -- Entries past the maximum age leave from the head; each leaves once.
@@ -66,7 +69,7 @@ redis.call('PEXPIRE', KEYS[4], ARGV[4])
 if KEYS[5] then
   redis.call('SET', KEYS[5], epoch .. ':' .. seq, 'PX', ARGV[6])
 end
-redis.call('PUBLISH', KEYS[3], message_frame(ARGV[1], epoch, seq, ARGV[2]))
+redis.call('PUBLISH', KEYS[3], message_frame(ARGV[1], epoch, seq, ARGV[8], ARGV[2]))
 return {epoch, seq, 0}
 "#;
 
@@ -89,6 +92,16 @@ static PUBLISH_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
     ))
 });
 
+/// Who publishes: the user behind the connection or API key, as the server
+/// authenticated them (never what the client says). Idempotency keys are
+/// scoped by it, and every message frame carries it as `from`
+/// ([`frame::sender`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publisher {
+    pub user_id: uuid::Uuid,
+    pub username: String,
+}
+
 /// The outcome of a publish.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Published {
@@ -105,6 +118,9 @@ pub enum PublishError {
     IdempotencyWithoutHistory,
     #[error("idempotency key must be 1-64 printable ASCII characters")]
     InvalidIdempotencyKey,
+    /// `data` nests arrays and objects deeper than [`MAX_JSON_DEPTH`].
+    #[error("`data` nests arrays and objects deeper than {MAX_JSON_DEPTH} levels")]
+    TooDeep,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
@@ -113,21 +129,27 @@ pub enum PublishError {
 ///
 /// With `history`, the message is appended to the channel's stream and carries
 /// an epoch and offset; without, it is only published. An `idempotency_key`
-/// (history channels only) makes retries safe: a key seen within
-/// [`IDEMPOTENCY_WINDOW`] is not published again.
+/// (history channels only) makes retries safe: a key the same `publisher`
+/// used on this channel within [`IDEMPOTENCY_WINDOW`] is not published again
+/// (another publisher's identical key is theirs, and does not interfere).
+/// `data` nested deeper than [`MAX_JSON_DEPTH`] is refused, for both paths.
 pub async fn publish(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,
     channel: &ChannelName,
     data: &RawValue,
     history: Option<HistoryLimits>,
+    publisher: &Publisher,
     idempotency_key: Option<&str>,
 ) -> Result<Published, PublishError> {
+    if !depth_within(data.get(), MAX_JSON_DEPTH) {
+        return Err(PublishError::TooDeep);
+    }
     let Some(limits) = history else {
         if idempotency_key.is_some() {
             return Err(PublishError::IdempotencyWithoutHistory);
         }
-        let frame = frame::message(channel, None, data.get());
+        let frame = frame::message(channel, None, &frame::sender(publisher), data.get());
         redis::cmd("PUBLISH")
             .arg(keys.channel_live(channel))
             .arg(frame)
@@ -149,7 +171,7 @@ pub async fn publish(
         if !valid_idempotency_key(key) {
             return Err(PublishError::InvalidIdempotencyKey);
         }
-        invocation.key(keys.channel_idempotency(channel, key));
+        invocation.key(keys.channel_idempotency(channel, publisher.user_id, key));
     }
     invocation
         .arg(channel_json)
@@ -158,7 +180,8 @@ pub async fn publish(
         .arg(millis(limits.max_age))
         .arg(new_epoch())
         .arg(millis(IDEMPOTENCY_WINDOW))
-        .arg(HISTORY_FORMAT);
+        .arg(HISTORY_FORMAT)
+        .arg(frame::sender(publisher));
     let (epoch, offset, duplicate): (String, u64, u8) = invocation.invoke_async(conn).await?;
     Ok(Published {
         position: Some(StreamPosition { epoch, offset }),

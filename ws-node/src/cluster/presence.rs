@@ -325,4 +325,50 @@ mod tests {
             )
         );
     }
+
+    /// Whatever a member string holds (quotes, backslashes, a control
+    /// character, in the username or the connection id), the sweep's `leave`
+    /// is valid JSON naming that user, byte for byte the Rust frame.
+    #[tokio::test]
+    async fn a_swept_leave_escapes_what_the_member_holds() {
+        use futures_util::StreamExt as _;
+        let url = testkit::shared_redis_url();
+        let keys = RedisKeys::new(&testkit::unique_prefix()).expect("prefix");
+        let channel: ChannelName = "public:sweep-escapes".parse().expect("channel");
+        let user = Uuid::new_v4();
+        let username = "a\"n\\n\u{1}\t\u{e9}";
+        let membership = Membership::new(channel.clone(), user, username, "node-\"x\\:1");
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+        pubsub
+            .subscribe(keys.channel_live(&channel))
+            .await
+            .expect("subscribe");
+        let mut messages = pubsub.on_message();
+        let mut redis = shared::redis_conn::connect(&url).await.expect("redis");
+        join(&mut redis, &keys, &membership, Duration::from_millis(300))
+            .await
+            .expect("join");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(sweep(&mut redis, &keys, &channel).await.expect("sweep"), 1);
+        let mut frames = Vec::new();
+        while frames.len() < 2 {
+            let message = tokio::time::timeout(Duration::from_secs(5), messages.next())
+                .await
+                .expect("a frame in time")
+                .expect("subscribed");
+            frames.push(message.get_payload::<String>().expect("a string payload"));
+        }
+        let leave = &frames[1];
+        let parsed: serde_json::Value = serde_json::from_str(leave).expect("valid JSON");
+        assert_eq!(
+            parsed,
+            serde_json::json!({"type":"leave","channel":"public:sweep-escapes",
+                "user":{"id":user.to_string(),"username":username}})
+        );
+        assert_eq!(
+            *leave,
+            frame::presence(PresenceEvent::Leave, &channel, &user.to_string(), username)
+        );
+    }
 }

@@ -55,7 +55,7 @@ pub async fn authenticate(
                 let Ok((_, Request::Auth { ticket })) = protocol::parse(&text) else {
                     return refuse(socket, CloseReason::ExpectedAuthFrame).await;
                 };
-                match credentials::consume(node, &ticket, origin.as_deref()).await {
+                match credentials::consume(node, ticket.expose(), origin.as_deref()).await {
                     Ok(candidate) => break candidate,
                     Err(Error::Unavailable(_)) => {
                         return refuse(socket, CloseReason::RedisUnavailable).await;

@@ -9,13 +9,13 @@ pub const TICKET_PROTOCOL_PREFIX: &str = "ticket.";
 
 /// What authenticating an upgrade needs from its request, however the request
 /// was read: by [`crate::transport::server`] from a connection's first bytes,
-/// or by hyper (see [`crate::transport::http`]).
-#[derive(Debug)]
+/// or by hyper (see [`crate::transport::http`]). Its `Debug` leaves the
+/// ticket and the session cookie out.
 pub struct UpgradeRequest {
     pub(super) peer: SocketAddr,
-    /// The entry our proxy appended to `X-Forwarded-For`, if any: the
-    /// client's address when `TRUST_PROXY_HEADERS` is on.
-    pub(super) forwarded_for: Option<IpAddr>,
+    /// The `X-Forwarded-For` headers' values, joined in order, if any: the
+    /// client's address is read from it with `TRUST_PROXY_HEADERS` hops.
+    pub(super) forwarded_for: Option<String>,
     /// `Sec-WebSocket-Key`, if this is a WebSocket upgrade at all (a `GET`
     /// over HTTP/1.1 with `Upgrade: websocket`, `Connection: upgrade` and
     /// `Sec-WebSocket-Version: 13`).
@@ -47,7 +47,7 @@ impl UpgradeRequest {
             session_cookie: None,
         };
         let mut key = None;
-        let mut forwarded_for = None;
+        let mut forwarded_for: Option<String> = None;
         for (name, value) in headers {
             let text = std::str::from_utf8(value).ok();
             if name.eq_ignore_ascii_case("upgrade") {
@@ -76,23 +76,47 @@ impl UpgradeRequest {
             } else if name.eq_ignore_ascii_case("cookie") && request.session_cookie.is_none() {
                 request.session_cookie = text.and_then(|t| session_cookie(t, cookie_name));
             } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-                forwarded_for = Some(value);
+                // Several headers are one list, in order; an unreadable one
+                // is an entry that is not an address.
+                let text = text.unwrap_or("\u{fffd}");
+                match &mut forwarded_for {
+                    Some(joined) => {
+                        joined.push(',');
+                        joined.push_str(text);
+                    }
+                    None => forwarded_for = Some(text.to_owned()),
+                }
             }
         }
-        request.forwarded_for = shared::net::last_forwarded_for(forwarded_for);
+        request.forwarded_for = forwarded_for;
         if get_http11 && upgrade && connection && version {
             request.websocket_key = key;
         }
         request
     }
 
-    /// The client's address: the socket's peer, or behind our own proxy
-    /// (`trust_proxy_headers`) the address the proxy saw.
-    pub fn client_ip(&self, trust_proxy_headers: bool) -> IpAddr {
-        match self.forwarded_for {
-            Some(ip) if trust_proxy_headers => ip,
-            _ => self.peer.ip(),
-        }
+    /// The client's address: the socket's peer, or behind `proxy_hops` proxies
+    /// of our own the address the outermost one saw.
+    pub fn client_ip(&self, proxy_hops: usize) -> IpAddr {
+        self.forwarded_for
+            .as_deref()
+            .and_then(|joined| shared::net::forwarded_client([joined.as_bytes()], proxy_hops))
+            .unwrap_or(self.peer.ip())
+    }
+}
+
+impl std::fmt::Debug for UpgradeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "[REDACTED]");
+        f.debug_struct("UpgradeRequest")
+            .field("peer", &self.peer)
+            .field("forwarded_for", &self.forwarded_for)
+            .field("websocket_key", &self.websocket_key.is_some())
+            .field("origin", &self.origin)
+            .field("protocol_ticket", &redacted(&self.protocol_ticket))
+            .field("query_ticket", &redacted(&self.query_ticket))
+            .field("session_cookie", &redacted(&self.session_cookie))
+            .finish()
     }
 }
 
@@ -173,6 +197,11 @@ mod tests {
         let bare = parse(true, "", &UPGRADE);
         assert!(bare.protocol_ticket.is_none() && bare.query_ticket.is_none());
         assert!(bare.session_cookie.is_none() && bare.origin.is_none());
+        let printed = format!("{request:?}");
+        for secret in ["ticket.abc", "\"abc\"", "\"q\"", "s3cret"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        assert!(printed.contains("https://app.example"), "{printed}");
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum RequestError {
     TooManySubscriptions,
     #[error("this channel namespace does not track presence")]
     PresenceDisabled,
+    /// Presence is answered only to the channel's own subscribers.
+    #[error("subscribe to the channel first")]
+    NotSubscribed,
     #[error("idempotency keys need a channel with history")]
     IdempotencyUnsupported,
     /// The namespace's `names` pattern does not match the channel's name.
@@ -59,6 +62,7 @@ impl RequestError {
         "forbidden",
         "too_many_subscriptions",
         "presence_disabled",
+        "not_subscribed",
         "idempotency_unsupported",
         "message_too_large",
         "quota_exceeded",
@@ -77,6 +81,7 @@ impl RequestError {
             Self::Forbidden(_) => "forbidden",
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::PresenceDisabled => "presence_disabled",
+            Self::NotSubscribed => "not_subscribed",
             Self::IdempotencyUnsupported => "idempotency_unsupported",
             Self::MessageTooLarge(_) => "message_too_large",
             Self::QuotaExceeded(_) => "quota_exceeded",
@@ -220,6 +225,7 @@ mod tests {
             RequestError::Forbidden(""),
             RequestError::TooManySubscriptions,
             RequestError::PresenceDisabled,
+            RequestError::NotSubscribed,
             RequestError::IdempotencyUnsupported,
             RequestError::MessageTooLarge(0),
             RequestError::QuotaExceeded(String::new()),

@@ -63,7 +63,8 @@ fn lenient_id(text: &str) -> Option<RequestId> {
 #[derive(Debug)]
 pub enum Request<'a> {
     Auth {
-        ticket: String,
+        /// Redacted in `Debug`, like every ticket.
+        ticket: shared::secret::Secret,
     },
     Subscribe {
         channel: ChannelName,
@@ -142,9 +143,10 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request<'_>), BadFrame> {
     };
     let request = match raw.action {
         "auth" => Request::Auth {
-            ticket: raw
-                .ticket
-                .ok_or_else(|| bad_request(&id, "`ticket` is required".into()))?,
+            ticket: shared::secret::Secret::new(
+                raw.ticket
+                    .ok_or_else(|| bad_request(&id, "`ticket` is required".into()))?,
+            ),
         },
         "subscribe" => Request::Subscribe {
             channel: channel(raw.channel)?,
@@ -209,10 +211,9 @@ mod tests {
             parse(r#"{"action":"ping"}"#).expect("ok").1,
             Request::Ping
         ));
-        assert!(matches!(
-            parse(r#"{"action":"auth","ticket":"t"}"#).expect("ok").1,
-            Request::Auth { .. }
-        ));
+        let auth = parse(r#"{"action":"auth","ticket":"s3cret-ticket"}"#).expect("ok");
+        assert!(matches!(&auth.1, Request::Auth { ticket } if ticket.expose() == "s3cret-ticket"));
+        assert!(!format!("{auth:?}").contains("s3cret"));
         assert!(matches!(
             parse(r#"{"action":"unsubscribe","channel":"public:a"}"#)
                 .expect("ok")

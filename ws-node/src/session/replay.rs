@@ -64,7 +64,7 @@ impl Connection {
     /// the rest of the replay, if any.
     pub(super) fn take_page(&mut self, mut replay: Box<Replay>, page: HistorySince) -> Vec<String> {
         let mut frames = Vec::with_capacity(page.messages.len());
-        for (offset, data) in &page.messages {
+        for (offset, from, data) in &page.messages {
             if *offset > replay.until {
                 break;
             }
@@ -72,7 +72,7 @@ impl Connection {
                 epoch: replay.epoch.clone(),
                 offset: *offset,
             };
-            frames.push(frame::message(&replay.channel, Some(&at), data));
+            frames.push(frame::message(&replay.channel, Some(&at), from, data));
             replay.sent = *offset;
         }
         if replay.sent < replay.until && !frames.is_empty() {

@@ -8,7 +8,7 @@ use super::{Connection, RATE_STRIKES};
 use crate::cluster::presence::{self, Membership};
 use crate::protocol::{self, CloseReason, Request, RequestError, RequestId, ServerFrame, Since};
 use serde_json::value::RawValue;
-use shared::channel::{ChannelName, PublishError, StreamPosition};
+use shared::channel::{ChannelName, PublishError, Publisher, StreamPosition};
 use shared::namespace::{Access, NamespaceRule};
 use shared::quota::QuotaError;
 use shared::scope::Scope;
@@ -388,6 +388,10 @@ impl Connection {
             channel,
             data,
             rule.history,
+            &Publisher {
+                user_id: self.principal.user_id,
+                username: self.principal.username.clone(),
+            },
             idempotency_key,
         )
         .await
@@ -396,6 +400,7 @@ impl Connection {
             PublishError::InvalidIdempotencyKey => RequestError::BadRequest(
                 "idempotency_key must be 1-64 printable ASCII characters".into(),
             ),
+            PublishError::TooDeep => RequestError::BadRequest(e.to_string()),
             PublishError::Redis(e) => {
                 tracing::warn!(error = %e, "publish failed");
                 RequestError::Unavailable("the message could not be published; retry")
@@ -420,6 +425,11 @@ impl Connection {
         let rule = self.readable_rule(channel)?;
         if !rule.presence {
             return Err(RequestError::PresenceDisabled);
+        }
+        // Who is in a channel is for those in it: being allowed to subscribe
+        // is not enough, or anyone could watch a room without showing up in it.
+        if !self.guard.channels.contains(channel) {
+            return Err(RequestError::NotSubscribed);
         }
         let mut redis = self.node.redis.clone();
         let members = presence::members(&mut redis, &self.node.keys, channel)

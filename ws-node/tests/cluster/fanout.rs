@@ -142,3 +142,59 @@ async fn unsubscribing_stops_delivery_and_releases_the_redis_subscription() {
         Event::Timeout
     ));
 }
+
+/// Every message names its publisher as the server authenticated them, over
+/// the socket and over HTTP, live and replayed; a `from` the client writes
+/// into `data` stays in `data`.
+#[tokio::test]
+async fn messages_carry_the_server_stamped_sender() {
+    let stack = Stack::start(2).await;
+    let gus = stack.create_user("gus").await;
+    let hal = stack.create_user("hal").await;
+    let gus_key = stack.api_key(&gus, "connect,publish").await;
+    let hal_key = stack.api_key(&hal, "publish").await;
+    let gus_from = json!({ "user_id": gus.id.to_string(), "username": "gus" });
+    let hal_from = json!({ "user_id": hal.id.to_string(), "username": "hal" });
+    let mut listener = stack.connect(1, &gus_key).await;
+    listener.subscribe("public:senders").await;
+
+    let mut socket = stack.connect(0, &gus_key).await;
+    let forged = json!({ "from": hal_from, "text": "it was hal" });
+    let ack = socket
+        .request(
+            json!({ "action": "publish", "channel": "public:senders", "data": forged }),
+            1,
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let live = listener.recv_message().await;
+    assert_eq!(live["from"], gus_from, "{live}");
+    assert_eq!(live["data"], forged);
+
+    let response = stack
+        .http
+        .post(stack.auth("/v1/publish"))
+        .bearer_auth(&hal_key)
+        .json(&json!({ "channel": "public:senders", "data": { "from": gus_from } }))
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(response.status(), 202);
+    let live = listener.recv_message().await;
+    assert_eq!(live["from"], hal_from, "{live}");
+    assert_eq!(live["data"], json!({ "from": gus_from }));
+
+    // Replayed from history, the same senders.
+    let epoch = ack["epoch"].as_str().expect("epoch");
+    let mut late = stack.connect(0, &gus_key).await;
+    let resumed = late
+        .subscribe_since(
+            "public:senders",
+            epoch,
+            ack["offset"].as_u64().expect("offset") - 1,
+        )
+        .await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(late.recv_message().await["from"], gus_from);
+    assert_eq!(late.recv_message().await["from"], hal_from);
+}

@@ -693,7 +693,7 @@ async fn a_revocation_cut_off_from_redis_completes_once_redis_is_back() {
     let through_proxy = proxy.redis_url();
     let stack = Stack::start_with(StackOptions {
         nodes: 1,
-        customise_auth: Box::new(move |c| c.common.redis_url = through_proxy.clone()),
+        customise_auth: Box::new(move |c| c.common.redis_url = through_proxy.clone().into()),
         ..StackOptions::default()
     })
     .await;

@@ -240,7 +240,7 @@ async fn behind_a_trusted_proxy_unauthenticated_sockets_are_capped_per_client() 
         nodes: 1,
         customise_node: Box::new(|c| {
             c.max_pending_auth_per_ip = 2;
-            c.common.trust_proxy_headers = true;
+            c.common.trust_proxy_headers = 1;
         }),
         ..StackOptions::default()
     })

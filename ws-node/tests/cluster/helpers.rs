@@ -93,9 +93,9 @@ impl Stack {
         let prefix = testkit::unique_prefix();
         let mut auth_config = auth_service::config::Config::from_env().expect("config");
         auth_config.listen = "127.0.0.1:0".parse().expect("addr");
-        auth_config.database_url = db.url.clone();
+        auth_config.database_url = db.url.clone().into();
         auth_config.database_pool_size = 5;
-        auth_config.common.redis_url = options.redis_url.clone();
+        auth_config.common.redis_url = options.redis_url.clone().into();
         auth_config.common.redis_prefix = prefix.clone();
         auth_config.common.allowed_origins = vec![APP_ORIGIN.to_owned()];
         (options.customise_auth)(&mut auth_config);
@@ -233,6 +233,15 @@ pub fn open_namespace(name: &str, max_len: u64, max_age_secs: u64) -> Option<Str
     ))
 }
 
+/// A server-side writer for tests that publish through `shared` directly, as
+/// auth-service does for an API key's owner.
+pub fn test_publisher() -> shared::channel::Publisher {
+    shared::channel::Publisher {
+        user_id: uuid::Uuid::nil(),
+        username: "test-backend".into(),
+    }
+}
+
 /// Publishes `{"n": n}` on `channel` through `node`'s own Redis path (the
 /// namespace's history policy applies), as a server-side writer would.
 pub async fn publish_numbered(
@@ -244,17 +253,25 @@ pub async fn publish_numbered(
     let data =
         serde_json::value::RawValue::from_string(json!({ "n": n }).to_string()).expect("json");
     let mut redis = node.redis.clone();
-    shared::channel::publish(&mut redis, &node.keys, channel, &data, history, None)
-        .await
-        .expect("publish")
-        .position
-        .expect("a channel with history")
+    shared::channel::publish(
+        &mut redis,
+        &node.keys,
+        channel,
+        &data,
+        history,
+        &test_publisher(),
+        None,
+    )
+    .await
+    .expect("publish")
+    .position
+    .expect("a channel with history")
 }
 
 pub fn node_config(redis_url: &str, prefix: &str, node_id: &str) -> ws_node::config::Config {
     let mut config = ws_node::config::Config::from_env().expect("config");
     config.listen = "127.0.0.1:0".parse().expect("addr");
-    config.common.redis_url = redis_url.to_owned();
+    config.common.redis_url = redis_url.into();
     config.common.redis_prefix = prefix.to_owned();
     config.node_id = Some(node_id.to_owned());
     config.common.allowed_origins = vec![APP_ORIGIN.to_owned()];

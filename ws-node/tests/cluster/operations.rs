@@ -278,3 +278,26 @@ async fn the_binary_drains_on_sigterm_and_never_logs_tickets() {
         );
     }
 }
+
+/// A Redis password neither shows in a printed config nor in the error a node
+/// that cannot reach Redis stops with (what its log's last line says).
+#[tokio::test]
+async fn a_redis_password_is_never_printed() {
+    let url = "redis://:hunter2-secret@127.0.0.1:1/0";
+    let config = node_config(url, &testkit::unique_prefix(), "node-secret");
+    assert_eq!(config.common.redis_url.expose(), url);
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("hunter2"), "{printed}");
+    assert!(
+        printed.contains("redis://:[REDACTED]@127.0.0.1:1/0"),
+        "{printed}"
+    );
+    let error = ws_node::Application::build(config)
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    for shown in [format!("{error:#}"), format!("{error:?}")] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("[REDACTED]"), "{shown}");
+    }
+}

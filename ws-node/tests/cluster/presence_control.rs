@@ -81,6 +81,52 @@ async fn presence_counts_users_once_and_announces_joins_and_leaves() {
     assert_eq!(reply["code"], "presence_disabled");
 }
 
+/// Only a channel's subscribers may ask who is in it; someone who may
+/// subscribe but has not (or no longer is) gets `not_subscribed`.
+#[tokio::test]
+async fn presence_is_answered_only_to_subscribers() {
+    let stack = Stack::start(1).await;
+    let ann = stack.create_user("ann").await;
+    let eve = stack.create_user("eve").await;
+    let ann_key = stack.api_key(&ann, "connect").await;
+    let eve_key = stack.api_key(&eve, "connect").await;
+    let mut member = stack.connect(0, &ann_key).await;
+    member.subscribe("public:private-talk").await;
+    assert_eq!(
+        presence(&mut member, "public:private-talk")
+            .await
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    let mut outsider = stack.connect(0, &eve_key).await;
+    let ask = json!({ "action": "presence", "channel": "public:private-talk" });
+    let reply = outsider.request(ask.clone(), 1).await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("not_subscribed")),
+        "{reply}"
+    );
+    assert!(reply.get("members").is_none());
+    outsider.subscribe("public:private-talk").await;
+    assert_eq!(
+        presence(&mut outsider, "public:private-talk")
+            .await
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let reply = outsider
+        .request(
+            json!({ "action": "unsubscribe", "channel": "public:private-talk" }),
+            2,
+        )
+        .await;
+    assert_eq!(reply["type"], "ack");
+    assert_eq!(outsider.request(ask, 3).await["code"], "not_subscribed");
+}
+
 #[tokio::test]
 async fn the_control_api_lists_and_disconnects_connections_across_nodes() {
     let stack = Stack::start(2).await;

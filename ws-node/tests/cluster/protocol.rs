@@ -87,6 +87,33 @@ async fn refused_subscribes_and_publishes_are_error_frames_not_disconnects() {
     );
 }
 
+/// `[[…[1]…]]`, arrays nested `depth` deep.
+fn nested(depth: usize) -> serde_json::Value {
+    serde_json::from_str(&format!("{}1{}", "[".repeat(depth), "]".repeat(depth))).expect("json")
+}
+
+/// Data nested past 64 levels is refused with `bad_request` and reaches
+/// nobody; 64 levels are delivered.
+#[tokio::test]
+async fn data_nested_deeper_than_64_levels_is_refused() {
+    let stack = Stack::start(1).await;
+    let user = stack.create_user("deep").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut listener = stack.connect(0, &key).await;
+    listener.subscribe("public:deep").await;
+    let mut client = stack.connect(0, &key).await;
+    let publish = |data| json!({ "action": "publish", "channel": "public:deep", "data": data });
+    let refused = client.request(publish(nested(65)), 1).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("bad_request")),
+        "{refused}"
+    );
+    let accepted = client.request(publish(nested(64)), 2).await;
+    assert_eq!(accepted["type"], "ack", "{accepted}");
+    assert_eq!(listener.recv_message().await["data"], nested(64));
+}
+
 #[tokio::test]
 async fn a_ticket_narrowed_to_connect_cannot_publish() {
     let stack = Stack::start(1).await;
@@ -176,9 +203,17 @@ async fn a_client_that_stops_reading_is_closed_while_a_reader_keeps_receiving() 
                 json!({ "n": published, "pad": payload }).to_string(),
             )
             .expect("json");
-            shared::channel::publish(&mut redis, &node.keys, &channel, &data, None, None)
-                .await
-                .expect("publish");
+            shared::channel::publish(
+                &mut redis,
+                &node.keys,
+                &channel,
+                &data,
+                None,
+                &test_publisher(),
+                None,
+            )
+            .await
+            .expect("publish");
         }
         assert!(
             started.elapsed() < std::time::Duration::from_secs(30),

@@ -238,6 +238,61 @@ async fn an_idempotency_key_is_delivered_once() {
     }
 }
 
+/// An idempotency key belongs to its publisher: another user who sends the
+/// same key first (by chance, or to pre-claim it) neither swallows nor
+/// replaces the real publisher's message.
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_publisher() {
+    let stack = Stack::start(1).await;
+    let erin = stack.create_user("erin").await;
+    let frank = stack.create_user("frank").await;
+    let erin_key = stack.api_key(&erin, "connect,publish").await;
+    let frank_key = stack.api_key(&frank, "connect,publish").await;
+    let mut listener = stack.connect(0, &erin_key).await;
+    listener.subscribe("public:shared-keys").await;
+    listener.subscribe("broadcast:shared-keys").await;
+    let mut erin_socket = stack.connect(0, &erin_key).await;
+    let mut frank_socket = stack.connect(0, &frank_key).await;
+
+    // Over the socket: frank claims the key first, erin's publish still goes out.
+    let publish = |data: &str| json!({ "action": "publish", "channel": "public:shared-keys", "data": data, "idempotency_key": "k-1" });
+    let franks = frank_socket.request(publish("frank"), 1).await;
+    let erins = erin_socket.request(publish("erin"), 2).await;
+    for ack in [&franks, &erins] {
+        assert_eq!(ack["type"], "ack", "{ack}");
+        assert_eq!(ack.get("duplicate"), None, "{ack}");
+    }
+    assert_ne!(erins["offset"], franks["offset"]);
+    assert_eq!(listener.recv_message().await["data"], "frank");
+    assert_eq!(listener.recv_message().await["data"], "erin");
+    let again = erin_socket.request(publish("erin"), 3).await;
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["offset"], erins["offset"]);
+
+    // Over HTTP: the same, per API key owner.
+    let http_publish = async |key: &str, data: &str| -> serde_json::Value {
+        let response = stack
+            .http
+            .post(stack.auth("/v1/publish"))
+            .bearer_auth(key)
+            .json(&json!({ "channel": "broadcast:shared-keys", "data": data, "idempotency_key": "k-2" }))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(response.status(), 202);
+        response.json().await.expect("json")
+    };
+    assert_eq!(http_publish(&frank_key, "frank").await["duplicate"], false);
+    assert_eq!(http_publish(&erin_key, "erin").await["duplicate"], false);
+    assert_eq!(http_publish(&erin_key, "erin").await["duplicate"], true);
+    assert_eq!(listener.recv_message().await["data"], "frank");
+    assert_eq!(listener.recv_message().await["data"], "erin");
+    match listener.next_event(Duration::from_millis(300)).await {
+        Event::Timeout => {}
+        other => panic!("delivered twice: {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn revalidation_closes_a_socket_whose_revocation_announcement_was_lost() {
     let stack = Stack::start_with(StackOptions {
@@ -434,10 +489,17 @@ async fn a_far_back_since_costs_redis_about_what_a_near_one_does() {
         .expect("json");
     let mut epoch = String::new();
     for _ in 0..3_000 {
-        let published =
-            shared::channel::publish(&mut redis, &node.keys, &channel, &data, rule.history, None)
-                .await
-                .expect("published");
+        let published = shared::channel::publish(
+            &mut redis,
+            &node.keys,
+            &channel,
+            &data,
+            rule.history,
+            &test_publisher(),
+            None,
+        )
+        .await
+        .expect("published");
         epoch = published.position.expect("history").epoch;
     }
     // Every command logged, with its duration.

@@ -12,7 +12,7 @@
 import { Client, type ClientOptions } from './client.js';
 export { backoffDelay } from './backoff.js';
 export { Client, type ClientEvents, type ClientOptions, type ConnectedInfo, type ConnectionState, type DisconnectedInfo, type NetworkEvents, type PublishOptions, type PublishResult, } from './client.js';
-export { type Message, type PresenceMember, type StreamPosition, TesseraError, type UserInfo } from './protocol.js';
+export { type Message, type PresenceMember, type Sender, type StreamPosition, TesseraError, type UserInfo } from './protocol.js';
 export { type ResyncInfo, type ResyncReason, Subscription, type SubscriptionHandlers, type SubscriptionState, } from './subscription.js';
 export { type FetchTicketOptions, fetchTicket, type Ticket } from './ticket.js';
 export type { CloseInfo, WebSocketConstructor, WebSocketLike } from './transport.js';

@@ -17,10 +17,17 @@ export interface PresenceMember {
     /** How many connections the user has on the channel, across all nodes. */
     connections: number;
 }
+/** Who published a message, as the server authenticated them (not the sender's claim). */
+export interface Sender {
+    user_id: string;
+    username: string;
+}
 /** A message as delivered to the application (after de-duplication). */
 export interface Message {
     channel: string;
     data: unknown;
+    /** The publisher, stamped by the server; absent only from an older server. */
+    from?: Sender;
     /** Present on channels with history. */
     epoch?: string;
     offset?: number;

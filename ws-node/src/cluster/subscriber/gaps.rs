@@ -125,7 +125,7 @@ impl Subscriber {
             }
             let mut last = cursor.offset;
             let mut reached_until = false;
-            for (offset, data) in &history.messages {
+            for (offset, from, data) in &history.messages {
                 if until.is_some_and(|u| *offset >= u.offset) {
                     reached_until = true;
                     break;
@@ -134,7 +134,7 @@ impl Subscriber {
                     epoch: epoch.clone(),
                     offset: *offset,
                 };
-                let frame = frame::message(channel, Some(&position), data);
+                let frame = frame::message(channel, Some(&position), from, data);
                 self.deliver(channel, Some(*offset), &Utf8Bytes::from(frame));
                 last = *offset;
             }
