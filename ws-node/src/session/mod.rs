@@ -32,8 +32,6 @@ use uuid::Uuid;
 
 /// Deliveries written per flush at most (bounds one batch's latency).
 const MAX_BATCH: usize = 256;
-/// Consecutive over-rate frames tolerated (each answered with an error) before closing with 4008.
-const RATE_STRIKES: u32 = 10;
 
 /// Serves an authenticated socket until it closes. The caller has already
 /// taken the connection's place against the per-user cap.
@@ -230,6 +228,13 @@ impl Connection {
                 }
                 frame = self.socket.next() => {
                     self.last_heard = Instant::now();
+                    if let Some(Ok(message)) = &frame {
+                        match self.within_rate(message).await {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(stop) => return stop,
+                        }
+                    }
                     match frame {
                         // Boxed: handling a request awaits Redis through deep
                         // futures; inline they would sit in every idle
