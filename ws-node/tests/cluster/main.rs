@@ -16,3 +16,4 @@ mod presence_control;
 mod protocol;
 mod recovery;
 mod wire_frames;
+mod wire_handshake;
