@@ -17,7 +17,7 @@ use crate::cluster::registry;
 use crate::handshake::Principal;
 use crate::protocol::{CloseReason, RequestError, ServerFrame, UserInfo};
 use crate::state::NodeState;
-use crate::transport::closing::{answer_close, close_socket, is_too_big};
+use crate::transport::closing::{answer_close, close_socket, read_failure};
 use crate::transport::stream::Socket;
 use futures_util::{SinkExt as _, StreamExt as _};
 use rate::TokenBucket;
@@ -266,13 +266,7 @@ impl Connection {
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                         Some(Ok(Message::Close(_))) => return Ending::ClientClosed,
                         None => return Ending::Lost,
-                        Some(Err(e)) => {
-                            return if is_too_big(&e) {
-                                Ending::Close(CloseReason::MessageTooBig)
-                            } else {
-                                Ending::Lost
-                            };
-                        }
+                        Some(Err(e)) => return read_failure(&e).map_or(Ending::Lost, Ending::Close),
                     }
                 }
                 () = &mut timer => {
