@@ -9,6 +9,14 @@ use serde_json::json;
 pub enum Error {
     #[error("not a WebSocket upgrade request")]
     NotWebSocket,
+    /// RFC 6455 §4.2.2: answered 426 with the version spoken here.
+    #[error("unsupported Sec-WebSocket-Version; this node speaks version 13")]
+    UnsupportedVersion,
+    #[error("Sec-WebSocket-Key must be the base64 of 16 random bytes, sent once")]
+    InvalidWebSocketKey,
+    /// Its body would be read as the WebSocket's first frames.
+    #[error("an upgrade request must not have a body")]
+    UpgradeWithBody,
     #[error("the ticket is invalid, expired or already used; mint a new one")]
     InvalidTicket,
     #[error(
@@ -38,6 +46,9 @@ impl Error {
     /// values are registered from it).
     pub const CODES: &[&str] = &[
         "not_websocket",
+        "unsupported_version",
+        "invalid_websocket_key",
+        "upgrade_with_body",
         "invalid_ticket",
         "invalid_session",
         "origin_not_allowed",
@@ -52,6 +63,9 @@ impl Error {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::NotWebSocket => (StatusCode::BAD_REQUEST, "not_websocket"),
+            Self::UnsupportedVersion => (StatusCode::UPGRADE_REQUIRED, "unsupported_version"),
+            Self::InvalidWebSocketKey => (StatusCode::BAD_REQUEST, "invalid_websocket_key"),
+            Self::UpgradeWithBody => (StatusCode::BAD_REQUEST, "upgrade_with_body"),
             Self::InvalidTicket => (StatusCode::UNAUTHORIZED, "invalid_ticket"),
             Self::InvalidSession => (StatusCode::UNAUTHORIZED, "invalid_session"),
             Self::OriginNotAllowed => (StatusCode::FORBIDDEN, "origin_not_allowed"),
@@ -79,6 +93,12 @@ impl Error {
         )
     }
 
+    /// A header the refusal carries besides the body: 426 names the
+    /// WebSocket version this node speaks, so a client can retry with it.
+    fn extra_header(&self) -> Option<(header::HeaderName, &'static str)> {
+        matches!(self, Self::UnsupportedVersion).then_some((header::SEC_WEBSOCKET_VERSION, "13"))
+    }
+
     fn log(&self) {
         if let Self::Unavailable(e) = self {
             tracing::warn!(error = %e, "refusing handshake: redis unavailable");
@@ -100,6 +120,9 @@ impl Error {
         );
         if self.retry_soon() {
             head.push_str("retry-after: 1\r\n");
+        }
+        if let Some((name, value)) = self.extra_header() {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();
@@ -131,6 +154,11 @@ impl IntoResponse for Error {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if let Some((name, value)) = self.extra_header() {
+            response
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
         response
     }
 }
@@ -144,6 +172,9 @@ mod tests {
         let unavailable = redis::RedisError::from((redis::ErrorKind::Io, "gone"));
         let every = [
             Error::NotWebSocket,
+            Error::UnsupportedVersion,
+            Error::InvalidWebSocketKey,
+            Error::UpgradeWithBody,
             Error::InvalidTicket,
             Error::InvalidSession,
             Error::OriginNotAllowed,
@@ -158,5 +189,32 @@ mod tests {
         let mut codes: Vec<_> = every.iter().map(Error::code).collect();
         codes.dedup();
         assert_eq!(codes, Error::CODES);
+        let mut answers: Vec<(u16, &str)> = every
+            .iter()
+            .map(|e| (e.status_and_code().0.as_u16(), e.code()))
+            .collect();
+        answers.sort_unstable();
+        answers.dedup();
+        let mut documented = documented_refusals();
+        documented.sort_unstable();
+        assert_eq!(answers, documented, "docs/PROTOCOL.md's handshake refusals");
+    }
+
+    /// The status and `error.code` of each row of docs/PROTOCOL.md's table
+    /// of handshake refusals.
+    fn documented_refusals() -> Vec<(u16, &'static str)> {
+        const PROTOCOL: &str = include_str!("../../docs/PROTOCOL.md");
+        let section = &PROTOCOL[PROTOCOL.find("Handshake refusals:").expect("the table")..];
+        section
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|row| {
+                let mut cells = row.trim_start_matches('|').split('|');
+                let status = cells.next()?.trim().parse().ok()?;
+                let code = cells.next()?.split('`').nth(1)?;
+                Some((status, code))
+            })
+            .collect()
     }
 }

@@ -9,7 +9,7 @@ use crate::cluster::hub::ConnId;
 use crate::error::Error;
 use crate::protocol::{self, CloseReason, Request};
 use crate::state::NodeState;
-use crate::transport::closing::{answer_close, close_socket, is_too_big};
+use crate::transport::closing::{answer_close, close_socket, read_failure};
 use crate::transport::stream::Socket;
 use futures_util::StreamExt as _;
 use tokio_tungstenite::tungstenite::Message;
@@ -40,14 +40,17 @@ pub async fn authenticate(
                     Some(Ok(Message::Text(text))) => text,
                     // Raw frames are never read back; only listed to be exhaustive.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                    Some(Err(e)) if is_too_big(&e) => {
-                        return refuse(socket, CloseReason::MessageTooBig).await;
+                    Some(Err(e)) => {
+                        return match read_failure(&e) {
+                            Some(reason) => refuse(socket, reason).await,
+                            None => None,
+                        };
                     }
                     Some(Ok(Message::Close(_))) => {
                         answer_close(&mut socket).await;
                         return None;
                     }
-                    None | Some(Err(_)) => return None,
+                    None => return None,
                     Some(Ok(Message::Binary(_))) => {
                         return refuse(socket, CloseReason::ExpectedAuthFrame).await;
                     }

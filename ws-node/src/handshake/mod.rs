@@ -171,7 +171,7 @@ pub async fn authenticate(node: &NodeState, request: UpgradeRequest) -> Result<A
 
 async fn decide(node: &NodeState, request: UpgradeRequest) -> Result<Accepted, Error> {
     let client_ip = request.client_ip(node.config.common.trust_proxy_headers);
-    let key = request.websocket_key.ok_or(Error::NotWebSocket)?;
+    let key = request.websocket_key?;
     if node.is_draining() {
         return Err(Error::Draining);
     }

@@ -2,6 +2,7 @@
 //! credentials does it carry (a ticket in the subprotocol or the query, the
 //! session cookie), and from which origin and client address.
 
+use crate::error::Error;
 use std::net::{IpAddr, SocketAddr};
 
 /// The subprotocol prefix that carries a ticket.
@@ -16,10 +17,9 @@ pub struct UpgradeRequest {
     /// The `X-Forwarded-For` headers' values, joined in order, if any: the
     /// client's address is read from it with `TRUST_PROXY_HEADERS` hops.
     pub(super) forwarded_for: Option<String>,
-    /// `Sec-WebSocket-Key`, if this is a WebSocket upgrade at all (a `GET`
-    /// over HTTP/1.1 with `Upgrade: websocket`, `Connection: upgrade` and
-    /// `Sec-WebSocket-Version: 13`).
-    pub(super) websocket_key: Option<Vec<u8>>,
+    /// `Sec-WebSocket-Key`, if this is a valid WebSocket upgrade, or why not
+    /// (see [`Self::new`]).
+    pub(super) websocket_key: Result<Vec<u8>, Error>,
     pub(super) origin: Option<String>,
     pub(super) protocol_ticket: Option<String>,
     pub(super) query_ticket: Option<String>,
@@ -29,6 +29,16 @@ pub struct UpgradeRequest {
 impl UpgradeRequest {
     /// Reads the request's parts; `get_http11` says whether its method and
     /// version allow an upgrade, and `cookie_name` names the session cookie.
+    ///
+    /// An upgrade (RFC 6455 §4.2.1) is a `GET` over HTTP/1.1 with
+    /// `Upgrade: websocket` and `Connection: upgrade`; without those it is
+    /// `not_websocket`. Then, in this order: a body (`Content-Length` over 0,
+    /// or any `Transfer-Encoding`) is `upgrade_with_body`, since the bytes
+    /// after the head would be read as WebSocket frames; a
+    /// `Sec-WebSocket-Version` other than `13` (or none) is
+    /// `unsupported_version`, answered 426 with the version this node speaks;
+    /// a `Sec-WebSocket-Key` that is not the base64 of 16 bytes (or missing,
+    /// or repeated) is `invalid_websocket_key`.
     pub fn new<'h>(
         peer: SocketAddr,
         get_http11: bool,
@@ -37,16 +47,17 @@ impl UpgradeRequest {
         cookie_name: &str,
     ) -> Self {
         let (mut upgrade, mut connection, mut version) = (false, false, false);
+        let mut body = false;
         let mut request = Self {
             peer,
             forwarded_for: None,
-            websocket_key: None,
+            websocket_key: Err(Error::NotWebSocket),
             origin: None,
             protocol_ticket: None,
             query_ticket: query.and_then(ticket_from_query).map(str::to_owned),
             session_cookie: None,
         };
-        let mut key = None;
+        let mut keys = Vec::new();
         let mut forwarded_for: Option<String> = None;
         for (name, value) in headers {
             let text = std::str::from_utf8(value).ok();
@@ -58,9 +69,13 @@ impl UpgradeRequest {
                         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
                 });
             } else if name.eq_ignore_ascii_case("sec-websocket-version") {
-                version |= value == b"13";
+                version |= value.trim_ascii() == b"13";
             } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-                key.get_or_insert_with(|| value.to_vec());
+                keys.push(value.trim_ascii());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                body |= value.trim_ascii().iter().any(|&b| b != b'0');
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                body = true;
             } else if name.eq_ignore_ascii_case("origin") {
                 if request.origin.is_none() {
                     request.origin = text.map(str::to_owned);
@@ -89,8 +104,13 @@ impl UpgradeRequest {
             }
         }
         request.forwarded_for = forwarded_for;
-        if get_http11 && upgrade && connection && version {
-            request.websocket_key = key;
+        if get_http11 && upgrade && connection {
+            request.websocket_key = match keys.as_slice() {
+                _ if body => Err(Error::UpgradeWithBody),
+                _ if !version => Err(Error::UnsupportedVersion),
+                [key] if is_websocket_key(key) => Ok(key.to_vec()),
+                _ => Err(Error::InvalidWebSocketKey),
+            };
         }
         request
     }
@@ -111,13 +131,30 @@ impl std::fmt::Debug for UpgradeRequest {
         f.debug_struct("UpgradeRequest")
             .field("peer", &self.peer)
             .field("forwarded_for", &self.forwarded_for)
-            .field("websocket_key", &self.websocket_key.is_some())
+            .field("websocket_key", &self.websocket_key.is_ok())
             .field("origin", &self.origin)
             .field("protocol_ticket", &redacted(&self.protocol_ticket))
             .field("query_ticket", &redacted(&self.query_ticket))
             .field("session_cookie", &redacted(&self.session_cookie))
             .finish()
     }
+}
+
+/// Whether `key` is the base64 of exactly 16 bytes (RFC 6455 §4.1), as every
+/// client generates it: 21 base64 digits, a 22nd holding the last 2 bits (its
+/// low 4 bits zero), then `==`. Anything else is no client's nonce, and the
+/// accept key derived from it would prove nothing.
+fn is_websocket_key(key: &[u8]) -> bool {
+    const DIGITS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let [digits @ .., last, b'=', b'='] = key else {
+        return false;
+    };
+    digits.len() == 21
+        && digits.iter().all(|d| DIGITS.contains(d))
+        && DIGITS
+            .iter()
+            .position(|d| d == last)
+            .is_some_and(|value| value & 0xF == 0)
 }
 
 /// The value of the first `ticket` query parameter.
@@ -163,21 +200,68 @@ mod tests {
     fn an_upgrade_needs_every_header_of_one_and_http_1_1() {
         let request = parse(true, "", &UPGRADE);
         assert_eq!(
-            request.websocket_key.as_deref(),
+            request.websocket_key.as_deref().ok(),
             Some(&b"dGhlIHNhbXBsZSBub25jZQ=="[..])
         );
-        assert!(parse(false, "", &UPGRADE).websocket_key.is_none());
+        let code = |request: UpgradeRequest| request.websocket_key.map_err(|e| e.code()).err();
+        assert_eq!(code(parse(false, "", &UPGRADE)), Some("not_websocket"));
+        let expected = [
+            "not_websocket",
+            "not_websocket",
+            "unsupported_version",
+            "invalid_websocket_key",
+        ];
         for (missing, (name, _)) in UPGRADE.iter().enumerate() {
             let mut headers = UPGRADE.to_vec();
             headers.remove(missing);
-            assert!(
-                parse(true, "", &headers).websocket_key.is_none(),
+            assert_eq!(
+                code(parse(true, "", &headers)),
+                Some(expected[missing]),
                 "without {name}"
             );
         }
         let mut old_version = UPGRADE.to_vec();
         old_version[2].1 = "8";
-        assert!(parse(true, "", &old_version).websocket_key.is_none());
+        assert_eq!(
+            code(parse(true, "", &old_version)),
+            Some("unsupported_version")
+        );
+    }
+
+    #[test]
+    fn an_upgrade_has_no_body_and_one_key_of_16_bytes() {
+        let code = |extra: &[(&'static str, &'static str)]| {
+            let mut headers = UPGRADE.to_vec();
+            headers.extend_from_slice(extra);
+            parse(true, "", &headers)
+                .websocket_key
+                .map_err(|e| e.code())
+                .err()
+        };
+        assert_eq!(code(&[("Content-Length", "0")]), None);
+        assert_eq!(code(&[("Content-Length", "5")]), Some("upgrade_with_body"));
+        assert_eq!(
+            code(&[("Transfer-Encoding", "chunked")]),
+            Some("upgrade_with_body")
+        );
+        assert_eq!(
+            code(&[("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA==")]),
+            Some("invalid_websocket_key"),
+            "two keys"
+        );
+        for key in [
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25j!Q==",
+            "dGhlIHNhbXBsZSBub25jZXg=",
+        ] {
+            let mut headers = UPGRADE.to_vec();
+            headers[3].1 = key;
+            assert!(parse(true, "", &headers).websocket_key.is_err(), "{key:?}");
+        }
+        assert!(is_websocket_key(b"/////////////////////w=="));
     }
 
     #[test]

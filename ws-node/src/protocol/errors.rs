@@ -112,6 +112,12 @@ pub enum CloseReason {
     ShuttingDown = 1,
     /// 1001: nothing heard from the client for `IDLE_TIMEOUT_SECS`.
     IdleTimeout,
+    /// 1002: a frame broke RFC 6455's framing rules (unmasked, reserved bits
+    /// or opcode, a fragmented or oversized control frame, a stray
+    /// continuation, a malformed close frame).
+    ProtocolViolation,
+    /// 1007: a text message (or a close frame's reason) that is not UTF-8.
+    InvalidUtf8,
     /// 1009: a message over `MAX_MESSAGE_BYTES`.
     MessageTooBig,
     /// 1013: Redis was unreachable while setting up the socket.
@@ -138,9 +144,11 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for [`Self::from_u8`] and the documentation test.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::ShuttingDown,
         Self::IdleTimeout,
+        Self::ProtocolViolation,
+        Self::InvalidUtf8,
         Self::MessageTooBig,
         Self::RedisUnavailable,
         Self::InvalidTicket,
@@ -158,6 +166,8 @@ impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             Self::ShuttingDown | Self::IdleTimeout => 1001,
+            Self::ProtocolViolation => 1002,
+            Self::InvalidUtf8 => 1007,
             Self::MessageTooBig => 1009,
             Self::RedisUnavailable => 1013,
             Self::InvalidTicket | Self::ExpectedAuthFrame | Self::CredentialExpired => 4001,
@@ -172,6 +182,8 @@ impl CloseReason {
         match self {
             Self::ShuttingDown => "node shutting down",
             Self::IdleTimeout => "idle timeout",
+            Self::ProtocolViolation => "websocket protocol error",
+            Self::InvalidUtf8 => "text frame not valid utf-8",
             Self::MessageTooBig => "message too big",
             Self::RedisUnavailable => "redis unavailable",
             Self::InvalidTicket => "invalid ticket",

@@ -17,7 +17,7 @@ use crate::cluster::registry;
 use crate::handshake::Principal;
 use crate::protocol::{CloseReason, RequestError, ServerFrame, UserInfo};
 use crate::state::NodeState;
-use crate::transport::closing::{answer_close, close_socket, is_too_big};
+use crate::transport::closing::{answer_close, close_socket, read_failure};
 use crate::transport::stream::Socket;
 use futures_util::{SinkExt as _, StreamExt as _};
 use rate::TokenBucket;
@@ -32,8 +32,6 @@ use uuid::Uuid;
 
 /// Deliveries written per flush at most (bounds one batch's latency).
 const MAX_BATCH: usize = 256;
-/// Consecutive over-rate frames tolerated (each answered with an error) before closing with 4008.
-const RATE_STRIKES: u32 = 10;
 
 /// Serves an authenticated socket until it closes. The caller has already
 /// taken the connection's place against the per-user cap.
@@ -230,6 +228,13 @@ impl Connection {
                 }
                 frame = self.socket.next() => {
                     self.last_heard = Instant::now();
+                    if let Some(Ok(message)) = &frame {
+                        match self.within_rate(message).await {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(stop) => return stop,
+                        }
+                    }
                     match frame {
                         // Boxed: handling a request awaits Redis through deep
                         // futures; inline they would sit in every idle
@@ -261,13 +266,7 @@ impl Connection {
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                         Some(Ok(Message::Close(_))) => return Ending::ClientClosed,
                         None => return Ending::Lost,
-                        Some(Err(e)) => {
-                            return if is_too_big(&e) {
-                                Ending::Close(CloseReason::MessageTooBig)
-                            } else {
-                                Ending::Lost
-                            };
-                        }
+                        Some(Err(e)) => return read_failure(&e).map_or(Ending::Lost, Ending::Close),
                     }
                 }
                 () = &mut timer => {

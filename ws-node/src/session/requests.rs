@@ -3,8 +3,8 @@
 //! handler below. A handler answers with frames, or with a [`RequestError`]
 //! that becomes the `error` frame; neither closes the socket.
 
+use super::Connection;
 use super::replay::{REPLAY_PAGE, Replay};
-use super::{Connection, RATE_STRIKES};
 use crate::cluster::presence::{self, Membership};
 use crate::protocol::{self, CloseReason, Request, RequestError, RequestId, ServerFrame, Since};
 use serde_json::value::RawValue;
@@ -34,20 +34,9 @@ impl Resume {
 }
 
 impl Connection {
-    /// Handles one client frame: replies to send, or a reason to close.
+    /// Handles one client text frame, already counted against the message
+    /// rate (see `rate`): replies to send, or a reason to close.
     pub(super) async fn on_text(&mut self, text: &Utf8Bytes) -> Result<Vec<String>, CloseReason> {
-        if !self.bucket.try_take() {
-            self.strikes += 1;
-            metrics::counter!(crate::telemetry::RATE_LIMITED_FRAMES).increment(1);
-            if self.strikes > RATE_STRIKES {
-                return Err(CloseReason::RateExceeded);
-            }
-            // Refused unread: the error carries no id.
-            return Ok(vec![
-                RequestError::RateLimited("too many messages; slow down").frame(None),
-            ]);
-        }
-        self.strikes = 0;
         let (id, request) = match protocol::parse(text) {
             Ok(parsed) => parsed,
             Err(bad) => return Ok(vec![bad.error.frame(bad.id.as_ref())]),

@@ -4,6 +4,8 @@ use crate::protocol::CloseReason;
 use crate::transport::stream::Socket;
 use futures_util::{SinkExt, StreamExt as _};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
@@ -11,9 +13,21 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 /// the socket is just dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Whether a read error was the message size limit (answered with 1009).
-pub fn is_too_big(e: &tokio_tungstenite::tungstenite::Error) -> bool {
-    matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_))
+/// Why the node closes a socket whose read failed with `e`, or `None` when
+/// the connection itself is gone (nothing can be sent on it). RFC 6455 §7.4.1:
+/// a text message that is not UTF-8 is 1007, a frame that breaks the framing
+/// rules (unmasked, reserved bits or opcodes, a fragmented or oversized control
+/// frame, a stray continuation) is 1002, a message over the limit is 1009.
+pub fn read_failure(e: &tungstenite::Error) -> Option<CloseReason> {
+    use tungstenite::error::ProtocolError;
+    match e {
+        tungstenite::Error::Capacity(_) => Some(CloseReason::MessageTooBig),
+        tungstenite::Error::Utf8(_) => Some(CloseReason::InvalidUtf8),
+        // The peer ended the TCP connection without a close frame: gone.
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(_) => Some(CloseReason::ProtocolViolation),
+        _ => None,
+    }
 }
 
 /// Closes the WebSocket for `reason`: sends the close frame, then reads (and
@@ -21,6 +35,11 @@ pub fn is_too_big(e: &tokio_tungstenite::tungstenite::Error) -> bool {
 /// dropping the socket would make the kernel answer with a reset if the peer
 /// still had data in flight, and a reset can destroy the close frame (and its
 /// code, which tells the client what to do) before the client reads it.
+///
+/// After a read error (a protocol violation, bad UTF-8, a message too big)
+/// tungstenite reads no more frames, though the peer may still be sending:
+/// then the node ends its side of the TCP connection and discards raw bytes
+/// until the peer ends its own, still within `CLOSE_TIMEOUT`.
 pub async fn close_socket(socket: &mut Socket, reason: CloseReason) {
     let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
     let frame = Message::Close(Some(CloseFrame {
@@ -33,7 +52,21 @@ pub async fn close_socket(socket: &mut Socket, reason: CloseReason) {
     ) {
         return;
     }
-    while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, socket.next()).await {}
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Some(Ok(Message::Close(_)))) | Err(_) => return,
+            Ok(Some(Ok(_))) => {}
+            Ok(None | Some(Err(_))) => break,
+        }
+    }
+    let stream = socket.get_mut();
+    let _ = tokio::time::timeout_at(deadline, async {
+        stream.shutdown().await?;
+        let mut discard = [0u8; 512];
+        while stream.read(&mut discard).await? > 0 {}
+        std::io::Result::Ok(())
+    })
+    .await;
 }
 
 /// Completes a close the client started. tungstenite queued the echo of the

@@ -16,3 +16,5 @@ mod operations;
 mod presence_control;
 mod protocol;
 mod recovery;
+mod wire_frames;
+mod wire_handshake;
