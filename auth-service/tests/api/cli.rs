@@ -155,8 +155,8 @@ async fn operators_see_and_lift_a_login_lockout() {
     let config = &app.state.config;
     let cmd = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_auth-service"))
-            .env("DATABASE_URL", &config.database_url)
-            .env("REDIS_URL", &config.common.redis_url)
+            .env("DATABASE_URL", config.database_url.expose())
+            .env("REDIS_URL", config.common.redis_url.expose())
             .env("REDIS_PREFIX", &config.common.redis_prefix)
             .env("LOGIN_MAX_FAILURES_PER_ACCOUNT", "2")
             .args(args)
