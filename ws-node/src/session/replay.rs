@@ -7,9 +7,12 @@
 use super::Connection;
 use shared::channel::{ChannelName, HistorySince, StreamPosition, frame};
 
-/// Messages read from history and written per page of a replay: what one
-/// replay holds in memory at most.
+/// Messages read from history and written per page of a replay at most.
 pub(super) const REPLAY_PAGE: u64 = 256;
+
+/// About the most bytes of messages one page of a replay holds (one message
+/// more at most): what a replay keeps in memory, whatever the messages' size.
+pub(super) const REPLAY_PAGE_BYTES: usize = 256 * 1024;
 
 /// How long a replay waits before asking again for a history read.
 const HISTORY_READ_PACE: std::time::Duration = std::time::Duration::from_millis(50);
@@ -45,7 +48,10 @@ impl Connection {
             &replay.channel,
             replay.sent,
             replay.cap,
-            REPLAY_PAGE,
+            shared::channel::PageSize {
+                messages: REPLAY_PAGE,
+                bytes: REPLAY_PAGE_BYTES,
+            },
             replay.after_id.as_deref(),
         )
         .await;

@@ -3,7 +3,7 @@
 //! handler below. A handler answers with frames, or with a [`RequestError`]
 //! that becomes the `error` frame; neither closes the socket.
 
-use super::replay::{REPLAY_PAGE, Replay};
+use super::replay::{REPLAY_PAGE, REPLAY_PAGE_BYTES, Replay};
 use super::{Connection, RATE_STRIKES};
 use crate::cluster::presence::{self, Membership};
 use crate::protocol::{self, CloseReason, Request, RequestError, RequestId, ServerFrame, Since};
@@ -186,7 +186,10 @@ impl Connection {
             &channel,
             since.offset,
             cap,
-            REPLAY_PAGE,
+            shared::channel::PageSize {
+                messages: REPLAY_PAGE,
+                bytes: REPLAY_PAGE_BYTES,
+            },
             None,
         )
         .await
