@@ -15,3 +15,4 @@ mod operations;
 mod presence_control;
 mod protocol;
 mod recovery;
+mod slow_readers;
