@@ -364,9 +364,9 @@ async fn a_subscription_acks_where_it_starts_and_resuming_from_there_misses_noth
 }
 
 /// Redis's own account of the scripts it ran since the last
-/// `SLOWLOG RESET` (with every command logged): how many, and the longest,
-/// in microseconds.
-async fn script_calls(redis: &mut redis::aio::ConnectionManager) -> (usize, u64) {
+/// `SLOWLOG RESET` (with every command logged): how long each took, in
+/// microseconds.
+async fn script_calls(redis: &mut redis::aio::ConnectionManager) -> Vec<u64> {
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(10_000)
@@ -388,7 +388,13 @@ async fn script_calls(redis: &mut redis::aio::ConnectionManager) -> (usize, u64)
             _ => None,
         })
         .collect();
-    (durations.len(), durations.into_iter().max().unwrap_or(0))
+    durations
+}
+
+/// The median of some durations.
+fn median(mut durations: Vec<u64>) -> u64 {
+    durations.sort_unstable();
+    durations.get(durations.len() / 2).copied().unwrap_or(0)
 }
 
 async fn reset_slowlog(redis: &mut redis::aio::ConnectionManager) {
@@ -464,8 +470,9 @@ async fn a_far_back_since_costs_redis_about_what_a_near_one_does() {
     for _ in 0..256 {
         near.recv_message().await;
     }
-    let (near_calls, near_usec) = script_calls(&mut redis).await;
-    assert_eq!(near_calls as u64, 256 / per_page);
+    let near_reads = script_calls(&mut redis).await;
+    assert_eq!(near_reads.len() as u64, 256 / per_page);
+    let near_usec = median(near_reads);
     reset_slowlog(&mut redis).await;
 
     // Far: from the start, 3 000 messages.
@@ -475,17 +482,19 @@ async fn a_far_back_since_costs_redis_about_what_a_near_one_does() {
     for n in 1..=3_000u64 {
         assert_eq!(far.recv_message().await["offset"], n);
     }
-    let (far_calls, far_usec) = script_calls(&mut redis).await;
+    let far_reads = script_calls(&mut redis).await;
     assert_eq!(
-        far_calls as u64,
+        far_reads.len() as u64,
         3_000_u64.div_ceil(per_page),
         "a page at a time"
     );
-    eprintln!("history reads: near {near_usec} µs, far: the longest page {far_usec} µs");
-    // Pages are small, so the longest of many is mostly noise; a read of
-    // the whole gap would cost some 190 pages' worth.
+    let far_usec = far_reads.into_iter().max().unwrap_or(0);
+    eprintln!("history reads: near {near_usec} µs (median), far: the longest page {far_usec} µs");
+    // Pages are small, so the longest of some 190 is much exposed to noise
+    // on a busy machine; a read of the whole gap would cost some 190 pages'
+    // worth.
     assert!(
-        far_usec < 10 * near_usec,
-        "a far-back since cost Redis {far_usec} µs in one call, a near one {near_usec} µs"
+        far_usec < 50 * near_usec,
+        "a far-back since cost Redis {far_usec} µs in one call, a near page {near_usec} µs"
     );
 }
