@@ -53,6 +53,15 @@ pub struct Config {
     #[arg(long, env = "SEND_QUEUE_FRAMES", default_value_t = 1024)]
     pub send_queue_frames: usize,
 
+    /// Milliseconds one write to a client (a batch of frames and its flush, at
+    /// most about 256 KiB) may take; a client that does not take it in time
+    /// has stopped reading and is disconnected, so it cannot hold the node's
+    /// memory or its connection task. Long enough for a slow mobile link to
+    /// take a full write through retransmissions, short against
+    /// `IDLE_TIMEOUT_SECS`.
+    #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub write_timeout_ms: u64,
+
     /// Sustained client frames per second per connection.
     #[arg(long, env = "CLIENT_MESSAGES_PER_SEC", default_value_t = 50)]
     pub client_messages_per_sec: u32,
@@ -131,6 +140,10 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 
     pub fn ping_interval(&self) -> Duration {

@@ -170,6 +170,11 @@ impl Application {
         let open = state.hub.connection_count();
         tracing::info!(open, "draining: closing every socket with 1001");
         draining.send_replace(true);
+        // Also as a close request: a write in progress (perhaps to a client
+        // that stopped reading) gives way to close requests only.
+        state
+            .hub
+            .close_where(protocol::CloseReason::ShuttingDown, |_| true);
         let _ = accept.await;
         let deadline = state.config.drain_timeout();
         // Sockets (authenticated or still waiting for their `auth` frame), then

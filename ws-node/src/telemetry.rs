@@ -23,6 +23,7 @@ pub const CLIENT_PUBLISHES: &str = "ws_client_publishes_total";
 pub const RATE_LIMITED_FRAMES: &str = "ws_rate_limited_frames_total";
 pub const SLOW_CONSUMERS_CLOSED: &str = "ws_slow_consumers_closed_total";
 pub const IDLE_TIMEOUTS: &str = "ws_idle_timeouts_total";
+pub const WRITE_TIMEOUTS: &str = "ws_write_timeouts_total";
 pub const REVALIDATION_CLOSES: &str = "ws_revalidation_closes_total";
 pub const RECOVERIES: &str = "ws_recoveries_total";
 pub const GAP_FILLS: &str = "ws_gap_fills_total";
@@ -72,6 +73,11 @@ const COUNTERS: &[(&str, &str)] = &[
     (
         IDLE_TIMEOUTS,
         "Connections closed after IDLE_TIMEOUT_SECS without a frame or pong.",
+    ),
+    (
+        WRITE_TIMEOUTS,
+        "Connections dropped because a write to them took longer than WRITE_TIMEOUT_MS \
+         (the client stopped reading).",
     ),
     (
         REVALIDATION_CLOSES,

@@ -12,7 +12,10 @@ use std::sync::LazyLock;
 /// reading it. The page itself is read from the entry of the first offset
 /// wanted (ids are `<offset>-0`), or, if `ARGV[4]` is not empty, after that
 /// stream id (the previous page's end): either way O(page), however long the
-/// gap. A history of another format version (`ARGV[5]`) covers nothing.
+/// gap. The page ends early once its data reaches `ARGV[6]` bytes (it holds
+/// at least one message); it is read in chunks of 32 entries, so that a page
+/// of large messages cut short by its budget does not read the full count.
+/// A history of another format version (`ARGV[5]`) covers nothing.
 const HISTORY_SINCE: &str = r#"
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
@@ -26,20 +29,32 @@ if missing <= 0 or redis.call('HGET', KEYS[2], 'v') ~= ARGV[5]
 end
 local from = (tonumber(ARGV[1]) + 1) .. '-0'
 if ARGV[4] ~= '' then from = '(' .. ARGV[4] end
-local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', ARGV[3])
+local want = tonumber(ARGV[3])
+local budget = tonumber(ARGV[6])
 local out = {}
 local last_id = ''
-for i = 1, #entries do
-  local id, fields = entries[i][1], entries[i][2]
-  local d, f = 'null', 'null'
-  for j = 1, #fields, 2 do
-    if fields[j] == 'd' then d = fields[j + 1] end
-    if fields[j] == 'f' then f = fields[j + 1] end
+local count = 0
+local bytes = 0
+while count < want and bytes < budget do
+  local chunk = math.min(want - count, 32)
+  local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', chunk)
+  for i = 1, #entries do
+    local id, fields = entries[i][1], entries[i][2]
+    local d, f = 'null', 'null'
+    for j = 1, #fields, 2 do
+      if fields[j] == 'd' then d = fields[j + 1] end
+      if fields[j] == 'f' then f = fields[j + 1] end
+    end
+    table.insert(out, string.match(id, '^(%d+)'))
+    table.insert(out, f)
+    table.insert(out, d)
+    last_id = id
+    count = count + 1
+    bytes = bytes + #d
+    if bytes >= budget then break end
   end
-  table.insert(out, string.match(id, '^(%d+)'))
-  table.insert(out, f)
-  table.insert(out, d)
-  last_id = id
+  if #entries < chunk then break end
+  from = '(' .. last_id
 end
 return {epoch, seq, out, last_id}
 "#;
@@ -61,18 +76,23 @@ pub struct HistorySince {
     /// The stream id of the last message returned (where the next page of a
     /// [`history_page`] read continues); `None` if none was returned.
     pub last_id: Option<String>,
+    /// Whether the page ended at its byte budget: it may then hold fewer
+    /// messages than asked for although more follow.
+    pub budget_reached: bool,
 }
 
 impl HistorySince {
     /// Whether the messages are exactly the first `page` after `since` in
-    /// `epoch` (or all of them, if fewer remain): a page read by
-    /// [`history_page`] with nothing trimmed away.
+    /// `epoch` (or all of them, if fewer remain; or as many as the page's
+    /// byte budget took): a page read by [`history_page`] with nothing
+    /// trimmed away.
     pub fn covers_page(&self, epoch: &str, since: u64, page: u64) -> bool {
         if self.epoch.as_deref() != Some(epoch) || since > self.offset {
             return false;
         }
         let expected = (self.offset - since).min(page);
-        self.messages.len() as u64 == expected
+        let count = self.messages.len() as u64;
+        (count == expected || (self.budget_reached && 0 < count && count < expected))
             && self
                 .messages
                 .iter()
@@ -100,19 +120,31 @@ pub async fn current_position(
     }))
 }
 
+/// How much one [`history_page`] read returns at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageSize {
+    /// Messages.
+    pub messages: u64,
+    /// Bytes of message data, about: a page ends with the message that
+    /// reaches it.
+    pub bytes: usize,
+}
+
 /// Reads a channel's history after `since_offset`, with its current epoch
-/// and offset: the oldest `page` messages after it, found without reading
+/// and offset: the oldest `page.messages` messages after it, found without reading
 /// the ones before (see `HISTORY_SINCE`). A replay is read a page at a time,
 /// so memory holds one page, not the whole gap (up to `cap` messages; a
-/// larger gap reads as not covered). Pass the previous page's `last_id` as
-/// `after_id` to continue a replay.
+/// larger gap reads as not covered); a page's data stops at about
+/// `page.bytes` (one message more at most), so that a page of large messages
+/// is not many megabytes. Pass the previous page's `last_id` as `after_id`
+/// to continue a replay.
 pub async fn history_page(
     conn: &mut impl redis::aio::ConnectionLike,
     keys: &RedisKeys,
     channel: &ChannelName,
     since_offset: u64,
     cap: u64,
-    page: u64,
+    page: PageSize,
     after_id: Option<&str>,
 ) -> redis::RedisResult<HistorySince> {
     let (epoch, offset, flat, last_id): (String, u64, Vec<String>, String) = HISTORY_SCRIPT
@@ -120,20 +152,23 @@ pub async fn history_page(
         .key(keys.channel_meta(channel))
         .arg(since_offset)
         .arg(cap)
-        .arg(page.max(1))
+        .arg(page.messages.max(1))
         .arg(after_id.unwrap_or(""))
         .arg(super::publish::HISTORY_FORMAT)
+        .arg(page.bytes.max(1))
         .invoke_async(conn)
         .await?;
-    let messages = flat
+    let messages: Vec<(u64, String, String)> = flat
         .chunks_exact(3)
         .filter_map(|entry| Some((entry[0].parse().ok()?, entry[1].clone(), entry[2].clone())))
         .collect();
+    let bytes: usize = messages.iter().map(|(_, _, data)| data.len()).sum();
     Ok(HistorySince {
         epoch: (!epoch.is_empty()).then_some(epoch),
         offset,
         messages,
         last_id: (!last_id.is_empty()).then_some(last_id),
+        budget_reached: bytes >= page.bytes.max(1),
     })
 }
 
@@ -148,6 +183,7 @@ mod tests {
             offset: 5,
             messages: vec![(4, "f".into(), "4".into()), (5, "f".into(), "5".into())],
             last_id: None,
+            budget_reached: false,
         };
         assert!(history.covers_page("e", 3, u64::MAX));
         assert!(!history.covers_page("other", 3, u64::MAX));
@@ -170,10 +206,26 @@ mod tests {
             offset: 9,
             messages: vec![(6, "f".into(), "6".into()), (7, "f".into(), "7".into())],
             last_id: None,
+            budget_reached: false,
         };
         assert!(page.covers_page("e", 5, 2));
         assert!(!page.covers_page("e", 5, u64::MAX), "not all of them");
         assert!(!page.covers_page("e", 5, 3), "a page of 3 would hold 8 too");
         assert!(!page.covers_page("e", 4, 2), "offset 5 was trimmed");
+        // A page that its byte budget ended early: fewer, but still from the start.
+        let short = HistorySince {
+            budget_reached: true,
+            ..page
+        };
+        assert!(short.covers_page("e", 5, 3));
+        assert!(!short.covers_page("e", 4, 3), "offset 5 was trimmed");
+        let empty = HistorySince {
+            messages: vec![],
+            ..short
+        };
+        assert!(
+            !empty.covers_page("e", 5, 3),
+            "a budget never ends a page at 0"
+        );
     }
 }

@@ -17,7 +17,7 @@ pub mod frame;
 pub mod history;
 pub mod publish;
 
-pub use history::{HistorySince, current_position, history_page};
+pub use history::{HistorySince, PageSize, current_position, history_page};
 pub use publish::{
     IDEMPOTENCY_WINDOW, MAX_IDEMPOTENCY_KEY_LEN, PublishError, Published, Publisher, publish,
     valid_idempotency_key,

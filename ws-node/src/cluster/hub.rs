@@ -88,12 +88,18 @@ impl ConnControl {
     }
 
     /// Asks the connection to close for `reason`; the first request wins.
+    ///
+    /// Every [`Self::closed`] waiting is woken, not just one: the connection
+    /// loop's own waiter sits idle while the loop is inside a write that
+    /// waits for the same request. The permit left by `notify_one` serves a
+    /// waiter that checked just before the request and registers after it.
     pub fn close(&self, reason: CloseReason) {
         if self
             .close
             .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
+            self.notify.notify_waiters();
             self.notify.notify_one();
         }
     }
@@ -421,5 +427,27 @@ mod tests {
         control.close(CloseReason::Revoked);
         control.close(CloseReason::SlowConsumer);
         assert_eq!(control.requested_close(), Some(CloseReason::Revoked));
+    }
+
+    #[tokio::test]
+    async fn a_close_request_wakes_every_waiter() {
+        let control = ConnControl::new(
+            Uuid::nil(),
+            AuthSource::ApiKey {
+                key_id: Uuid::nil(),
+            },
+        );
+        let mut loop_waiter = Box::pin(control.closed());
+        let mut write_waiter = Box::pin(control.closed());
+        // Polled once each, so both wait on the `Notify`.
+        let zero = Duration::ZERO;
+        assert!(tokio::time::timeout(zero, &mut loop_waiter).await.is_err());
+        assert!(tokio::time::timeout(zero, &mut write_waiter).await.is_err());
+        control.close(CloseReason::ShuttingDown);
+        let patience = Duration::from_secs(1);
+        for waiter in [write_waiter, loop_waiter] {
+            let woken = tokio::time::timeout(patience, waiter).await;
+            assert_eq!(woken.ok(), Some(CloseReason::ShuttingDown));
+        }
     }
 }

@@ -5,11 +5,14 @@
 //! Deliveries are written in batches (`feed` what is queued, one `flush`), so
 //! a busy connection costs one syscall per batch, not per message. The queue is
 //! bounded: a client that does not read fills it and is closed with 4008,
-//! while everyone else keeps receiving and memory stays flat.
+//! while everyone else keeps receiving and memory stays flat. Every write has
+//! a deadline (`write.rs`), so a client that stops reading cannot hold the
+//! connection's task or what it buffered either.
 
 mod rate;
 mod replay;
 mod requests;
+mod write;
 
 use crate::cluster::hub::{ConnControl, ConnHandle, ConnId, Delivery};
 use crate::cluster::presence::{self, Membership};
@@ -19,7 +22,7 @@ use crate::protocol::{CloseReason, RequestError, ServerFrame, UserInfo};
 use crate::state::NodeState;
 use crate::transport::closing::{answer_close, close_socket, read_failure};
 use crate::transport::stream::Socket;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::StreamExt as _;
 use rate::TokenBucket;
 use replay::Replay;
 use shared::channel::ChannelName;
@@ -48,6 +51,9 @@ pub async fn run(node: NodeState, socket: Socket, id: ConnId, principal: Princip
         node.config.client_messages_per_sec,
         node.config.client_message_burst,
     );
+    let expires = principal
+        .expires_at
+        .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(shared::unix_now())));
     let mut conn = Connection {
         guard: Registration {
             node: node.clone(),
@@ -66,6 +72,7 @@ pub async fn run(node: NodeState, socket: Socket, id: ConnId, principal: Princip
         strikes: 0,
         history_reads: None,
         principal,
+        expires,
         last_heard: Instant::now(),
         floors: HashMap::new(),
         replay: None,
@@ -131,6 +138,8 @@ struct Connection {
     handle: ConnHandle,
     control: Arc<ConnControl>,
     principal: Principal,
+    /// When the credential ends (a session's absolute expiry), if it does.
+    expires: Option<Instant>,
     bucket: TokenBucket,
     strikes: u32,
     /// History reads (subscriptions with `since`, replay pages), made on
@@ -181,10 +190,7 @@ impl Connection {
         // see `cluster::revalidation`.)
         let ping_interval = self.node.config.ping_interval();
         let mut next_ping = Instant::now() + ping_interval;
-        let expires = self
-            .principal
-            .expires_at
-            .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(shared::unix_now())));
+        let expires = self.expires;
         let next_wake = |ping: Instant| expires.map_or(ping, |e| ping.min(e));
         let timer = tokio::time::sleep_until(next_wake(next_ping).into());
         tokio::pin!(timer);
@@ -201,7 +207,7 @@ impl Connection {
                 biased;
                 reason = &mut closed => return Ending::Close(reason),
                 () = &mut draining => return Ending::Close(CloseReason::ShuttingDown),
-                delivery = self.rx.recv() => {
+                delivery = self.rx.recv(), if self.replay.is_none() => {
                     let Some(delivery) = delivery else { return Ending::Lost };
                     // Under heavy load, write on the node's next flush tick
                     // rather than at once: what queues meanwhile goes out in
@@ -215,18 +221,18 @@ impl Connection {
                         }
                     }
                     // A peer that stopped reading blocks the write; a close
-                    // request (slow consumer, revocation) must still get through.
-                    tokio::select! {
-                        biased;
-                        reason = &mut closed => return Ending::Close(reason),
-                        written = self.write_batch(delivery) => {
-                            if written.is_err() {
-                                return Ending::Lost;
-                            }
-                        }
+                    // request (slow consumer, revocation, drain) must still
+                    // get through, and the deadline ends the wait.
+                    let deadline = match self.write_deadline() {
+                        Ok(deadline) => deadline,
+                        Err(stop) => return stop,
+                    };
+                    let written = self.write_batch(delivery);
+                    if let Err(stop) = write::guarded(&mut closed, deadline, expires, written).await {
+                        return stop;
                     }
                 }
-                frame = self.socket.next() => {
+                frame = self.socket.next(), if self.replay.is_none() => {
                     self.last_heard = Instant::now();
                     if let Some(Ok(message)) = &frame {
                         match self.within_rate(message).await {
@@ -240,19 +246,12 @@ impl Connection {
                         // futures; inline they would sit in every idle
                         // connection's task, boxed only while a request runs.
                         Some(Ok(Message::Text(text))) => match Box::pin(self.on_text(&text)).await {
+                            // With a `since`, the replies hold the replay's
+                            // first page; the rest goes a page per turn (the
+                            // last branch).
                             Ok(replies) => {
-                                for reply in replies {
-                                    if let Err(stop) = self.send(Message::Text(reply.into())).await {
-                                        return stop;
-                                    }
-                                }
-                                // A long `since` replay goes on a page at a time.
-                                while let Some(replay) = self.replay.take() {
-                                    for frame in Box::pin(self.replay_page(replay)).await {
-                                        if let Err(stop) = self.send(Message::Text(frame.into())).await {
-                                            return stop;
-                                        }
-                                    }
+                                if let Err(stop) = self.send_all(replies).await {
+                                    return stop;
                                 }
                             }
                             Err(reason) => return Ending::Close(reason),
@@ -290,6 +289,15 @@ impl Connection {
                     }
                     timer.as_mut().reset(next_wake(next_ping).into());
                 }
+                // A long `since` replay goes on a page per turn, so that the
+                // heartbeat, expiry, close requests and the drain act between
+                // pages. Deliveries and client frames wait until it ends: its
+                // channel's live messages must follow it.
+                () = std::future::ready(()), if self.replay.is_some() => {
+                    if let Err(stop) = self.replay_step().await {
+                        return stop;
+                    }
+                }
             }
         }
     }
@@ -307,44 +315,6 @@ impl Connection {
                 ))
             })
             .try_take()
-    }
-
-    /// Sends one frame, unless a close is requested while the peer is not reading.
-    async fn send(&mut self, message: Message) -> Result<(), Ending> {
-        let control = self.control.clone();
-        tokio::select! {
-            biased;
-            reason = control.closed() => Err(Ending::Close(reason)),
-            sent = self.socket.send(message) => sent.map_err(|_| Ending::Lost),
-        }
-    }
-
-    /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn write_batch(
-        &mut self,
-        first: Arc<Delivery>,
-    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        // The batch's oldest message: its delay is the batch's longest.
-        let sampled_at = first.sampled_at;
-        let mut next = Some(first);
-        let mut written = 0;
-        while let Some(delivery) = next.take() {
-            if self.admit(&delivery) {
-                self.socket
-                    .feed(Message::Text(delivery.frame.clone()))
-                    .await?;
-                written += 1;
-            }
-            if written < MAX_BATCH {
-                next = self.rx.try_recv().ok();
-            }
-        }
-        self.socket.flush().await?;
-        if let Some(dispatched) = sampled_at {
-            metrics::histogram!(crate::telemetry::FANOUT_LATENCY)
-                .record(dispatched.elapsed().as_secs_f64());
-        }
-        Ok(())
     }
 
     /// Whether a delivery goes out: not if history already replayed it.

@@ -1,15 +1,22 @@
 //! Recovery on subscribe: a `subscribe` with `since` is answered with every
 //! message the client missed, from the channel's history, then live ones.
-//! The replay goes out a page at a time (memory holds one page), between the
-//! connection's other work; the live copies of replayed messages are skipped
-//! by offset (the connection's `floors`), so the hand-over has no duplicate.
+//! The replay is streamed: a page is read from Redis only once the previous
+//! one is written, one page per turn of the connection's loop, so memory
+//! holds one page (bounded in messages and in bytes) and a client that stops
+//! reading is caught by the write deadline. The live copies of replayed
+//! messages are skipped by offset (the connection's `floors`), so the
+//! hand-over has no duplicate.
 
-use super::Connection;
+use super::{Connection, Ending};
 use shared::channel::{ChannelName, HistorySince, StreamPosition, frame};
+use std::time::Instant;
 
-/// Messages read from history and written per page of a replay: what one
-/// replay holds in memory at most.
+/// Messages read from history and written per page of a replay at most.
 pub(super) const REPLAY_PAGE: u64 = 256;
+
+/// About the most bytes of messages one page of a replay holds (one message
+/// more at most): a page is one write, and what a replay keeps in memory.
+pub(super) const REPLAY_PAGE_BYTES: usize = super::write::MAX_WRITE_BYTES;
 
 /// How long a replay waits before asking again for a history read.
 const HISTORY_READ_PACE: std::time::Duration = std::time::Duration::from_millis(50);
@@ -29,10 +36,29 @@ pub(super) struct Replay {
 }
 
 impl Connection {
+    /// Reads and writes the next page of the replay in progress.
+    pub(super) async fn replay_step(&mut self) -> Result<(), Ending> {
+        let Some(replay) = self.replay.take() else {
+            return Ok(());
+        };
+        let control = self.control.clone();
+        let frames = tokio::select! {
+            biased;
+            reason = control.closed() => return Err(Ending::Close(reason)),
+            frames = Box::pin(self.replay_page(replay)) => frames,
+        };
+        self.send_all(frames).await?;
+        // The client took a page (the write deadline bounds what one that
+        // stopped reading can take): as good as a pong for the idle reaper,
+        // since its pongs wait unread until the replay ends.
+        self.last_heard = Instant::now();
+        Ok(())
+    }
+
     /// The next page of a replay; queues the rest, if any. If history no longer
     /// holds what comes next (trimmed meanwhile, or Redis lost it), the client
     /// is told with a `recovery` notice instead of being left with a gap.
-    pub(super) async fn replay_page(&mut self, replay: Box<Replay>) -> Vec<String> {
+    async fn replay_page(&mut self, replay: Box<Replay>) -> Vec<String> {
         // Pages share the connection's history-read allowance: a long replay
         // is paced, not refused (the client asked for all of it).
         while !self.take_history_read() {
@@ -45,7 +71,10 @@ impl Connection {
             &replay.channel,
             replay.sent,
             replay.cap,
-            REPLAY_PAGE,
+            shared::channel::PageSize {
+                messages: REPLAY_PAGE,
+                bytes: REPLAY_PAGE_BYTES,
+            },
             replay.after_id.as_deref(),
         )
         .await;

@@ -4,7 +4,7 @@
 //! that becomes the `error` frame; neither closes the socket.
 
 use super::Connection;
-use super::replay::{REPLAY_PAGE, Replay};
+use super::replay::{REPLAY_PAGE, REPLAY_PAGE_BYTES, Replay};
 use crate::cluster::presence::{self, Membership};
 use crate::protocol::{self, CloseReason, Request, RequestError, RequestId, ServerFrame, Since};
 use serde_json::value::RawValue;
@@ -175,7 +175,10 @@ impl Connection {
             &channel,
             since.offset,
             cap,
-            REPLAY_PAGE,
+            shared::channel::PageSize {
+                messages: REPLAY_PAGE,
+                bytes: REPLAY_PAGE_BYTES,
+            },
             None,
         )
         .await

@@ -16,5 +16,6 @@ mod operations;
 mod presence_control;
 mod protocol;
 mod recovery;
+mod slow_readers;
 mod wire_frames;
 mod wire_handshake;

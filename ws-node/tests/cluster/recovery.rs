@@ -419,9 +419,9 @@ async fn a_subscription_acks_where_it_starts_and_resuming_from_there_misses_noth
 }
 
 /// Redis's own account of the scripts it ran since the last
-/// `SLOWLOG RESET` (with every command logged): how many, and the median
-/// in microseconds.
-async fn script_calls(redis: &mut redis::aio::ConnectionManager) -> (usize, u64) {
+/// `SLOWLOG RESET` (with every command logged): how long each took, in
+/// microseconds.
+async fn script_calls(redis: &mut redis::aio::ConnectionManager) -> Vec<u64> {
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(10_000)
@@ -443,14 +443,13 @@ async fn script_calls(redis: &mut redis::aio::ConnectionManager) -> (usize, u64)
             _ => None,
         })
         .collect();
-    // The median, not the longest: on a busy machine any one call may be
-    // preempted, which is the VM's noise rather than Redis's work.
-    let mut sorted = durations;
-    sorted.sort_unstable();
-    (
-        sorted.len(),
-        sorted.get(sorted.len() / 2).copied().unwrap_or(0),
-    )
+    durations
+}
+
+/// The median of some durations.
+fn median(mut durations: Vec<u64>) -> u64 {
+    durations.sort_unstable();
+    durations.get(durations.len() / 2).copied().unwrap_or(0)
 }
 
 async fn reset_slowlog(redis: &mut redis::aio::ConnectionManager) {
@@ -474,6 +473,9 @@ async fn a_far_back_since_costs_redis_about_what_a_near_one_does() {
         redis_url: redis_server.url(),
         customise_node: Box::new(|c| {
             c.common.channel_namespaces = open_namespace("big", 5_000, 600);
+            // What Redis spends per read is measured here, not the pacing.
+            c.history_reads_per_sec = 1_000;
+            c.history_read_burst = 1_000;
         }),
         ..StackOptions::default()
     })
@@ -519,7 +521,9 @@ async fn a_far_back_since_costs_redis_about_what_a_near_one_does() {
     warm.subscribe_since("big:archive", &epoch, 2_999).await;
     reset_slowlog(&mut redis).await;
 
-    // Near: the last page (256 messages).
+    // A page is cut at about 256 KiB: 16 of these messages.
+    let per_page = (256 * 1024_u64).div_ceil(16 * 1024 + 2);
+    // Near: the last 256 messages.
     let mut near = stack.connect(0, &key).await;
     let ack = near
         .subscribe_since("big:archive", &epoch, 3_000 - 256)
@@ -528,22 +532,31 @@ async fn a_far_back_since_costs_redis_about_what_a_near_one_does() {
     for _ in 0..256 {
         near.recv_message().await;
     }
-    let (near_calls, near_usec) = script_calls(&mut redis).await;
-    assert_eq!(near_calls, 1);
+    let near_reads = script_calls(&mut redis).await;
+    assert_eq!(near_reads.len() as u64, 256 / per_page);
+    let near_usec = median(near_reads);
     reset_slowlog(&mut redis).await;
 
-    // Far: from the start, 3 000 messages in 12 pages.
+    // Far: from the start, 3 000 messages.
     let mut far = stack.connect(0, &key).await;
     let ack = far.subscribe_since("big:archive", &epoch, 0).await;
     assert_eq!(ack["recovered"], true, "{ack}");
     for n in 1..=3_000u64 {
         assert_eq!(far.recv_message().await["offset"], n);
     }
-    let (far_calls, far_usec) = script_calls(&mut redis).await;
-    assert_eq!(far_calls, 12, "a page at a time");
-    eprintln!("history reads: near {near_usec} µs, far: the median of 12 pages {far_usec} µs");
+    let far_reads = script_calls(&mut redis).await;
+    assert_eq!(
+        far_reads.len() as u64,
+        3_000_u64.div_ceil(per_page),
+        "a page at a time"
+    );
+    let far_usec = far_reads.into_iter().max().unwrap_or(0);
+    eprintln!("history reads: near {near_usec} µs (median), far: the longest page {far_usec} µs");
+    // Pages are small, so the longest of some 190 is much exposed to noise
+    // on a busy machine; a read of the whole gap would cost some 190 pages'
+    // worth.
     assert!(
-        far_usec < 3 * near_usec,
-        "a far-back since cost Redis {far_usec} µs per call (median), a near one {near_usec} µs"
+        far_usec < 50 * near_usec,
+        "a far-back since cost Redis {far_usec} µs in one call, a near page {near_usec} µs"
     );
 }

@@ -91,7 +91,11 @@ impl Subscriber {
                 channel,
                 cursor.offset,
                 MAX_GAP_FILL,
-                page_size,
+                // Node-wide and paced by its members' queues: no byte budget.
+                shared::channel::PageSize {
+                    messages: page_size,
+                    bytes: usize::MAX,
+                },
                 after_id.as_deref(),
             )
             .await?;
