@@ -57,9 +57,20 @@ async fn the_publish_script_writes_the_rust_message_frame() {
         assert_eq!(frame::position(&written_by_redis), published.position);
         // A replay rebuilds the same bytes from what history kept.
         if let Some(at) = &published.position {
-            let page = history_page(&mut conn, &keys, &channel, at.offset - 1, 10, 10, None)
-                .await
-                .expect("history");
+            let page = history_page(
+                &mut conn,
+                &keys,
+                &channel,
+                at.offset - 1,
+                10,
+                shared::channel::PageSize {
+                    messages: 10,
+                    bytes: usize::MAX,
+                },
+                None,
+            )
+            .await
+            .expect("history");
             let (offset, from, kept) = &page.messages[0];
             assert_eq!(*offset, at.offset);
             assert_eq!(

@@ -36,9 +36,17 @@ async fn publish_archive(node: &ws_node::state::NodeState) {
     let data = serde_json::value::RawValue::from_string(data).expect("raw");
     let mut redis = node.redis.clone();
     for _ in 0..MESSAGES {
-        shared::channel::publish(&mut redis, &node.keys, &channel, &data, history, None)
-            .await
-            .expect("publish");
+        shared::channel::publish(
+            &mut redis,
+            &node.keys,
+            &channel,
+            &data,
+            history,
+            &crate::helpers::test_publisher(),
+            None,
+        )
+        .await
+        .expect("publish");
     }
 }
 
