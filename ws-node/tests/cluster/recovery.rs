@@ -246,8 +246,8 @@ async fn idempotency_keys_are_scoped_by_publisher() {
     let stack = Stack::start(1).await;
     let erin = stack.create_user("erin").await;
     let frank = stack.create_user("frank").await;
-    let erin_key = stack.api_key(&erin, "connect,publish").await;
-    let frank_key = stack.api_key(&frank, "connect,publish").await;
+    let erin_key = stack.api_key(&erin, "connect,publish,publish_any").await;
+    let frank_key = stack.api_key(&frank, "connect,publish,publish_any").await;
     let mut listener = stack.connect(0, &erin_key).await;
     listener.subscribe("public:shared-keys").await;
     listener.subscribe("broadcast:shared-keys").await;
