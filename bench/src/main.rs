@@ -61,7 +61,7 @@ pub struct RunArgs {
     /// Tiny sizes for CI: a few hundred connections, a few seconds per scenario.
     #[arg(long, conflicts_with_all = ["quick", "full"])]
     pub smoke: bool,
-    /// Run only these scenarios (comma-separated): handshake, fanout, latency, idle, mint, login-storm.
+    /// Run only these scenarios (comma-separated): handshake, fanout, latency, idle, mint, login-storm, credential-flood.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<scenarios::ScenarioKind>,
     /// Where report.json, report.md and the services' logs are written.

@@ -81,6 +81,15 @@ pub struct StormPlan {
 }
 
 #[derive(Clone, Debug, Serialize)]
+pub struct FloodPlan {
+    /// Each phase's length: the mint load alone, then under the flood.
+    pub seconds: u64,
+    pub mint_concurrency: usize,
+    /// Forged credentials sent per second during the flood.
+    pub flood_rate: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct Plan {
     pub size: Size,
     pub handshake: HandshakePlan,
@@ -89,6 +98,7 @@ pub struct Plan {
     pub idle: IdlePlan,
     pub mint: MintPlan,
     pub login_storm: StormPlan,
+    pub credential_flood: FloodPlan,
 }
 
 fn workers_for(sockets: usize, at_least: usize) -> usize {
@@ -203,6 +213,11 @@ impl Plan {
                     seconds: 20,
                     mint_concurrency: 32,
                 },
+                credential_flood: FloodPlan {
+                    seconds: 10,
+                    mint_concurrency: 16,
+                    flood_rate: 2000,
+                },
             },
             Size::Quick => Self {
                 size,
@@ -234,6 +249,11 @@ impl Plan {
                     seconds: 6,
                     mint_concurrency: 32,
                 },
+                credential_flood: FloodPlan {
+                    seconds: 4,
+                    mint_concurrency: 16,
+                    flood_rate: 1000,
+                },
             },
             Size::Smoke => Self {
                 size,
@@ -261,6 +281,11 @@ impl Plan {
                     logins: 20,
                     seconds: 3,
                     mint_concurrency: 8,
+                },
+                credential_flood: FloodPlan {
+                    seconds: 2,
+                    mint_concurrency: 4,
+                    flood_rate: 300,
                 },
             },
         }

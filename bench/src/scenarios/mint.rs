@@ -52,19 +52,19 @@ impl MintClient {
 
 /// What a mint load run measured.
 #[derive(Debug, Default)]
-struct MintStats {
+pub(super) struct MintStats {
     client: &'static str,
     ok: u64,
-    failed: u64,
+    pub(super) failed: u64,
     seconds: f64,
     p50_ms: Option<f64>,
-    p99_ms: Option<f64>,
+    pub(super) p99_ms: Option<f64>,
     max_ms: Option<f64>,
     failure_samples: Vec<String>,
 }
 
 impl MintStats {
-    fn rate(&self) -> Option<f64> {
+    pub(super) fn rate(&self) -> Option<f64> {
         (self.seconds > 0.0 && self.ok > 0).then(|| self.ok as f64 / self.seconds)
     }
 }
@@ -84,7 +84,7 @@ async fn mint_load(
 }
 
 /// `concurrency` tasks each minting back to back until the time is up.
-async fn rust_load(
+pub(super) async fn rust_load(
     auth_url: &str,
     api_keys: &[String],
     concurrency: usize,
