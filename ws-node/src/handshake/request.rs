@@ -86,6 +86,34 @@ impl UpgradeRequest {
         request
     }
 
+    // Read-only views of what was parsed. The handshake reads the fields
+    // directly; these exist for code outside it that checks the parser, the
+    // fuzz targets under `fuzz/`.
+
+    /// `Sec-WebSocket-Key`, set only when the request is a WebSocket upgrade.
+    pub fn websocket_key(&self) -> Option<&[u8]> {
+        self.websocket_key.as_deref()
+    }
+
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// The ticket of the first `ticket.` subprotocol.
+    pub fn protocol_ticket(&self) -> Option<&str> {
+        self.protocol_ticket.as_deref()
+    }
+
+    /// The first `ticket` query parameter.
+    pub fn query_ticket(&self) -> Option<&str> {
+        self.query_ticket.as_deref()
+    }
+
+    /// The session cookie's value, its quotes removed.
+    pub fn session_cookie(&self) -> Option<&str> {
+        self.session_cookie.as_deref()
+    }
+
     /// The client's address: the socket's peer, or behind our own proxy
     /// (`trust_proxy_headers`) the address the proxy saw.
     pub fn client_ip(&self, trust_proxy_headers: bool) -> IpAddr {
