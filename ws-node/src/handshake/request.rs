@@ -55,7 +55,7 @@ impl UpgradeRequest {
             } else if name.eq_ignore_ascii_case("connection") {
                 connection |= text.is_some_and(|t| {
                     t.split(',')
-                        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+                        .any(|token| http_trim(token).eq_ignore_ascii_case("upgrade"))
                 });
             } else if name.eq_ignore_ascii_case("sec-websocket-version") {
                 version |= value == b"13";
@@ -69,7 +69,7 @@ impl UpgradeRequest {
                 if request.protocol_ticket.is_none() {
                     request.protocol_ticket = text.and_then(|t| {
                         t.split(',')
-                            .find_map(|p| p.trim().strip_prefix(TICKET_PROTOCOL_PREFIX))
+                            .find_map(|p| http_trim(p).strip_prefix(TICKET_PROTOCOL_PREFIX))
                             .map(str::to_owned)
                     });
                 }
@@ -122,6 +122,13 @@ impl UpgradeRequest {
             _ => self.peer.ip(),
         }
     }
+}
+
+/// An element of a comma-separated header value without the optional
+/// whitespace around it: spaces and tabs only (RFC 9110 §5.6.3), not
+/// `str::trim`'s Unicode whitespace, which took `\u{a0}upgrade` for `upgrade`.
+fn http_trim(element: &str) -> &str {
+    element.trim_matches([' ', '\t'])
 }
 
 /// The value of the first `ticket` query parameter.
@@ -182,6 +189,24 @@ mod tests {
         let mut old_version = UPGRADE.to_vec();
         old_version[2].1 = "8";
         assert!(parse(true, "", &old_version).websocket_key.is_none());
+    }
+
+    #[test]
+    fn list_elements_are_trimmed_of_http_whitespace_only() {
+        // Caught by the upgrade_request fuzz target: `str::trim` also removed
+        // Unicode spaces, which HTTP does not allow there.
+        let mut headers = UPGRADE.to_vec();
+        headers[1].1 = "keep-alive,\tUpgrade ";
+        headers.push(("sec-websocket-protocol", "json ,\tticket.abc "));
+        let request = parse(true, "", &headers);
+        assert!(request.websocket_key.is_some());
+        assert_eq!(request.protocol_ticket.as_deref(), Some("abc"));
+        headers[1].1 = "keep-alive, \u{a0}Upgrade";
+        headers.push(("sec-websocket-protocol", "\u{2003}ticket.def"));
+        headers.remove(4);
+        let request = parse(true, "", &headers);
+        assert!(request.websocket_key.is_none());
+        assert!(request.protocol_ticket.is_none());
     }
 
     #[test]
