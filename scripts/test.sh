@@ -22,6 +22,9 @@
 #                     schema, and nginx -t on the config it renders
 #                     (scripts/check-compose.sh)
 #   monitoring        promtool check config (scripts/check-monitoring.sh)
+#   fuzz              every cargo-fuzz target in fuzz/ for FUZZ_SECONDS
+#                     (default 60) each from its seed corpus; any crash
+#                     fails it (scripts/fuzz.sh)
 #
 # Arguments go to cargo nextest (e.g. a test filter). Every stage runs even
 # when an earlier one failed; the last lines name the stages that failed.
@@ -55,6 +58,7 @@ stage browser bash scripts/js-tests.sh browser
 stage schemathesis bash scripts/schemathesis.sh
 stage compose bash scripts/check-compose.sh
 stage monitoring bash scripts/check-monitoring.sh
+stage fuzz bash scripts/fuzz.sh
 
 if [ "${#failed[@]}" -gt 0 ]; then
   log "failed: ${failed[*]}"

@@ -178,7 +178,10 @@ impl Namespaces {
         let parsed: Vec<RuleJson> = serde_json::from_str(json)?;
         let mut rules: Vec<NamespaceRule> = Vec::with_capacity(parsed.len());
         for r in parsed {
-            if format!("{}:x", r.name).parse::<ChannelName>().is_err() {
+            // The name must be a whole channel's namespace: `a:b` would pass
+            // as `a:b:x` and then match no channel (whose namespace is `a`).
+            let as_channel = format!("{}:x", r.name).parse::<ChannelName>();
+            if !as_channel.is_ok_and(|c| c.namespace() == r.name) {
                 return Err(NamespaceConfigError::Name(r.name));
             }
             if rules.iter().any(|existing| existing.name == r.name) {
@@ -304,6 +307,12 @@ mod tests {
             Namespaces::from_json(r#"[{"name":"Bad","subscribe":"any","publish":"any"}]"#).is_err()
         );
         assert!(Namespaces::from_json(r#"[{"name":"a","subscribe":"any","publish":"any"},{"name":"a","subscribe":"any","publish":"any"}]"#).is_err());
+        // Caught by the channel_name fuzz target: a colon made a namespace
+        // that no channel could ever be in.
+        assert!(matches!(
+            Namespaces::from_json(r#"[{"name":"a:b","subscribe":"any","publish":"any"}]"#),
+            Err(NamespaceConfigError::Name(name)) if name == "a:b"
+        ));
         assert!(
             Namespaces::from_json(r#"[{"name":"a","subscribe":"all","publish":"any"}]"#).is_err()
         );

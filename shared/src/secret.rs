@@ -20,12 +20,17 @@ pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Whether `s` has the shape of a [`random_token`]; lets callers reject garbage
-/// without a Redis or database round trip.
+/// Whether `s` could be a [`random_token`]; lets callers reject garbage
+/// without a Redis or database round trip. Only the canonical encoding of 32
+/// bytes passes: 43 base64url characters are 258 bits, and a last character
+/// whose two spare bits are set is not something [`random_token`] writes.
 pub fn looks_like_token(s: &str) -> bool {
+    // Room for the decoder's estimate (33 bytes for 43 characters).
+    let mut bytes = [0u8; 33];
     s.len() == TOKEN_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && URL_SAFE_NO_PAD
+            .decode_slice(s, &mut bytes)
+            .is_ok_and(|n| n == 32)
 }
 
 /// The SHA-256 digest of a secret: what Postgres stores and what Redis keys are named after.
@@ -115,6 +120,19 @@ mod tests {
         assert!(looks_like_token(&a), "{a}");
         assert!(!looks_like_token("short"));
         assert!(!looks_like_token(&format!("{}!", &a[..42])));
+    }
+
+    #[test]
+    fn only_the_canonical_encoding_looks_like_a_token() {
+        // Found by the session_cookie fuzz target: the last of 43 characters
+        // carries 4 bits of the 32 bytes; its 2 spare bits must be zero.
+        let token = random_token();
+        let canonical = format!("{}A", &token[..42]);
+        let spare_bit_set = format!("{}B", &token[..42]);
+        assert!(looks_like_token(&canonical));
+        assert!(!looks_like_token(&spare_bit_set));
+        assert!(!looks_like_token(&format!("{}=", &token[..42])));
+        assert!(!looks_like_token(&format!("{}+", &token[..42])));
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl UpgradeRequest {
             } else if name.eq_ignore_ascii_case("connection") {
                 connection |= text.is_some_and(|t| {
                     t.split(',')
-                        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+                        .any(|token| http_trim(token).eq_ignore_ascii_case("upgrade"))
                 });
             } else if name.eq_ignore_ascii_case("sec-websocket-version") {
                 version |= value.trim_ascii() == b"13";
@@ -84,7 +84,7 @@ impl UpgradeRequest {
                 if request.protocol_ticket.is_none() {
                     request.protocol_ticket = text.and_then(|t| {
                         t.split(',')
-                            .find_map(|p| p.trim().strip_prefix(TICKET_PROTOCOL_PREFIX))
+                            .find_map(|p| http_trim(p).strip_prefix(TICKET_PROTOCOL_PREFIX))
                             .map(str::to_owned)
                     });
                 }
@@ -113,6 +113,35 @@ impl UpgradeRequest {
             };
         }
         request
+    }
+
+    // Read-only views of what was parsed. The handshake reads the fields
+    // directly; these exist for code outside it that checks the parser, the
+    // fuzz targets under `fuzz/`.
+
+    /// `Sec-WebSocket-Key`, set only when the request is a valid WebSocket
+    /// upgrade.
+    pub fn websocket_key(&self) -> Option<&[u8]> {
+        self.websocket_key.as_deref().ok()
+    }
+
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// The ticket of the first `ticket.` subprotocol.
+    pub fn protocol_ticket(&self) -> Option<&str> {
+        self.protocol_ticket.as_deref()
+    }
+
+    /// The first `ticket` query parameter.
+    pub fn query_ticket(&self) -> Option<&str> {
+        self.query_ticket.as_deref()
+    }
+
+    /// The session cookie's value, its quotes removed.
+    pub fn session_cookie(&self) -> Option<&str> {
+        self.session_cookie.as_deref()
     }
 
     /// The client's address: the socket's peer, or behind `proxy_hops` proxies
@@ -155,6 +184,13 @@ fn is_websocket_key(key: &[u8]) -> bool {
             .iter()
             .position(|d| d == last)
             .is_some_and(|value| value & 0xF == 0)
+}
+
+/// An element of a comma-separated header value without the optional
+/// whitespace around it: spaces and tabs only (RFC 9110 §5.6.3), not
+/// `str::trim`'s Unicode whitespace, which took `\u{a0}upgrade` for `upgrade`.
+fn http_trim(element: &str) -> &str {
+    element.trim_matches([' ', '\t'])
 }
 
 /// The value of the first `ticket` query parameter.
@@ -262,6 +298,24 @@ mod tests {
             assert!(parse(true, "", &headers).websocket_key.is_err(), "{key:?}");
         }
         assert!(is_websocket_key(b"/////////////////////w=="));
+    }
+
+    #[test]
+    fn list_elements_are_trimmed_of_http_whitespace_only() {
+        // Caught by the upgrade_request fuzz target: `str::trim` also removed
+        // Unicode spaces, which HTTP does not allow there.
+        let mut headers = UPGRADE.to_vec();
+        headers[1].1 = "keep-alive,\tUpgrade ";
+        headers.push(("sec-websocket-protocol", "json ,\tticket.abc "));
+        let request = parse(true, "", &headers);
+        assert!(request.websocket_key.is_some());
+        assert_eq!(request.protocol_ticket.as_deref(), Some("abc"));
+        headers[1].1 = "keep-alive, \u{a0}Upgrade";
+        headers.push(("sec-websocket-protocol", "\u{2003}ticket.def"));
+        headers.remove(4);
+        let request = parse(true, "", &headers);
+        assert!(request.websocket_key.is_none());
+        assert!(request.protocol_ticket.is_none());
     }
 
     #[test]

@@ -53,7 +53,8 @@ pub async fn accept_loop(listener: TcpListener, node: NodeState, router: Router)
 }
 
 /// What a connection's first request turned out to be.
-enum FirstRequest {
+#[derive(Debug)]
+pub enum FirstRequest {
     /// `GET /ws`, ending at byte `head_len` of what was read.
     Upgrade {
         request: UpgradeRequest,
@@ -177,38 +178,52 @@ async fn read_first_request(
         if stream.read_buf(read).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut head = httparse::Request::new(&mut headers);
-        match head.parse(read) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let Some(target) = head.path else {
-                    return Ok(FirstRequest::Other);
-                };
-                let (path, query) = target.split_once('?').unwrap_or((target, ""));
-                if path != "/ws" || head.method != Some("GET") {
-                    return Ok(FirstRequest::Other);
-                }
-                // What hyper's trace layer logs for other requests; the query
-                // may carry a ticket, so never unredacted.
-                tracing::debug!(
-                    uri = %shared::redact::redact_uri(target),
-                    %peer,
-                    "websocket upgrade request"
-                );
-                let request = UpgradeRequest::new(
-                    peer,
-                    head.version == Some(1),
-                    Some(query),
-                    head.headers.iter().map(|h| (h.name, h.value)),
-                    node.config.common.cookie_name(),
-                );
-                return Ok(FirstRequest::Upgrade { request, head_len });
-            }
-            Ok(httparse::Status::Partial) if read.len() < MAX_HEAD_BYTES => {}
-            // Too large or too many headers for here, or malformed: hyper
-            // answers those as it would any request.
-            Ok(httparse::Status::Partial) | Err(_) => return Ok(FirstRequest::Other),
+        if let Some(first) = parse_first_request(read, peer, node.config.common.cookie_name()) {
+            return Ok(first);
         }
+    }
+}
+
+/// Parses the bytes read so far of a connection's first request: `None`
+/// while the head is incomplete and may still be parsed here, once more has
+/// been read. Kept apart from the socket (and public) so that the fuzz
+/// target `upgrade_request` runs exactly this code on arbitrary bytes.
+pub fn parse_first_request(
+    read: &[u8],
+    peer: SocketAddr,
+    cookie_name: &str,
+) -> Option<FirstRequest> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    match head.parse(read) {
+        Ok(httparse::Status::Complete(head_len)) => {
+            let Some(target) = head.path else {
+                return Some(FirstRequest::Other);
+            };
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            if path != "/ws" || head.method != Some("GET") {
+                return Some(FirstRequest::Other);
+            }
+            // What hyper's trace layer logs for other requests; the query
+            // may carry a ticket, so never unredacted.
+            tracing::debug!(
+                uri = %shared::redact::redact_uri(target),
+                %peer,
+                "websocket upgrade request"
+            );
+            let request = UpgradeRequest::new(
+                peer,
+                head.version == Some(1),
+                Some(query),
+                head.headers.iter().map(|h| (h.name, h.value)),
+                cookie_name,
+            );
+            Some(FirstRequest::Upgrade { request, head_len })
+        }
+        Ok(httparse::Status::Partial) if read.len() < MAX_HEAD_BYTES => None,
+        // Too large or too many headers for here, or malformed: hyper
+        // answers those as it would any request.
+        Ok(httparse::Status::Partial) | Err(_) => Some(FirstRequest::Other),
     }
 }
 
