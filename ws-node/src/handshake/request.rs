@@ -308,13 +308,13 @@ mod tests {
         headers[1].1 = "keep-alive,\tUpgrade ";
         headers.push(("sec-websocket-protocol", "json ,\tticket.abc "));
         let request = parse(true, "", &headers);
-        assert!(request.websocket_key.is_some());
+        assert!(request.websocket_key.is_ok());
         assert_eq!(request.protocol_ticket.as_deref(), Some("abc"));
         headers[1].1 = "keep-alive, \u{a0}Upgrade";
         headers.push(("sec-websocket-protocol", "\u{2003}ticket.def"));
         headers.remove(4);
         let request = parse(true, "", &headers);
-        assert!(request.websocket_key.is_none());
+        assert!(request.websocket_key.is_err());
         assert!(request.protocol_ticket.is_none());
     }
 
