@@ -245,7 +245,7 @@ pub fn format_value(v: f64, unit: &str) -> String {
     match unit {
         "ms" => format!("{v:.3} ms"),
         "%" => format!("{v:.2} %"),
-        "KiB" | "MiB" | "s" => format!("{v:.2} {unit}"),
+        "KiB" | "MiB" | "s" | "×" => format!("{v:.2} {unit}"),
         "" => group(v),
         _ => format!("{} {unit}", group(v)),
     }

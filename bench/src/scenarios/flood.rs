@@ -27,10 +27,10 @@ const FLOOD_SOURCE: &str = "127.0.0.2";
 const KEY_PREFIX: &str = "tess_";
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// A random API key in the public format (`tess_`, 42 base62 characters, a
+/// A random API key in the public format (`tess_`, 43 base62 characters, a
 /// 6-character CRC32 checksum in base62): well-formed, and nobody's.
 fn forged_api_key() -> String {
-    let random: String = (0..42)
+    let random: String = (0..43)
         .map(|_| char::from(BASE62[rand::random_range(0..BASE62.len())]))
         .collect();
     let mut n = crc32fast::hash(random.as_bytes());
@@ -42,12 +42,16 @@ fn forged_api_key() -> String {
     format!("{KEY_PREFIX}{random}{}", String::from_utf8_lossy(&checksum))
 }
 
-/// A random session cookie value: 32 random bytes, base64url, like a real one.
+/// A random session cookie value: 32 random bytes in canonical base64url, like
+/// a real one (42 digits of 6 bits, then one holding the last 4 bits, its low
+/// 2 bits zero).
 fn forged_cookie() -> String {
     const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    (0..43)
+    let mut cookie: String = (0..42)
         .map(|_| char::from(URL_SAFE[rand::random_range(0..URL_SAFE.len())]))
-        .collect()
+        .collect();
+    cookie.push(char::from(URL_SAFE[rand::random_range(0..16) * 4]));
+    cookie
 }
 
 /// The flood: `rate` requests a second from [`FLOOD_SOURCE`], alternating a
@@ -186,4 +190,21 @@ pub async fn run(
     }
     report.note(format!("flood answers: {seen:?}"));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn forged_credentials_have_the_real_shapes() {
+        let key = super::forged_api_key();
+        assert_eq!(key.len(), 54, "{key}");
+        let cookie = super::forged_cookie();
+        assert_eq!(cookie.len(), 43);
+        let last = cookie.as_bytes()[42];
+        let index = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+            .iter()
+            .position(|&c| c == last)
+            .expect("base64url");
+        assert_eq!(index % 4, 0, "{cookie}");
+    }
 }
