@@ -60,7 +60,7 @@ broken() {
 broken unknown-key       's/\n    restart: unless-stopped\n/\n    restrat: unless-stopped\n/'
 broken bad-condition     's/condition: service_healthy/condition: service_healty/'
 broken bad-restart       's/\n    restart: unless-stopped\n/\n    restart: sometimes\n/'
-broken yaml-syntax       's/"--appendfsync", "everysec"\]/"--appendfsync", "everysec"/'
+broken yaml-syntax       's/"--maxmemory-policy", "noeviction"\]/"--maxmemory-policy", "noeviction"/'
 broken undeclared-volume 's/- redis-data:\/data/- redis-dta:\/data/'
 broken public-redis      's/\n  redis:\n/\n  redis:\n    ports: ["6379:6379"]\n/'
 
