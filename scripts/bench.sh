@@ -18,4 +18,10 @@ if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "
   apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1; } ||
     echo "bench.sh: could not install wrk; the mint scenarios use the Rust client" >&2
 fi
+# The handshake scenario also measures a Node.js ws + ioredis peer
+# (bench/peers/node-ws) when Node is here; its packages are pinned.
+if command -v npm >/dev/null 2>&1 && [ ! -d bench/peers/node-ws/node_modules/ioredis ]; then
+  (cd bench/peers/node-ws && npm ci --no-audit --no-fund --silent) ||
+    echo "bench.sh: could not install the Node peer's packages; it is left out" >&2
+fi
 exec "$target_dir/release/tessera-bench" run "$@"

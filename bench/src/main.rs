@@ -8,9 +8,11 @@
 //! `main` only parses the command line and dispatches.
 
 mod client;
+mod endpoints;
 mod hist;
 mod plan;
 mod proc;
+mod reference;
 mod report;
 mod scenarios;
 mod stack;
@@ -47,6 +49,12 @@ enum Command {
         #[arg(long)]
         job: String,
     },
+    /// Internal: the reference broadcast server the stack is measured against.
+    #[command(hide = true)]
+    Reference {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// Options of `run`.
@@ -61,7 +69,7 @@ pub struct RunArgs {
     /// Tiny sizes for CI: a few hundred connections, a few seconds per scenario.
     #[arg(long, conflicts_with_all = ["quick", "full"])]
     pub smoke: bool,
-    /// Run only these scenarios (comma-separated): handshake, fanout, latency, idle, mint, login-storm, credential-flood.
+    /// Run only these scenarios (comma-separated): handshake, fanout, latency, rooms, idle, mint, login-storm, credential-flood.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<scenarios::ScenarioKind>,
     /// Where report.json, report.md and the services' logs are written.
@@ -128,6 +136,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Reference { listen } => match reference::main(listen) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                say(format!("reference server error: {e:#}"));
+                ExitCode::FAILURE
+            }
+        },
         Command::Worker { job } => match worker::main(&job) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -39,6 +39,34 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The summed CPU time of `pids`, in seconds (a process that is gone counts 0).
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    let ticks: u64 = pids.iter().filter_map(|&pid| cpu_ticks(pid).ok()).sum();
+    ticks as f64 / clock_ticks_per_sec() as f64
+}
+
+/// Redis's CPU time so far, in seconds (`used_cpu_sys` + `used_cpu_user` of
+/// `INFO cpu`: the server process, all its threads).
+pub async fn redis_cpu_seconds(url: &str) -> anyhow::Result<f64> {
+    let client = redis::Client::open(url)?;
+    let mut conn = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .context("connecting to Redis timed out")??;
+    let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+    Ok(parse_redis_cpu(&info))
+}
+
+fn parse_redis_cpu(info: &str) -> f64 {
+    info.lines()
+        .filter_map(|line| line.trim().split_once(':'))
+        .filter(|(key, _)| matches!(*key, "used_cpu_sys" | "used_cpu_user"))
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .sum()
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux we know of).
 pub fn clock_ticks_per_sec() -> u64 {
     std::process::Command::new("getconf")
@@ -259,6 +287,9 @@ mod tests {
         );
         let stat = "4242 (ws node) S 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0 8 0 100 0 0";
         assert_eq!(parse_cpu_ticks(stat), Some(325));
+        let info =
+            "# CPU\r\nused_cpu_sys:1.50\r\nused_cpu_user:2.25\r\nused_cpu_sys_children:9.0\r\n";
+        assert!((parse_redis_cpu(info) - 3.75).abs() < 1e-9);
     }
 
     #[test]

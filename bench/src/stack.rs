@@ -56,6 +56,7 @@ impl Service {
     fn spawn(
         name: &str,
         exe: &Path,
+        args: &[String],
         env: &[(String, String)],
         addr: SocketAddr,
         log_dir: &Path,
@@ -63,6 +64,7 @@ impl Service {
         let log = std::fs::File::create(log_dir.join(format!("{name}.log")))
             .with_context(|| format!("creating the log file of {name}"))?;
         let child = base_command(exe, env)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -292,6 +294,7 @@ impl Stack {
         let mut auth = Service::spawn(
             "auth-service",
             &exe,
+            &[],
             &self.auth_env(addr),
             addr,
             &self.log_dir,
@@ -345,6 +348,10 @@ impl Stack {
         })
     }
 
+    pub fn redis_url(&self) -> &str {
+        &self.redis_url
+    }
+
     pub fn auth(&self) -> anyhow::Result<&Service> {
         self.auth.as_ref().context("auth-service is not running")
     }
@@ -359,10 +366,6 @@ impl Stack {
 
     pub fn nodes(&self) -> &[Service] {
         &self.nodes
-    }
-
-    pub fn node_addrs(&self, which: &[usize]) -> Vec<SocketAddr> {
-        which.iter().map(|&i| self.nodes[i].addr).collect()
     }
 
     /// Replaces the running nodes with `count` fresh ones, so every scenario
@@ -383,13 +386,83 @@ impl Stack {
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
             );
             env.extend(self.node_extra.iter().cloned());
-            let node = Service::spawn(&name, &exe, &env, addr, &self.log_dir)?;
+            let node = Service::spawn(&name, &exe, &[], &env, addr, &self.log_dir)?;
             self.nodes.push(node);
         }
         for node in &mut self.nodes {
             node.wait_ready(&self.http).await?;
         }
         Ok(())
+    }
+
+    /// Starts `count` reference servers (this executable's `reference`
+    /// command, see `crate::reference`), each in its own process on its own port.
+    pub async fn start_references(&mut self, count: usize) -> anyhow::Result<Vec<Service>> {
+        let exe = std::env::current_exe().context("locating tessera-bench")?;
+        let mut references = Vec::new();
+        for i in 0..count {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, testkit::free_port()));
+            let args = [
+                "reference".to_owned(),
+                "--listen".to_owned(),
+                addr.to_string(),
+            ];
+            let name = format!("reference-{i}");
+            references.push(Service::spawn(
+                &name,
+                &exe,
+                &args,
+                &[],
+                addr,
+                &self.log_dir,
+            )?);
+        }
+        for reference in &mut references {
+            reference.wait_ready(&self.http).await?;
+        }
+        Ok(references)
+    }
+
+    /// Starts `count` Node.js `ws` + `ioredis` peers (`bench/peers/node-ws`,
+    /// installed by `scripts/bench.sh`) on the run's Redis and prefix; `None`
+    /// when Node or the peer's packages are not there.
+    pub async fn start_node_peers(&mut self, count: usize) -> anyhow::Result<Option<Vec<Service>>> {
+        let dir = crate::scenarios::workspace_root().join("bench/peers/node-ws");
+        let node = PathBuf::from("node");
+        let installed =
+            dir.join("node_modules/ws").is_dir() && dir.join("node_modules/ioredis").is_dir();
+        let has_node = std::process::Command::new(&node)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed || !has_node {
+            return Ok(None);
+        }
+        let mut peers = Vec::new();
+        for i in 0..count {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, testkit::free_port()));
+            let name = format!("node-ws-{i}");
+            let env = vec![
+                ("PEER_LISTEN".to_owned(), addr.to_string()),
+                ("REDIS_URL".to_owned(), self.redis_url.clone()),
+                ("REDIS_PREFIX".to_owned(), self.redis_prefix.clone()),
+                ("NODE_ID".to_owned(), name.clone()),
+            ];
+            let args = [dir.join("server.js").display().to_string()];
+            peers.push(Service::spawn(
+                &name,
+                &node,
+                &args,
+                &env,
+                addr,
+                &self.log_dir,
+            )?);
+        }
+        for peer in &mut peers {
+            peer.wait_ready(&self.http).await?;
+        }
+        Ok(Some(peers))
     }
 
     pub async fn stop_nodes(&mut self) {

@@ -20,7 +20,7 @@ use crate::hist::{self, Hist, Wire};
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
@@ -49,12 +49,45 @@ pub struct Job {
     pub targets: Vec<Target>,
     /// Handshakes in flight at once.
     pub concurrency: usize,
-    /// Channel every connection subscribes to after `welcome`, if any.
-    pub channel: Option<String>,
-    /// Messages the publisher will send (sequence numbers `0..messages`); 0 if none.
+    /// What each connection subscribes to after `welcome`, if anything.
+    pub rooms: Option<Rooms>,
+    /// Messages each connection will be sent (sequence numbers `0..messages`
+    /// in its channel); 0 if none.
     pub messages: u64,
+    /// Mint each ticket at the node the connection goes to (`http://<node>`)
+    /// instead of `auth_url`: each reference server keeps its own tickets.
+    pub mint_at_node: bool,
+    /// Mint every ticket before reporting `started`, so that the timed part
+    /// of a handshake is connect + upgrade + `welcome` only.
+    pub premint: bool,
     /// The worker exits after this many seconds whatever happens.
     pub deadline_secs: u64,
+}
+
+/// The channels a scenario's connections subscribe to: `count` rooms, and
+/// the connection with index `g` over all workers joins room `g % count`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rooms {
+    /// The channel's name, or with several rooms the prefix of theirs
+    /// (`<name>-<room>`).
+    pub name: String,
+    pub count: usize,
+    /// The index, over all workers, of this worker's first connection.
+    pub first: usize,
+    /// Put each room's members on one node, `targets[room % targets]`:
+    /// reference servers in separate processes share no rooms.
+    pub pinned: bool,
+}
+
+impl Rooms {
+    /// The channel of `room`.
+    pub fn channel(&self, room: usize) -> String {
+        if self.count <= 1 {
+            self.name.clone()
+        } else {
+            format!("{}-{room}", self.name)
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -111,6 +144,8 @@ pub struct Outcome {
     pub last_delivery_ns: u64,
     /// Connections that ended before the worker was told to stop, by how they ended.
     pub dropped: BTreeMap<String, usize>,
+    /// The worker's CPU time since it started, in clock ticks, read last.
+    pub cpu_ticks: u64,
 }
 
 /// Entry point of `tessera-bench worker`.
@@ -174,13 +209,8 @@ struct Shared {
 async fn run(job: Job) -> anyhow::Result<()> {
     let (tx, mut commands) = mpsc::unbounded_channel();
     tokio::spawn(read_commands(tx));
-    let minter = client::Minter::new(&job.auth_url).await?;
+    let minters = Minters::new(&job).await?;
     prefault_heap(job.targets.iter().map(|t| t.count).sum());
-    emit(&Event::Started)?;
-    match commands.recv().await {
-        Some(Command::Go) => {}
-        other => bail!("expected go, got {other:?}"),
-    }
 
     let shared = Arc::new(Shared {
         latency: Mutex::new(hist::new()),
@@ -192,27 +222,31 @@ async fn run(job: Job) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let job = Arc::new(job);
 
-    // Alternate between the nodes so every node takes load from the start.
-    let mut nodes = Vec::new();
-    let most = job.targets.iter().map(|t| t.count).max().unwrap_or(0);
-    for round in 0..most {
-        nodes.extend(
-            job.targets
-                .iter()
-                .filter(|t| round < t.count)
-                .map(|t| t.node),
-        );
+    let plan = connection_plan(&job);
+    let tickets = if job.premint {
+        premint(&job, &minters, &plan).await?
+    } else {
+        Vec::new()
+    };
+    emit(&Event::Started)?;
+    match commands.recv().await {
+        Some(Command::Go) => {}
+        other => bail!("expected go, got {other:?}"),
     }
 
     let started_ns = client::unix_nanos();
-    let attempts: Vec<_> = futures_util::stream::iter(nodes.into_iter().enumerate())
-        .map(|(i, node)| {
-            let (job, minter, shared, stop) =
-                (job.clone(), &minter, shared.clone(), stop_rx.clone());
+    let attempts: Vec<_> = futures_util::stream::iter(plan.into_iter().enumerate())
+        .map(|(i, (node, room))| {
+            let (job, minters, shared, stop) =
+                (job.clone(), &minters, shared.clone(), stop_rx.clone());
+            let ticket = tickets.get(i).cloned();
             async move {
                 let began = Instant::now();
-                let opened =
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, open(&job, minter, i, node)).await;
+                let opened = tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    open(&job, minters, i, node, room, ticket),
+                )
+                .await;
                 match opened {
                     Ok(Ok((ws, handshake))) => {
                         let task = tokio::spawn(serve(ws, shared, stop));
@@ -299,6 +333,7 @@ async fn run(job: Job) -> anyhow::Result<()> {
         ns => ns,
     };
     outcome.last_delivery_ns = shared.last_delivery_ns.load(Ordering::Relaxed);
+    outcome.cpu_ticks = crate::proc::cpu_ticks(std::process::id()).unwrap_or(0);
     emit(&Event::Result(outcome))
 }
 
@@ -321,22 +356,112 @@ fn prefault_heap(connections: usize) {
     std::hint::black_box(&blocks);
 }
 
-/// One connection: mint a ticket, connect, read `welcome`, maybe subscribe.
-/// Returns the handshake time (the subscription is not part of it).
+/// Where tickets are minted: auth-service, or each node itself.
+struct Minters {
+    by_node: HashMap<SocketAddr, client::Minter>,
+    auth: Option<client::Minter>,
+}
+
+impl Minters {
+    async fn new(job: &Job) -> anyhow::Result<Self> {
+        let mut by_node = HashMap::new();
+        if job.mint_at_node {
+            for t in &job.targets {
+                by_node.insert(
+                    t.node,
+                    client::Minter::new(&format!("http://{}", t.node)).await?,
+                );
+            }
+        }
+        let auth = if job.mint_at_node {
+            None
+        } else {
+            Some(client::Minter::new(&job.auth_url).await?)
+        };
+        Ok(Self { by_node, auth })
+    }
+
+    /// A ticket for a connection to `node`, with the `i`-th connection's key.
+    async fn mint(&self, job: &Job, i: usize, node: SocketAddr) -> anyhow::Result<String> {
+        let key = &job.api_keys[i % job.api_keys.len()];
+        let minter = match &self.auth {
+            Some(auth) => auth,
+            None => self.by_node.get(&node).context("no minter for the node")?,
+        };
+        minter.mint(key).await
+    }
+}
+
+/// Each connection's node and room, in the order they are opened. Unpinned,
+/// the nodes alternate so every node takes load from the start.
+fn connection_plan(job: &Job) -> Vec<(SocketAddr, Option<usize>)> {
+    let total: usize = job.targets.iter().map(|t| t.count).sum();
+    let room = |i: usize| job.rooms.as_ref().map(|r| (r.first + i) % r.count.max(1));
+    if let Some(rooms) = job
+        .rooms
+        .as_ref()
+        .filter(|r| r.pinned && !job.targets.is_empty())
+    {
+        return (0..total)
+            .map(|i| {
+                let room = (rooms.first + i) % rooms.count.max(1);
+                (job.targets[room % job.targets.len()].node, Some(room))
+            })
+            .collect();
+    }
+    let mut nodes = Vec::with_capacity(total);
+    let most = job.targets.iter().map(|t| t.count).max().unwrap_or(0);
+    for round in 0..most {
+        nodes.extend(
+            job.targets
+                .iter()
+                .filter(|t| round < t.count)
+                .map(|t| t.node),
+        );
+    }
+    nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, node)| (node, room(i)))
+        .collect()
+}
+
+/// A ticket for every connection of `plan`, in its order.
+async fn premint(
+    job: &Job,
+    minters: &Minters,
+    plan: &[(SocketAddr, Option<usize>)],
+) -> anyhow::Result<Vec<String>> {
+    futures_util::stream::iter(plan.iter().enumerate())
+        .map(|(i, &(node, _))| minters.mint(job, i, node))
+        .buffered(job.concurrency.clamp(1, 32))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// One connection: mint a ticket (unless given one), connect, read
+/// `welcome`, maybe subscribe. Returns the handshake time (the subscription
+/// is not part of it).
 async fn open(
     job: &Job,
-    minter: &client::Minter,
+    minters: &Minters,
     i: usize,
     node: SocketAddr,
+    room: Option<usize>,
+    ticket: Option<String>,
 ) -> anyhow::Result<(Ws, Duration)> {
     let began = Instant::now();
-    let key = &job.api_keys[i % job.api_keys.len()];
-    let ticket = minter.mint(key).await?;
+    let ticket = match ticket {
+        Some(ticket) => ticket,
+        None => minters.mint(job, i, node).await?,
+    };
     let mut ws = client::connect(node, &ticket, job.source_ip).await?;
     client::expect_welcome(&mut ws).await?;
     let took = began.elapsed();
-    if let Some(channel) = &job.channel {
-        client::subscribe(&mut ws, channel, 1).await?;
+    if let (Some(rooms), Some(room)) = (&job.rooms, room) {
+        client::subscribe(&mut ws, &rooms.channel(room), 1).await?;
     }
     Ok((ws, took))
 }
@@ -556,6 +681,11 @@ impl WorkerProc {
 pub struct Workers(pub Vec<WorkerProc>);
 
 impl Workers {
+    /// The worker processes' ids (for their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.0.iter().filter_map(|w| w.child.id()).collect()
+    }
+
     /// Spawns one worker per job and waits until all have started.
     pub async fn start(label: &str, jobs: Vec<Job>) -> anyhow::Result<Self> {
         let mut workers = Vec::new();

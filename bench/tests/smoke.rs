@@ -93,6 +93,7 @@ fn smoke_run_writes_a_complete_report() {
         "handshake",
         "fanout-",
         "latency-",
+        "rooms-",
         "idle",
         "mint",
         "login-storm",
@@ -120,12 +121,18 @@ fn smoke_run_writes_a_complete_report() {
                 c["metric"]
             );
         }
-        if name.as_str().is_some_and(|n| n.starts_with("fanout-")) {
-            let lost = metrics
-                .iter()
-                .find(|m| m["name"] == "lost")
-                .expect("fanout reports lost");
-            assert_eq!(lost["value"].as_f64(), Some(0.0), "{name} lost messages");
+        if name
+            .as_str()
+            .is_some_and(|n| n.starts_with("fanout-") || n.starts_with("rooms-"))
+        {
+            // Tessera's figures, then the reference server's.
+            for figure in ["lost", "reference: lost"] {
+                let lost = metrics
+                    .iter()
+                    .find(|m| m["name"] == figure)
+                    .unwrap_or_else(|| panic!("{name} reports no {figure:?}"));
+                assert_eq!(lost["value"].as_f64(), Some(0.0), "{name}: {figure}");
+            }
             let deliveries = metrics
                 .iter()
                 .find(|m| m["name"] == "deliveries")

@@ -1,21 +1,32 @@
-//! `fanout` and `latency`: S subscribers of one `public:` channel spread over
-//! nodes, one publisher on node 0 sending `{"t": <unix ns>, "seq": n}` at a
-//! fixed rate. Each subscriber checks off the sequence numbers it receives,
-//! so "lost" is exact per subscriber; latency is receive time minus `t`
-//! (sender and receivers share the machine's clock).
+//! `fanout`, `latency` and `rooms`: subscribers spread over nodes, a
+//! publisher sending `{"t": <unix ns>, "seq": n}` at a fixed rate. Each
+//! subscriber checks off the sequence numbers of its channel, so "lost" is
+//! exact per subscriber; latency is receive time minus `t` (sender and
+//! receivers share the machine's clock).
 //!
-//! The latency scenarios are the same machinery with the subscribers on node 1
-//! only, so every message crosses from node A through Redis to node B.
+//! Every plan runs twice in the same scenario: first against the reference
+//! server (`crate::reference`), then against tessera's nodes, with the same
+//! clients and the same load. The targets are ratios of the two, so they mean
+//! the same on a fast VM and a slow one.
+//!
+//! The latency scenarios put the subscribers on node 1 only, so with tessera
+//! every message crosses from node A through Redis to node B. With several
+//! rooms, each room's members are spread over tessera's nodes (a load
+//! balancer knows nothing of rooms), while each reference process holds whole
+//! rooms (its processes share nothing).
 
 use crate::client;
-use crate::hist;
+use crate::endpoints::{Endpoints, System};
+use crate::hist::{self, Summary};
 use crate::plan::FanoutPlan;
 use crate::report::{Op, ScenarioReport};
 use crate::say;
 use crate::stack::Stack;
-use crate::worker::{Command, Job, Workers, split};
+use crate::worker::{Command, Rooms, Workers};
 use anyhow::{Context as _, bail};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -29,142 +40,289 @@ pub async fn run(
     plan: &FanoutPlan,
     report: &mut ScenarioReport,
 ) -> anyhow::Result<()> {
+    // One reference process holds a channel's every member (a broadcast
+    // needs them in one place); with rooms, one per node, each room on one.
+    stack.stop_nodes().await;
+    let processes = if plan.rooms > 1 { plan.nodes } else { 1 };
+    let servers = stack.start_references(processes).await?;
+    let reference = drive(stack, plan, &Endpoints::reference(&servers)).await;
+    futures_util::future::join_all(servers.into_iter().map(|s| s.stop())).await;
+    let reference = reference.context("the reference run")?;
+    super::settle(plan.seconds).await;
+
     stack.restart_nodes(plan.nodes).await?;
-    let channel = format!(
-        "public:bench-{}-{}",
-        plan.label,
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    let endpoints = Endpoints::tessera(stack)?;
+    let tessera = drive(stack, plan, &endpoints).await?;
+
+    judge(plan, &tessera, &reference, report);
+    tessera.record(report, None, plan);
+    reference.record(report, Some("reference"), plan);
+    report.note(format!(
+        "reference: {processes} process(es) of `tessera-bench reference` (no auth, no Redis), \
+         run just before tessera with the same clients and load"
+    ));
+    Ok(())
+}
+
+/// The targets: tessera's figures as ratios to the reference's.
+fn judge(plan: &FanoutPlan, tessera: &Leg, reference: &Leg, report: &mut ScenarioReport) {
+    let t = &plan.targets;
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let rate = ratio(tessera.rate, reference.rate);
+    match t.min_rate_ratio {
+        Some(target) => report.check("deliveries/s ÷ reference", rate, "×", Op::AtLeast, target),
+        None => rate
+            .into_iter()
+            .for_each(|r| report.metric("deliveries/s ÷ reference", r, "×")),
+    }
+    if t.zero_lost {
+        report.check("lost", Some(tessera.lost as f64), "", Op::AtMost, 0.0);
+    }
+    let p99 = ratio(
+        tessera.latency.as_ref().map(|s| s.p99_ms),
+        reference.latency.as_ref().map(|s| s.p99_ms),
     );
-    let sub_nodes = stack.node_addrs(&plan.sub_nodes);
-    let auth_url = stack.auth_url()?;
-    let api_keys = stack.api_keys();
-    let jobs: Vec<Job> = split(plan.subscribers, plan.workers, &sub_nodes)
-        .into_iter()
-        .map(|targets| Job {
-            auth_url: auth_url.clone(),
-            api_keys: api_keys.clone(),
-            source_ip: stack.next_source_ip(),
-            targets,
-            concurrency: 64,
-            channel: Some(channel.clone()),
-            messages: plan.messages(),
-            deadline_secs: plan.seconds + 600,
-        })
-        .collect();
-    let mut workers = Workers::start(&plan.label, jobs).await?;
+    match t.max_p99_ratio {
+        Some(target) => report.check("latency p99 ÷ reference", p99, "×", Op::AtMost, target),
+        None => p99
+            .into_iter()
+            .for_each(|r| report.metric("latency p99 ÷ reference", r, "×")),
+    }
+    let cpu = ratio(
+        tessera.per_million(tessera.cpu.servers),
+        reference.per_million(reference.cpu.servers),
+    );
+    match t.max_cpu_ratio {
+        // A run too short for the CPU clock's 10 ms ticks has nothing to compare.
+        Some(_) if cpu.is_none() => {
+            report.note("node CPU per delivery: too little CPU time to measure")
+        }
+        Some(target) => report.check(
+            "node CPU per delivery ÷ reference",
+            cpu,
+            "×",
+            Op::AtMost,
+            target,
+        ),
+        None => cpu
+            .into_iter()
+            .for_each(|r| report.metric("node CPU per delivery ÷ reference", r, "×")),
+    }
+    let clients = ratio(
+        tessera.per_million(tessera.cpu.clients),
+        reference.per_million(reference.cpu.clients),
+    );
+    if let Some(r) = clients {
+        report.metric("client CPU per delivery ÷ reference", r, "×");
+    }
+}
+
+/// CPU seconds over a run's publishing window, by who spent them.
+#[derive(Default)]
+struct Cpu {
+    /// The servers under test: tessera's nodes, or the reference processes.
+    servers: f64,
+    redis: f64,
+    /// The subscribers' worker processes and the publisher.
+    clients: f64,
+}
+
+/// What one system did with the plan's load.
+struct Leg {
+    system: System,
+    connected: usize,
+    failed: usize,
+    deliveries: u64,
+    lost: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    /// Deliveries per second, first publish to last delivery.
+    rate: Option<f64>,
+    latency: Option<Summary>,
+    published: Published,
+    dropped: BTreeMap<String, usize>,
+    connect_errors: Vec<String>,
+    cpu: Cpu,
+}
+
+impl Leg {
+    /// CPU seconds per million deliveries.
+    fn per_million(&self, seconds: f64) -> Option<f64> {
+        (self.deliveries > 0).then(|| seconds / self.deliveries as f64 * 1e6)
+    }
+
+    /// Records the leg's figures, their names prefixed with `prefix`.
+    fn record(&self, report: &mut ScenarioReport, prefix: Option<&str>, plan: &FanoutPlan) {
+        let name = |n: &str| prefix.map_or_else(|| n.to_owned(), |p| format!("{p}: {n}"));
+        let mut metric = |n: &str, v: f64, unit: &str| report.metric(&name(n), v, unit);
+        if let Some(rate) = self.rate {
+            metric("deliveries/s", rate, "/s");
+        }
+        if prefix.is_some() {
+            metric("lost", self.lost as f64, "");
+        }
+        if let Some(s) = &self.latency {
+            metric("latency p50", s.p50_ms, "ms");
+            metric("latency p99", s.p99_ms, "ms");
+            metric("latency p99.9", s.p999_ms, "ms");
+            metric("latency max", s.max_ms, "ms");
+        }
+        let servers = match self.system {
+            System::Tessera => "node CPU s per M deliveries",
+            System::Reference | System::NodeWs => "server CPU s per M deliveries",
+        };
+        if let Some(v) = self.per_million(self.cpu.servers) {
+            metric(servers, v, "s");
+        }
+        if let Some(v) = self.per_million(self.cpu.redis) {
+            metric("Redis CPU s per M deliveries", v, "s");
+        }
+        if let Some(v) = self.per_million(self.cpu.clients) {
+            metric("client CPU s per M deliveries", v, "s");
+        }
+        metric("deliveries", self.deliveries as f64, "");
+        metric(
+            "offered deliveries/s",
+            self.connected as f64 * plan.rate as f64 / plan.rooms.max(1) as f64,
+            "/s",
+        );
+        metric("subscribers connected", self.connected as f64, "");
+        metric("subscribers that failed to connect", self.failed as f64, "");
+        metric("messages published", self.published.accepted as f64, "");
+        metric("publish errors", self.published.errors as f64, "");
+        metric("publish rate achieved", self.published.rate(), "/s");
+        metric("duplicates", self.duplicates as f64, "");
+        metric("out of order", self.out_of_order as f64, "");
+        let total_dropped: usize = self.dropped.values().sum();
+        metric("subscribers disconnected", total_dropped as f64, "");
+        let system = self.system.name();
+        if !self.dropped.is_empty() {
+            report.note(format!(
+                "{system}: subscribers disconnected by the server: {:?}",
+                self.dropped
+            ));
+        }
+        for e in &self.connect_errors {
+            report.note(format!("{system}: subscriber error: {e}"));
+        }
+        for e in &self.published.error_samples {
+            report.note(format!("{system}: publish error: {e}"));
+        }
+    }
+}
+
+/// Runs the plan's load against `endpoints` and measures it.
+async fn drive(stack: &mut Stack, plan: &FanoutPlan, endpoints: &Endpoints) -> anyhow::Result<Leg> {
+    let system = endpoints.system.name();
+    let rooms = Rooms {
+        name: format!(
+            "public:bench-{}-{}",
+            plan.label,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+        count: plan.rooms.max(1),
+        first: 0,
+        pinned: false,
+    };
+    let per_room = plan.messages() / rooms.count as u64;
+    let jobs = endpoints.jobs(
+        stack,
+        plan.subscribers,
+        plan.workers,
+        &plan.sub_nodes,
+        Some(&rooms),
+        per_room,
+        64,
+        false,
+        plan.seconds + 600,
+    );
+    let label = format!("{}-{system}", plan.label);
+    let mut workers = Workers::start(&label, jobs).await?;
     let readies = workers.connect(Duration::from_secs(300)).await?;
     let connected: usize = readies.iter().map(|r| r.connected).sum();
     let failed: usize = readies.iter().map(|r| r.failed).sum();
-    for e in readies.iter().flat_map(|r| &r.errors) {
-        report.note(format!("subscriber error: {e}"));
-    }
     if connected == 0 {
-        bail!("no subscriber could connect");
+        bail!("{system}: no subscriber could connect");
     }
     say(format!(
-        "{}: {connected} subscribers ready; publishing {} messages at {}/s",
-        plan.label,
+        "{label}: {connected} subscribers ready; publishing {} messages at {}/s",
         plan.messages(),
         plan.rate
     ));
 
-    let publisher_node = stack.nodes()[0].addr;
-    let published = publish(
-        &auth_url,
-        &api_keys[0],
-        publisher_node,
-        &channel,
-        plan.rate,
-        plan.messages(),
-    )
-    .await?;
+    let client_pids = workers.pids();
+    let own_pid = std::process::id();
+    let cpu_before = Cpu {
+        servers: crate::proc::cpu_seconds(&endpoints.pids),
+        redis: redis_cpu(stack, endpoints).await,
+        clients: crate::proc::cpu_seconds(&client_pids) + crate::proc::cpu_seconds(&[own_pid]),
+    };
+    let published = publish(endpoints, &rooms, plan.rate, plan.messages()).await?;
     let outcomes = workers
         .stop(
             Command::Finish {
-                expected: published.accepted,
+                expected: published.accepted / rooms.count as u64,
                 quiet_ms: QUIET_MS,
             },
             Duration::from_secs(120),
         )
         .await?;
+    let ticks = crate::proc::clock_ticks_per_sec() as f64;
+    let worker_cpu: f64 = outcomes.iter().map(|o| o.cpu_ticks as f64 / ticks).sum();
+    let cpu = Cpu {
+        servers: crate::proc::cpu_seconds(&endpoints.pids) - cpu_before.servers,
+        redis: redis_cpu(stack, endpoints).await - cpu_before.redis,
+        clients: worker_cpu + crate::proc::cpu_seconds(&[own_pid]) - cpu_before.clients,
+    };
 
+    let mut latency = hist::new();
+    for o in &outcomes {
+        hist::add_wire(&mut latency, &o.latency);
+    }
     let deliveries: u64 = outcomes.iter().map(|o| o.deliveries).sum();
-    let lost: u64 = outcomes.iter().map(|o| o.lost).sum();
-    let duplicates: u64 = outcomes.iter().map(|o| o.duplicates).sum();
-    let out_of_order: u64 = outcomes.iter().map(|o| o.out_of_order).sum();
     let last_delivery = outcomes
         .iter()
         .map(|o| o.last_delivery_ns)
         .max()
         .unwrap_or(0);
-    let mut latency = hist::new();
-    for o in &outcomes {
-        hist::add_wire(&mut latency, &o.latency);
-    }
-    let summary = hist::summary(&latency);
-    // From the first publish to the last delivery: if the nodes fall behind,
-    // the deliveries that straggle in after the publisher stopped stretch the
-    // window instead of flattering the rate.
+    // From the first publish to the last delivery: if the servers fall
+    // behind, the deliveries that straggle in after the publisher stopped
+    // stretch the window instead of flattering the rate.
     let window = last_delivery.saturating_sub(published.started_ns) as f64 / 1e9;
-    let rate = (window > 0.0 && deliveries > 0).then(|| deliveries as f64 / window);
-
-    let t = &plan.targets;
-    if let Some(target) = t.min_deliveries_per_sec {
-        report.check("deliveries/s", rate, "/s", Op::AtLeast, target);
-    } else if let Some(rate) = rate {
-        report.metric("deliveries/s", rate, "/s");
-    }
-    if t.zero_lost {
-        report.check("lost", Some(lost as f64), "", Op::AtMost, 0.0);
-    } else {
-        report.metric("lost", lost as f64, "");
-    }
-    let p50 = summary.as_ref().map(|s| s.p50_ms);
-    let p99 = summary.as_ref().map(|s| s.p99_ms);
-    match t.max_p50_ms {
-        Some(target) => report.check("latency p50", p50, "ms", Op::AtMost, target),
-        None => p50
-            .into_iter()
-            .for_each(|v| report.metric("latency p50", v, "ms")),
-    }
-    match t.max_p99_ms {
-        Some(target) => report.check("latency p99", p99, "ms", Op::AtMost, target),
-        None => p99
-            .into_iter()
-            .for_each(|v| report.metric("latency p99", v, "ms")),
-    }
-    if let Some(s) = &summary {
-        report.metric("latency p99.9", s.p999_ms, "ms");
-        report.metric("latency max", s.max_ms, "ms");
-    }
-    report.metric("deliveries", deliveries as f64, "");
-    report.metric(
-        "offered deliveries/s",
-        connected as f64 * plan.rate as f64,
-        "/s",
-    );
-    report.metric("subscribers connected", connected as f64, "");
-    report.metric("subscribers that failed to connect", failed as f64, "");
-    report.metric("messages published", published.accepted as f64, "");
-    report.metric("publish errors", published.errors as f64, "");
-    report.metric("publish rate achieved", published.rate(), "/s");
-    report.metric("duplicates", duplicates as f64, "");
-    report.metric("out of order", out_of_order as f64, "");
-    let mut dropped = std::collections::BTreeMap::<String, usize>::new();
+    let mut dropped = BTreeMap::<String, usize>::new();
     for o in &outcomes {
         for (how, n) in &o.dropped {
             *dropped.entry(how.clone()).or_default() += n;
         }
     }
-    let total_dropped: usize = dropped.values().sum();
-    report.metric("subscribers disconnected", total_dropped as f64, "");
-    if !dropped.is_empty() {
-        report.note(format!("subscribers disconnected by the node: {dropped:?}"));
+    Ok(Leg {
+        system: endpoints.system,
+        connected,
+        failed,
+        deliveries,
+        lost: outcomes.iter().map(|o| o.lost).sum(),
+        duplicates: outcomes.iter().map(|o| o.duplicates).sum(),
+        out_of_order: outcomes.iter().map(|o| o.out_of_order).sum(),
+        rate: (window > 0.0 && deliveries > 0).then(|| deliveries as f64 / window),
+        latency: hist::summary(&latency),
+        published,
+        dropped,
+        connect_errors: readies.into_iter().flat_map(|r| r.errors).collect(),
+        cpu,
+    })
+}
+
+/// Redis's CPU seconds so far if the system uses it, else 0.
+async fn redis_cpu(stack: &Stack, endpoints: &Endpoints) -> f64 {
+    if !endpoints.uses_redis {
+        return 0.0;
     }
-    for e in &published.error_samples {
-        report.note(format!("publish error: {e}"));
-    }
-    Ok(())
+    crate::proc::redis_cpu_seconds(stack.redis_url())
+        .await
+        .unwrap_or(0.0)
 }
 
 /// What the publisher did.
@@ -187,74 +345,119 @@ impl Published {
     }
 }
 
-/// Publishes `count` messages on `channel` at `rate`/s over one WebSocket to
-/// `node`, on a fixed schedule (message n is due at n/rate; one that is late
-/// goes at once, so a slow moment is caught up rather than shifting the rest),
-/// and waits for every `ack`.
+type Sink = SplitSink<client::Ws, Message>;
+
+/// Publishes `count` messages at `rate`/s on a fixed schedule (message n is
+/// due at n/rate; one that is late goes at once, so a slow moment is caught
+/// up rather than shifting the rest), and waits for every `ack`. Message n
+/// goes to room `n % rooms` with sequence number `n / rooms`, over a
+/// connection to node 0, or with pinned rooms to the room's own server.
 async fn publish(
-    auth_url: &str,
-    api_key: &str,
-    node: SocketAddr,
-    channel: &str,
+    endpoints: &Endpoints,
+    rooms: &Rooms,
     rate: u64,
     count: u64,
 ) -> anyhow::Result<Published> {
-    let ticket = client::Minter::new(auth_url).await?.mint(api_key).await?;
-    let mut ws = client::connect(node, &ticket, Ipv4Addr::LOCALHOST.into()).await?;
-    client::expect_welcome(&mut ws).await?;
-    let (mut sink, mut stream) = ws.split();
-
-    // Acks are read concurrently, so a slow ack never delays the schedule.
-    let replies = tokio::spawn(async move {
-        let (mut accepted, mut errors, mut samples) = (0u64, 0u64, Vec::new());
-        while accepted + errors < count {
-            let next = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
-            let text = match next {
-                Ok(Some(Ok(Message::Text(text)))) => text,
-                Ok(Some(Ok(_))) => continue,
-                _ => break,
-            };
-            let Ok(frame) = serde_json::from_str::<client::Frame<'_>>(text.as_str()) else {
-                continue;
-            };
-            match &*frame.kind {
-                "ack" => accepted += 1,
-                "error" => {
-                    errors += 1;
-                    if samples.len() < 5 {
-                        samples.push(client::truncate(text.as_str(), 200).to_owned());
-                    }
-                }
-                _ => {}
-            }
+    let pinned = endpoints.pinned_rooms && rooms.count > 1;
+    let servers: Vec<SocketAddr> = if pinned {
+        endpoints.nodes.clone()
+    } else {
+        vec![endpoints.node(0)]
+    };
+    let room_count = rooms.count as u64;
+    let server_of = |n: u64| {
+        if pinned {
+            usize::try_from(n % room_count).unwrap_or(0) % servers.len()
+        } else {
+            0
         }
-        (accepted, errors, samples)
-    });
+    };
+    let mut sinks: Vec<Sink> = Vec::new();
+    let mut readers = Vec::new();
+    for (i, &server) in servers.iter().enumerate() {
+        let mint_url = if endpoints.mint_at_node {
+            format!("http://{server}")
+        } else {
+            endpoints.auth_url.clone()
+        };
+        let ticket = client::Minter::new(&mint_url)
+            .await?
+            .mint(&endpoints.api_keys[0])
+            .await?;
+        let mut ws = client::connect(server, &ticket, Ipv4Addr::LOCALHOST.into()).await?;
+        client::expect_welcome(&mut ws).await?;
+        let (sink, stream) = ws.split();
+        let expected = (0..count).filter(|&n| server_of(n) == i).count() as u64;
+        sinks.push(sink);
+        // Acks are read concurrently, so a slow ack never delays the schedule.
+        readers.push(tokio::spawn(read_replies(stream, expected)));
+    }
 
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
     let start = Instant::now();
     let started_ns = client::unix_nanos();
-    for seq in 0..count {
-        let due = start + period.mul_f64(seq as f64);
+    for n in 0..count {
+        let due = start + period.mul_f64(n as f64);
         tokio::time::sleep_until(due.into()).await;
-        sink.send(Message::text(client::publish_frame(seq + 1, channel, seq)))
+        let channel = rooms.channel(usize::try_from(n % room_count).unwrap_or(0));
+        let frame = client::publish_frame(n + 1, &channel, n / room_count);
+        sinks[server_of(n)]
+            .send(Message::text(frame))
             .await
             .context("publishing")?;
     }
     let finished_ns = client::unix_nanos();
-    let (accepted, errors, error_samples) = replies.await.context("the ack reader panicked")?;
-    let _ = sink.close().await;
-    if accepted + errors < count {
-        say(format!(
-            "publisher: {} publishes got no reply (connection closed or timed out)",
-            count - accepted - errors
-        ));
-    }
-    Ok(Published {
+    let mut published = Published {
         started_ns,
         finished_ns,
-        accepted,
-        errors,
-        error_samples,
-    })
+        accepted: 0,
+        errors: 0,
+        error_samples: Vec::new(),
+    };
+    for reader in readers {
+        let (accepted, errors, samples) = reader.await.context("the ack reader panicked")?;
+        published.accepted += accepted;
+        published.errors += errors;
+        published.error_samples.extend(samples);
+    }
+    for mut sink in sinks {
+        let _ = sink.close().await;
+    }
+    if published.accepted + published.errors < count {
+        say(format!(
+            "publisher: {} publishes got no reply (connection closed or timed out)",
+            count - published.accepted - published.errors
+        ));
+    }
+    Ok(published)
+}
+
+/// Counts the `ack`s and `error`s of `expected` publishes.
+async fn read_replies(
+    mut stream: SplitStream<client::Ws>,
+    expected: u64,
+) -> (u64, u64, Vec<String>) {
+    let (mut accepted, mut errors, mut samples) = (0u64, 0u64, Vec::new());
+    while accepted + errors < expected {
+        let next = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+        let text = match next {
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        };
+        let Ok(frame) = serde_json::from_str::<client::Frame<'_>>(text.as_str()) else {
+            continue;
+        };
+        match &*frame.kind {
+            "ack" => accepted += 1,
+            "error" => {
+                errors += 1;
+                if samples.len() < 5 {
+                    samples.push(client::truncate(text.as_str(), 200).to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    (accepted, errors, samples)
 }

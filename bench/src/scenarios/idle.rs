@@ -48,8 +48,10 @@ pub async fn run(
             source_ip: stack.next_source_ip(),
             targets,
             concurrency: 128,
-            channel: None,
+            rooms: None,
             messages: 0,
+            mint_at_node: false,
+            premint: false,
             deadline_secs: plan.window_secs + 900,
         })
         .collect();

@@ -24,16 +24,18 @@ pub enum ScenarioKind {
     Handshake,
     Fanout,
     Latency,
+    Rooms,
     Idle,
     Mint,
     LoginStorm,
     CredentialFlood,
 }
 
-const ALL: [ScenarioKind; 7] = [
+const ALL: [ScenarioKind; 8] = [
     ScenarioKind::Handshake,
     ScenarioKind::Fanout,
     ScenarioKind::Latency,
+    ScenarioKind::Rooms,
     ScenarioKind::Idle,
     ScenarioKind::Mint,
     ScenarioKind::LoginStorm,
@@ -41,7 +43,7 @@ const ALL: [ScenarioKind; 7] = [
 ];
 
 /// The workspace the bench was built from: for `git` and the default `--bin-dir`.
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
@@ -174,6 +176,13 @@ fn quiet_within(size: Size) -> Duration {
         Size::Quick | Size::Full => Duration::from_secs(30),
     }
 }
+/// Between the two runs of one scenario (reference, then tessera): waits
+/// for quiet CPUs, at most as long as the scenario's window and 10 s.
+pub async fn settle(window_secs: u64) {
+    let within = Duration::from_secs(window_secs.clamp(1, 10));
+    crate::proc::wait_until_quiet(QUIET_BELOW_PERCENT, within).await;
+}
+
 /// The figure recording how long that took.
 pub const QUIET_WAIT: &str = "waited for the CPUs to be quiet";
 
@@ -240,11 +249,11 @@ async fn run_scenarios(
                     .await,
                 );
             }
-            ScenarioKind::Fanout | ScenarioKind::Latency => {
-                let plans = if *kind == ScenarioKind::Fanout {
-                    &plan.fanout
-                } else {
-                    &plan.latency
+            ScenarioKind::Fanout | ScenarioKind::Latency | ScenarioKind::Rooms => {
+                let plans = match kind {
+                    ScenarioKind::Fanout => &plan.fanout[..],
+                    ScenarioKind::Latency => &plan.latency[..],
+                    _ => std::slice::from_ref(&plan.rooms),
                 };
                 for p in plans {
                     let r = ScenarioReport::new(&p.label, p);
