@@ -97,14 +97,16 @@ pub struct Config {
     #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,
 
-    /// Under heavy fan-out, sockets write on a shared tick of this many
-    /// milliseconds (many messages per syscall) instead of per message. 0: never.
-    #[arg(long, env = "WRITE_COALESCE_MS", default_value_t = 20)]
+    /// When the node is busy, sockets write on a shared tick (many messages
+    /// per syscall) instead of per message; the tick lengthens up to this
+    /// many milliseconds while the node stays busy. 0: never.
+    #[arg(long, env = "WRITE_COALESCE_MS", default_value_t = 50)]
     pub write_coalesce_ms: u64,
 
-    /// Deliveries per second (node-wide) above which write coalescing turns on.
-    #[arg(long, env = "WRITE_COALESCE_ABOVE", default_value_t = 250_000)]
-    pub write_coalesce_above: u64,
+    /// Percentage of the node's runtime time spent busy above which write
+    /// coalescing turns on (and its tick lengthens).
+    #[arg(long, env = "WRITE_COALESCE_BUSY", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub write_coalesce_busy: u8,
 
     /// Seconds a connection's cluster-wide entries (per-user slot, directory,
     /// presence) live without renewal; a dead node's entries vanish within this.

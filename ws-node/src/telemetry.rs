@@ -19,6 +19,7 @@ pub const ACCEPT_ERRORS: &str = "ws_accept_errors_total";
 pub const MESSAGES_RECEIVED: &str = "ws_messages_received_total";
 pub const DELIVERIES: &str = "ws_deliveries_total";
 pub const FANOUT_LATENCY: &str = "ws_fanout_latency_seconds";
+pub const COALESCE_PERIOD: &str = "ws_write_coalesce_period_seconds";
 pub const CLIENT_PUBLISHES: &str = "ws_client_publishes_total";
 pub const RATE_LIMITED_FRAMES: &str = "ws_rate_limited_frames_total";
 pub const SLOW_CONSUMERS_CLOSED: &str = "ws_slow_consumers_closed_total";
@@ -41,6 +42,10 @@ const GAUGES: &[(&str, &str)] = &[
     (
         PENDING_AUTH,
         "Open sockets still waiting for their first-message `auth` frame.",
+    ),
+    (
+        COALESCE_PERIOD,
+        "Period of the write-coalescing tick while the node is busy (0: writes are immediate).",
     ),
 ];
 

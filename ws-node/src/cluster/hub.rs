@@ -150,8 +150,6 @@ pub enum JoinError {
 }
 
 pub struct Hub {
-    /// Deliveries queued since the coalescing ticker last looked.
-    delivered: AtomicU64,
     /// Messages dispatched, to pick which are timed ([`FANOUT_SAMPLE_EVERY`]).
     dispatched: AtomicU64,
     channels: RwLock<HashMap<ChannelName, ChannelEntry>>,
@@ -175,7 +173,6 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 impl Hub {
     pub fn new(commands: mpsc::UnboundedSender<SubscriberCommand>) -> Self {
         Self {
-            delivered: AtomicU64::new(0),
             dispatched: AtomicU64::new(0),
             channels: RwLock::new(HashMap::new()),
             connections: RwLock::new(HashMap::new()),
@@ -351,8 +348,6 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        self.delivered
-            .fetch_add(delivered as u64, Ordering::Relaxed);
         delivered
     }
 
@@ -377,11 +372,6 @@ impl Hub {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-    }
-
-    /// Deliveries queued since the last call (for the node's load estimate).
-    pub fn take_delivered(&self) -> u64 {
-        self.delivered.swap(0, Ordering::Relaxed)
     }
 
     /// Asks one local connection to close; returns 1 if it exists, else 0.
