@@ -42,6 +42,9 @@ pub struct FanoutPlan {
     pub rooms: usize,
     /// Messages per second over all rooms.
     pub rate: u64,
+    /// Publishing connections: publisher `p` sends the messages of rooms
+    /// `r` with `r % publishers == p`, connected to node `p % nodes`.
+    pub publishers: usize,
     pub seconds: u64,
     pub workers: usize,
     pub targets: FanoutTargets,
@@ -123,6 +126,7 @@ fn fanout(label: &str, subscribers: usize, rate: u64, seconds: u64) -> FanoutPla
         sub_nodes: vec![0, 1],
         rooms: 1,
         rate,
+        publishers: 1,
         seconds,
         // Parsing deliveries is the clients' heaviest work: give them two processes.
         workers: workers_for(subscribers, 2.min(subscribers)),
@@ -148,10 +152,14 @@ fn latency(label: &str, subscribers: usize, rate: u64, seconds: u64) -> FanoutPl
     }
 }
 
-/// `rooms` channels of `members` subscribers each, over 2 nodes.
+/// `rooms` channels of `members` subscribers each, over 2 nodes, their
+/// messages sent by [`ROOM_PUBLISHERS`] clients spread over the nodes: in a
+/// chat, many members talk, and one client sending thousands of messages a
+/// second would be stopped by its rate limit.
 fn rooms(label: &str, rooms: usize, members: usize, rate: u64, seconds: u64) -> FanoutPlan {
     FanoutPlan {
         rooms,
+        publishers: ROOM_PUBLISHERS,
         ..fanout(label, rooms * members, rate, seconds)
     }
 }
@@ -161,6 +169,8 @@ fn rooms(label: &str, rooms: usize, members: usize, rate: u64, seconds: u64) -> 
 const FANOUT_RATE_RATIO: f64 = 0.75;
 const FANOUT_CPU_RATIO: f64 = 2.0;
 const LATENCY_P99_RATIO: f64 = 1.5;
+/// Publishing clients of the rooms scenario (a multiple of its nodes).
+const ROOM_PUBLISHERS: usize = 50;
 
 /// Connections of the mint scenario's closed-loop load generator: enough to
 /// keep auth-service's serving threads busy, and no more (found by running
@@ -310,6 +320,7 @@ mod tests {
                     f.subscribers
                 };
                 assert!(per_reference <= 18_000);
+                assert_eq!(f.publishers % f.nodes.min(f.rooms), 0);
             }
             let h = &plan.handshake;
             assert!(h.connections.div_ceil(h.workers) <= MAX_SOCKETS_PER_WORKER);

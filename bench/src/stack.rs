@@ -38,6 +38,9 @@ pub const NODE_SETTINGS: &[(&str, &str)] = &[
     // Thousands of connections share a handful of bench users.
     ("MAX_CONNECTIONS_PER_USER", "1000000"),
     ("DRAIN_TIMEOUT_SECS", "5"),
+    // One bench user publishes to a thousand rooms and megabytes per run.
+    ("PUBLISH_QUOTA_NEW_CHANNELS", "1000000000"),
+    ("PUBLISH_QUOTA_BYTES", "1000000000000"),
     ("RUST_LOG", "warn"),
 ];
 

@@ -27,7 +27,7 @@ use anyhow::{Context as _, bail};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -260,7 +260,14 @@ async fn drive(stack: &mut Stack, plan: &FanoutPlan, endpoints: &Endpoints) -> a
         redis: redis_cpu(stack, endpoints).await,
         clients: crate::proc::cpu_seconds(&client_pids) + crate::proc::cpu_seconds(&[own_pid]),
     };
-    let published = publish(endpoints, &rooms, plan.rate, plan.messages()).await?;
+    let published = publish(
+        endpoints,
+        &rooms,
+        plan.publishers,
+        plan.rate,
+        plan.messages(),
+    )
+    .await?;
     let outcomes = workers
         .stop(
             Command::Finish {
@@ -350,44 +357,35 @@ type Sink = SplitSink<client::Ws, Message>;
 /// Publishes `count` messages at `rate`/s on a fixed schedule (message n is
 /// due at n/rate; one that is late goes at once, so a slow moment is caught
 /// up rather than shifting the rest), and waits for every `ack`. Message n
-/// goes to room `n % rooms` with sequence number `n / rooms`, over a
-/// connection to node 0, or with pinned rooms to the room's own server.
+/// goes to room `n % rooms` with sequence number `n / rooms`, sent by
+/// publisher `room % publishers`, which is connected to node `publisher`
+/// (so with one publisher, to node 0; with pinned rooms the room's own
+/// server, as `publishers` is a multiple of the servers).
 async fn publish(
     endpoints: &Endpoints,
     rooms: &Rooms,
+    publishers: usize,
     rate: u64,
     count: u64,
 ) -> anyhow::Result<Published> {
-    let pinned = endpoints.pinned_rooms && rooms.count > 1;
-    let servers: Vec<SocketAddr> = if pinned {
-        endpoints.nodes.clone()
-    } else {
-        vec![endpoints.node(0)]
-    };
+    let publishers = publishers.clamp(1, rooms.count.max(1));
     let room_count = rooms.count as u64;
-    let server_of = |n: u64| {
-        if pinned {
-            usize::try_from(n % room_count).unwrap_or(0) % servers.len()
-        } else {
-            0
-        }
-    };
+    let publisher_of = |n: u64| usize::try_from(n % room_count).unwrap_or(0) % publishers;
     let mut sinks: Vec<Sink> = Vec::new();
     let mut readers = Vec::new();
-    for (i, &server) in servers.iter().enumerate() {
+    for i in 0..publishers {
+        let server = endpoints.node(i);
         let mint_url = if endpoints.mint_at_node {
             format!("http://{server}")
         } else {
             endpoints.auth_url.clone()
         };
-        let ticket = client::Minter::new(&mint_url)
-            .await?
-            .mint(&endpoints.api_keys[0])
-            .await?;
+        let key = &endpoints.api_keys[i % endpoints.api_keys.len()];
+        let ticket = client::Minter::new(&mint_url).await?.mint(key).await?;
         let mut ws = client::connect(server, &ticket, Ipv4Addr::LOCALHOST.into()).await?;
         client::expect_welcome(&mut ws).await?;
         let (sink, stream) = ws.split();
-        let expected = (0..count).filter(|&n| server_of(n) == i).count() as u64;
+        let expected = (0..count).filter(|&n| publisher_of(n) == i).count() as u64;
         sinks.push(sink);
         // Acks are read concurrently, so a slow ack never delays the schedule.
         readers.push(tokio::spawn(read_replies(stream, expected)));
@@ -401,7 +399,7 @@ async fn publish(
         tokio::time::sleep_until(due.into()).await;
         let channel = rooms.channel(usize::try_from(n % room_count).unwrap_or(0));
         let frame = client::publish_frame(n + 1, &channel, n / room_count);
-        sinks[server_of(n)]
+        sinks[publisher_of(n)]
             .send(Message::text(frame))
             .await
             .context("publishing")?;
