@@ -100,7 +100,7 @@ pub struct Config {
     /// When the node is busy, sockets write on a shared tick (many messages
     /// per syscall) instead of per message; the tick lengthens up to this
     /// many milliseconds while the node stays busy. 0: never.
-    #[arg(long, env = "WRITE_COALESCE_MS", default_value_t = 50)]
+    #[arg(long, env = "WRITE_COALESCE_MS", default_value_t = 100)]
     pub write_coalesce_ms: u64,
 
     /// Percentage of the node's runtime time spent busy above which write

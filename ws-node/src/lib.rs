@@ -142,6 +142,7 @@ impl Application {
         let subscriber_task = tokio::spawn(subscriber.run());
         let maintenance = tokio::spawn(cluster::registry::renew_leases(state.clone()));
         let coalescing = tokio::spawn(cluster::coalescing::drive(
+            state.hub.clone(),
             state.coalescing.clone(),
             state.config.write_coalesce_ms,
             state.config.write_coalesce_busy,

@@ -19,6 +19,7 @@
 //! `WRITE_COALESCE_MS`, and shortens again, then turns off, once the node is
 //! well below it.
 
+use super::hub::Hub;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -60,32 +61,37 @@ impl Coalescing {
     }
 }
 
-/// The tick's next period (`None`: off), given the current one and the
-/// runtime's smoothed busy fraction. Above `busy_above` it doubles,
-/// up to `longest`; below [`HOLD_BELOW`] of it, it shortens by a fifth and
-/// turns off under [`SHORTEST`]; in between it holds.
+/// The tick's next period (`None`: off), given the current one, the
+/// runtime's smoothed busy fraction and whether any message was fanned out
+/// since the last tick. Busy above `busy_above` with fan-out going on, it
+/// doubles, up to `longest`; below [`HOLD_BELOW`] of the threshold it
+/// shortens by a fifth and turns off under [`SHORTEST`]; otherwise it holds.
+/// Without fan-out nothing can be gained: a burst of handshakes, say, must
+/// not leave the next messages waiting for a long tick.
 pub fn next_period(
     current: Option<Duration>,
     busy: f64,
+    fanning_out: bool,
     busy_above: f64,
     longest: Duration,
 ) -> Option<Duration> {
-    if busy > busy_above {
+    if longest.is_zero() {
+        None
+    } else if busy > busy_above && fanning_out {
         Some(current.map_or(SHORTEST, |p| p * 2).min(longest))
     } else if busy < busy_above * HOLD_BELOW {
-        current
-            .map(|p| p * 4 / 5)
-            .filter(|p| *p >= SHORTEST && !longest.is_zero())
+        current.map(|p| p * 4 / 5).filter(|p| *p >= SHORTEST)
     } else {
         current
     }
 }
 
-/// Measures how busy the node's runtime is, turns write coalescing on or off
+/// Measures how busy the node's runtime is and whether it fans out, turns write coalescing on or off
 /// and sets its period, and ticks (always: a connection that saw it on must
 /// not wait forever). `longest_ms` is `WRITE_COALESCE_MS` (0: never
 /// coalesce), `busy_percent` is `WRITE_COALESCE_BUSY`.
 pub async fn drive(
+    hub: Arc<Hub>,
     coalescing: Arc<Coalescing>,
     longest_ms: u64,
     busy_percent: u8,
@@ -104,6 +110,7 @@ pub async fn drive(
             .sum::<Duration>()
     };
     let (mut last_busy, mut last_at) = (busy_time(), Instant::now());
+    let mut last_dispatched = hub.messages_dispatched();
     let mut smoothed = 0.0_f64;
     let mut period: Option<Duration> = None;
     loop {
@@ -115,7 +122,10 @@ pub async fn drive(
             smoothed += (fraction.min(1.0) - smoothed) * SMOOTHING;
         }
         (last_busy, last_at) = (busy, at);
-        period = next_period(period, smoothed, busy_above, longest);
+        let dispatched = hub.messages_dispatched();
+        let fanning_out = dispatched != last_dispatched;
+        last_dispatched = dispatched;
+        period = next_period(period, smoothed, fanning_out, busy_above, longest);
         coalescing.set(period.is_some());
         metrics::gauge!(crate::telemetry::COALESCE_PERIOD)
             .set(period.map_or(0.0, |p| p.as_secs_f64()));
@@ -134,17 +144,17 @@ mod tests {
         let mut period = None;
         let mut seen = Vec::new();
         for _ in 0..8 {
-            period = next_period(period, 0.9, 0.7, LONGEST);
+            period = next_period(period, 0.9, true, 0.7, LONGEST);
             seen.push(period.expect("on while busy"));
         }
         assert_eq!(seen[0], SHORTEST);
         assert!(seen.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(seen.last(), Some(&LONGEST));
         // Between half the threshold and the threshold it holds.
-        assert_eq!(next_period(period, 0.5, 0.7, LONGEST), period);
+        assert_eq!(next_period(period, 0.5, true, 0.7, LONGEST), period);
         let mut off_after = 0;
         while period.is_some() {
-            period = next_period(period, 0.1, 0.7, LONGEST);
+            period = next_period(period, 0.1, true, 0.7, LONGEST);
             off_after += 1;
         }
         assert!(
@@ -155,7 +165,15 @@ mod tests {
 
     #[test]
     fn an_idle_node_never_coalesces() {
-        assert_eq!(next_period(None, 0.2, 0.7, LONGEST), None);
-        assert_eq!(next_period(None, 0.69, 0.7, LONGEST), None);
+        assert_eq!(next_period(None, 0.2, true, 0.7, LONGEST), None);
+        assert_eq!(next_period(None, 0.69, true, 0.7, LONGEST), None);
+        assert_eq!(next_period(None, 0.9, true, 0.7, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn a_node_busy_without_fan_out_does_not_lengthen_the_tick() {
+        assert_eq!(next_period(None, 0.95, false, 0.7, LONGEST), None);
+        let on = Some(SHORTEST * 2);
+        assert_eq!(next_period(on, 0.95, false, 0.7, LONGEST), on);
     }
 }

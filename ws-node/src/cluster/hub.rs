@@ -150,7 +150,8 @@ pub enum JoinError {
 }
 
 pub struct Hub {
-    /// Messages dispatched, to pick which are timed ([`FANOUT_SAMPLE_EVERY`]).
+    /// Messages dispatched, to pick which are timed ([`FANOUT_SAMPLE_EVERY`])
+    /// and to tell write coalescing whether there is fan-out at all.
     dispatched: AtomicU64,
     channels: RwLock<HashMap<ChannelName, ChannelEntry>>,
     connections: RwLock<HashMap<ConnId, ConnHandle>>,
@@ -372,6 +373,11 @@ impl Hub {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    /// Messages dispatched so far (each to all of its channel's members).
+    pub fn messages_dispatched(&self) -> u64 {
+        self.dispatched.load(Ordering::Relaxed)
     }
 
     /// Asks one local connection to close; returns 1 if it exists, else 0.
