@@ -14,10 +14,10 @@
 //! that has fallen behind delivers *less*, so a rate threshold turned
 //! coalescing off exactly when it was needed most, and the rate a node can
 //! sustain differs from one machine to the next. The tick's period is a
-//! controller: it lengthens (more frames per write, less CPU per delivery)
-//! while the node stays busy above `WRITE_COALESCE_BUSY`, up to
-//! `WRITE_COALESCE_MS`, and shortens again, then turns off, once the node is
-//! well below it.
+//! controller: it lengthens (more frames per write, less CPU per delivery,
+//! fewer segments for the clients to read) while the node stays busy above
+//! `WRITE_COALESCE_BUSY` and fans messages out, up to `WRITE_COALESCE_MS`,
+//! and shortens again, then turns off, once the node is well below it.
 
 use super::hub::Hub;
 use std::sync::Arc;
