@@ -3,13 +3,18 @@
 //! * [`TestDatabase`]: a fresh Postgres database per test, dropped afterwards.
 //! * [`RedisServer`]: a private `redis-server` on a free port, for tests that
 //!   flush, kill or restart Redis (never the machine's shared instance).
+//! * [`RedisCluster`]: a private loopback Redis Cluster (three masters, one
+//!   replica each), for tests of cluster mode, failover and slot moves.
 //! * [`unique_prefix`]: a Redis key prefix no other test uses, for tests that
 //!   share the machine's Redis.
 //! * [`raw_http`]: reading an HTTP answer off a socket, for hand-written requests.
 //! * [`proxy`]: a TCP proxy a test can cut, to fail a connection on cue.
 
+pub mod cluster;
 pub mod proxy;
 pub mod raw_http;
+
+pub use cluster::RedisCluster;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -149,11 +154,16 @@ impl RedisServer {
     }
 
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_on(free_port(), args)
+    }
+
+    /// Starts a server on `port` (the caller made sure it is free).
+    pub fn start_on(port: u16, args: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!("tessera-redis-{}", random_id()));
         std::fs::create_dir_all(&dir).expect("create redis dir");
         let mut server = Self {
             child: None,
-            port: free_port(),
+            port,
             dir,
             extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
         };
