@@ -103,6 +103,23 @@ impl ScenarioReport {
         });
     }
 
+    /// [`Self::check`] against `target` if the plan sets one; otherwise
+    /// the value, if measured, as a plain figure.
+    pub fn check_if(
+        &mut self,
+        name: &str,
+        value: Option<f64>,
+        unit: &str,
+        op: Op,
+        target: Option<f64>,
+    ) {
+        match (target, value) {
+            (Some(target), _) => self.check(name, value, unit, op, target),
+            (None, Some(value)) => self.metric(name, value, unit),
+            (None, None) => {}
+        }
+    }
+
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
     }

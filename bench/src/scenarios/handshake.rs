@@ -51,13 +51,9 @@ pub async fn run(
         } else {
             MINT_CONNECT_RATIO
         };
-        let ratio = match (tessera.rate, reference.rate) {
-            (Some(t), Some(r)) if r > 0.0 => Some(t / r),
-            _ => None,
-        };
         report.check(
             &format!("{kind}: handshakes/s ÷ reference"),
-            ratio,
+            super::ratio(tessera.rate, reference.rate),
             "×",
             Op::AtLeast,
             target,
@@ -103,13 +99,9 @@ async fn node_ws(
     futures_util::future::join_all(peers.into_iter().map(|s| s.stop())).await;
     let peer = peer?;
     super::settle(10).await;
-    let ratio = match (tessera.rate, peer.rate) {
-        (Some(t), Some(p)) if p > 0.0 => Some(t / p),
-        _ => None,
-    };
     report.check(
         "mint + connect: handshakes/s ÷ Node ws + ioredis",
-        ratio,
+        super::ratio(tessera.rate, peer.rate),
         "×",
         Op::AtLeast,
         1.0,

@@ -176,6 +176,15 @@ fn quiet_within(size: Size) -> Duration {
         Size::Quick | Size::Full => Duration::from_secs(30),
     }
 }
+/// `a ÷ b`, when both were measured and `b` is not zero: how tessera's
+/// figure compares with the reference's (or the Node peer's) in the same run.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
 /// Between the two runs of one scenario (reference, then tessera): waits
 /// for quiet CPUs, at most as long as the scenario's window and 10 s.
 pub async fn settle(window_secs: u64) {
