@@ -29,6 +29,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt as _, StreamExt as _};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -188,6 +190,10 @@ impl Leg {
         metric("messages published", self.published.accepted as f64, "");
         metric("publish errors", self.published.errors as f64, "");
         metric("publish rate achieved", self.published.rate(), "/s");
+        if let Some(s) = &self.published.ack_latency {
+            metric("publish ack p50", s.p50_ms, "ms");
+            metric("publish ack p99", s.p99_ms, "ms");
+        }
         metric("duplicates", self.duplicates as f64, "");
         metric("out of order", self.out_of_order as f64, "");
         let total_dropped: usize = self.dropped.values().sum();
@@ -330,6 +336,9 @@ async fn redis_cpu(stack: &Stack, endpoints: &Endpoints) -> f64 {
 struct Published {
     started_ns: u64,
     finished_ns: u64,
+    /// From sending each publish to reading its `ack`: where a system that
+    /// falls behind queues the publishes, before any fan-out.
+    ack_latency: Option<Summary>,
     accepted: u64,
     errors: u64,
     error_samples: Vec<String>,
@@ -365,6 +374,8 @@ async fn publish(
     let publishers = publishers.clamp(1, rooms.count.max(1));
     let room_count = rooms.count as u64;
     let publisher_of = |n: u64| usize::try_from(n % room_count).unwrap_or(0) % publishers;
+    // When publish `n` (request id `n + 1`) went out, in ns since `start`.
+    let sent_at: Arc<[AtomicU64]> = (0..count).map(|_| AtomicU64::new(0)).collect();
     let mut sinks: Vec<Sink> = Vec::new();
     let mut readers = Vec::new();
     for i in 0..publishers {
@@ -382,7 +393,11 @@ async fn publish(
         let expected = (0..count).filter(|&n| publisher_of(n) == i).count() as u64;
         sinks.push(sink);
         // Acks are read concurrently, so a slow ack never delays the schedule.
-        readers.push(tokio::spawn(read_replies(stream, expected)));
+        readers.push(tokio::spawn(read_replies(
+            stream,
+            expected,
+            sent_at.clone(),
+        )));
     }
 
     let period = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
@@ -393,6 +408,8 @@ async fn publish(
         tokio::time::sleep_until(due.into()).await;
         let channel = rooms.channel(usize::try_from(n % room_count).unwrap_or(0));
         let frame = client::publish_frame(n + 1, &channel, n / room_count);
+        sent_at[usize::try_from(n).unwrap_or(usize::MAX)]
+            .store(client::unix_nanos(), Ordering::Relaxed);
         sinks[publisher_of(n)]
             .send(Message::text(frame))
             .await
@@ -402,16 +419,22 @@ async fn publish(
     let mut published = Published {
         started_ns,
         finished_ns,
+        ack_latency: None,
         accepted: 0,
         errors: 0,
         error_samples: Vec::new(),
     };
+    let mut ack_latency = hist::new();
     for reader in readers {
-        let (accepted, errors, samples) = reader.await.context("the ack reader panicked")?;
-        published.accepted += accepted;
-        published.errors += errors;
-        published.error_samples.extend(samples);
+        let replies = reader.await.context("the ack reader panicked")?;
+        published.accepted += replies.accepted;
+        published.errors += replies.errors;
+        published.error_samples.extend(replies.error_samples);
+        ack_latency
+            .add(&replies.ack_latency)
+            .context("merging ack latencies")?;
     }
+    published.ack_latency = hist::summary(&ack_latency);
     for mut sink in sinks {
         let _ = sink.close().await;
     }
@@ -424,12 +447,23 @@ async fn publish(
     Ok(published)
 }
 
-/// Counts the `ack`s and `error`s of `expected` publishes.
+/// What one publisher's replies said.
+struct Replies {
+    accepted: u64,
+    errors: u64,
+    error_samples: Vec<String>,
+    ack_latency: hist::Hist,
+}
+
+/// Counts the `ack`s and `error`s of `expected` publishes, timing each ack
+/// against its publish's entry in `sent_at`.
 async fn read_replies(
     mut stream: SplitStream<client::Ws>,
     expected: u64,
-) -> (u64, u64, Vec<String>) {
+    sent_at: Arc<[AtomicU64]>,
+) -> Replies {
     let (mut accepted, mut errors, mut samples) = (0u64, 0u64, Vec::new());
+    let mut ack_latency = hist::new();
     while accepted + errors < expected {
         let next = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
         let text = match next {
@@ -441,7 +475,16 @@ async fn read_replies(
             continue;
         };
         match &*frame.kind {
-            "ack" => accepted += 1,
+            "ack" => {
+                accepted += 1;
+                let sent = frame
+                    .id
+                    .and_then(|id| sent_at.get(usize::try_from(id.checked_sub(1)?).ok()?))
+                    .map_or(0, |at| at.load(Ordering::Relaxed));
+                if sent > 0 {
+                    hist::record_ns(&mut ack_latency, client::unix_nanos().saturating_sub(sent));
+                }
+            }
             "error" => {
                 errors += 1;
                 if samples.len() < 5 {
@@ -451,5 +494,10 @@ async fn read_replies(
             _ => {}
         }
     }
-    (accepted, errors, samples)
+    Replies {
+        accepted,
+        errors,
+        error_samples: samples,
+        ack_latency,
+    }
 }
