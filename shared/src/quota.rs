@@ -100,6 +100,94 @@ pub async fn charge_publish<C: ConnectionLike>(
     Ok(())
 }
 
+/// One publish to charge, for [`charge_publishes`].
+#[derive(Clone, Copy, Debug)]
+pub struct Charge<'a> {
+    pub channel: &'a ChannelName,
+    /// Whether its namespace keeps history (a first publish creates keys).
+    pub with_history: bool,
+    pub bytes: usize,
+}
+
+/// Charges `user_id` for several publishes, in order, with one result per
+/// publish: what [`charge_publish`] would answer for each in turn.
+///
+/// The common case, none of them over the quota and none creating a
+/// channel, takes one round trip for them all (see
+/// [`publish_many`](crate::channel::publish_many) for why). Otherwise the
+/// batch is refunded and charged one publish at a time, where a channel
+/// the batch creates counts once, for its first publish.
+pub async fn charge_publishes<C: ConnectionLike>(
+    redis: &mut C,
+    keys: &RedisKeys,
+    quota: &PublishQuota,
+    user_id: Uuid,
+    charges: &[Charge<'_>],
+) -> Vec<Result<(), QuotaError>> {
+    let total: u64 = charges
+        .iter()
+        .map(|c| u64::try_from(c.bytes).unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add);
+    let bytes_key = keys.publish_quota(user_id, QuotaCounter::Bytes);
+    let mut pipe = redis::pipe();
+    pipe.cmd("INCRBY")
+        .arg(&bytes_key)
+        .arg(total)
+        .cmd("PEXPIRE")
+        .arg(&bytes_key)
+        .arg(millis(quota.window))
+        .arg("NX")
+        .ignore();
+    for charge in charges.iter().filter(|c| c.with_history) {
+        pipe.cmd("EXISTS").arg(keys.channel_meta(charge.channel));
+    }
+    let replies: Vec<u64> = match pipe.query_async(redis).await {
+        Ok(replies) => replies,
+        Err(e) => {
+            return charges
+                .iter()
+                .map(|_| Err(QuotaError::Redis(e.clone())))
+                .collect();
+        }
+    };
+    let used = replies.first().copied().unwrap_or(u64::MAX);
+    if used <= quota.bytes && replies.iter().skip(1).all(|&exists| exists == 1) {
+        return charges.iter().map(|_| Ok(())).collect();
+    }
+    // Rare: someone is at their quota, or a channel is new. Charge each in turn.
+    if let Err(e) = redis::cmd("DECRBY")
+        .arg(&bytes_key)
+        .arg(total)
+        .query_async::<()>(redis)
+        .await
+    {
+        return charges
+            .iter()
+            .map(|_| Err(QuotaError::Redis(e.clone())))
+            .collect();
+    }
+    let mut created: Vec<&ChannelName> = Vec::new();
+    let mut results = Vec::with_capacity(charges.len());
+    for charge in charges {
+        let first_of_channel = !created.contains(&charge.channel);
+        let result = charge_publish(
+            redis,
+            keys,
+            quota,
+            user_id,
+            charge.channel,
+            charge.with_history && first_of_channel,
+            charge.bytes,
+        )
+        .await;
+        if result.is_ok() && charge.with_history && first_of_channel {
+            created.push(charge.channel);
+        }
+        results.push(result);
+    }
+    results
+}
+
 /// Refunds a refused publish and says when the exhausted counter renews.
 async fn refuse<C: ConnectionLike>(
     redis: &mut C,

@@ -19,8 +19,8 @@ pub mod publish;
 
 pub use history::{HistorySince, PageSize, current_position, history_page};
 pub use publish::{
-    IDEMPOTENCY_WINDOW, MAX_IDEMPOTENCY_KEY_LEN, PublishError, Published, Publisher, publish,
-    valid_idempotency_key,
+    IDEMPOTENCY_WINDOW, MAX_IDEMPOTENCY_KEY_LEN, PublishError, PublishRequest, Published,
+    Publisher, publish, publish_many, valid_idempotency_key,
 };
 
 use serde::{Deserialize, Serialize};

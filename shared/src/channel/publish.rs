@@ -125,6 +125,16 @@ pub enum PublishError {
     Redis(#[from] redis::RedisError),
 }
 
+/// One message to publish: what [`publish`] takes, for [`publish_many`].
+#[derive(Clone, Copy, Debug)]
+pub struct PublishRequest<'a> {
+    pub channel: &'a ChannelName,
+    pub data: &'a RawValue,
+    /// The channel's history limits, when its namespace keeps history.
+    pub history: Option<HistoryLimits>,
+    pub idempotency_key: Option<&'a str>,
+}
+
 /// Publishes `data` to `channel` through Redis, reaching every ws-node.
 ///
 /// With `history`, the message is appended to the channel's stream and carries
@@ -142,6 +152,136 @@ pub async fn publish(
     publisher: &Publisher,
     idempotency_key: Option<&str>,
 ) -> Result<Published, PublishError> {
+    let request = PublishRequest {
+        channel,
+        data,
+        history,
+        idempotency_key,
+    };
+    publish_many(conn, keys, publisher, &[request])
+        .await
+        .pop()
+        .unwrap_or_else(|| unreachable!("one result per request"))
+}
+
+/// Publishes several messages of one `publisher` in one round trip to
+/// Redis, in order: each as [`publish`] would, with one result per request.
+///
+/// A client that sends messages faster than one round trip each (a backend
+/// publishing over one socket, or any client while the machine is loaded)
+/// would otherwise see its messages queue behind each other's round trips;
+/// a pipeline carries whatever has arrived meanwhile, and Redis runs the
+/// commands in the order sent, so each channel's messages keep their order.
+pub async fn publish_many(
+    conn: &mut impl redis::aio::ConnectionLike,
+    keys: &RedisKeys,
+    publisher: &Publisher,
+    requests: &[PublishRequest<'_>],
+) -> Vec<Result<Published, PublishError>> {
+    let sender = frame::sender(publisher);
+    let mut results: Vec<Option<Result<Published, PublishError>>> = Vec::new();
+    let mut commands = Vec::new();
+    for request in requests {
+        match publish_command(keys, request, publisher, &sender) {
+            Ok(command) => {
+                results.push(None);
+                commands.push((results.len() - 1, command));
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    let mut pending = commands;
+    // Twice at most: a script missing from Redis's cache (after a restart or
+    // SCRIPT FLUSH) fails unrun; it is loaded, and what failed runs again.
+    for attempt in 0..2 {
+        if pending.is_empty() {
+            break;
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        if attempt > 0 {
+            pipe.load_script(&PUBLISH_SCRIPT).ignore();
+        }
+        for (_, command) in &pending {
+            pipe.add_command(command.cmd.clone());
+        }
+        let replies: Vec<redis::RedisResult<redis::Value>> = match pipe.query_async(conn).await {
+            Ok(replies) => replies,
+            Err(e) => {
+                for (index, _) in pending.drain(..) {
+                    results[index] = Some(Err(PublishError::Redis(e.clone())));
+                }
+                break;
+            }
+        };
+        let mut retry = Vec::new();
+        for ((index, command), reply) in pending.into_iter().zip(replies) {
+            match reply {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                        && attempt == 0 =>
+                {
+                    retry.push((index, command));
+                }
+                reply => results[index] = Some(command.published(reply)),
+            }
+        }
+        pending = retry;
+    }
+    results
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                Err(PublishError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "Redis sent fewer replies than commands",
+                ))))
+            })
+        })
+        .collect()
+}
+
+/// A publish's Redis command, and what its reply means.
+struct PublishCommand {
+    cmd: redis::Cmd,
+    with_history: bool,
+}
+
+impl PublishCommand {
+    fn published(
+        &self,
+        reply: redis::RedisResult<redis::Value>,
+    ) -> Result<Published, PublishError> {
+        let reply = reply?;
+        if !self.with_history {
+            return Ok(Published {
+                position: None,
+                duplicate: false,
+            });
+        }
+        let (epoch, offset, duplicate): (String, u64, u8) =
+            redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
+        Ok(Published {
+            position: Some(StreamPosition { epoch, offset }),
+            duplicate: duplicate == 1,
+        })
+    }
+}
+
+/// Checks `request` and builds its command: a bare PUBLISH of the frame
+/// without history, else the history script.
+fn publish_command(
+    keys: &RedisKeys,
+    request: &PublishRequest<'_>,
+    publisher: &Publisher,
+    sender: &str,
+) -> Result<PublishCommand, PublishError> {
+    let PublishRequest {
+        channel,
+        data,
+        history,
+        idempotency_key,
+    } = *request;
     if !depth_within(data.get(), MAX_JSON_DEPTH) {
         return Err(PublishError::TooDeep);
     }
@@ -149,43 +289,43 @@ pub async fn publish(
         if idempotency_key.is_some() {
             return Err(PublishError::IdempotencyWithoutHistory);
         }
-        let frame = frame::message(channel, None, &frame::sender(publisher), data.get());
-        redis::cmd("PUBLISH")
-            .arg(keys.channel_live(channel))
-            .arg(frame)
-            .query_async::<()>(conn)
-            .await?;
-        return Ok(Published {
-            position: None,
-            duplicate: false,
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(keys.channel_live(channel))
+            .arg(frame::message(channel, None, sender, data.get()));
+        return Ok(PublishCommand {
+            cmd,
+            with_history: false,
         });
     };
-    let channel_json = frame::channel_json(channel);
-    let mut invocation = PUBLISH_SCRIPT.prepare_invoke();
-    invocation
-        .key(keys.channel_history(channel))
-        .key(keys.channel_meta(channel))
-        .key(keys.channel_live(channel))
-        .key(keys.channel_history_times(channel));
+    let mut script_keys = vec![
+        keys.channel_history(channel),
+        keys.channel_meta(channel),
+        keys.channel_live(channel),
+        keys.channel_history_times(channel),
+    ];
     if let Some(key) = idempotency_key {
         if !valid_idempotency_key(key) {
             return Err(PublishError::InvalidIdempotencyKey);
         }
-        invocation.key(keys.channel_idempotency(channel, publisher.user_id, key));
+        script_keys.push(keys.channel_idempotency(channel, publisher.user_id, key));
     }
-    invocation
-        .arg(channel_json)
+    // EVALSHA, as `redis::Script` sends it; a pipeline cannot fall back to
+    // EVAL by itself, so `publish_many` loads the script on NOSCRIPT.
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(PUBLISH_SCRIPT.get_hash())
+        .arg(script_keys.len())
+        .arg(&script_keys)
+        .arg(frame::channel_json(channel))
         .arg(data.get())
         .arg(limits.max_len)
         .arg(millis(limits.max_age))
         .arg(new_epoch())
         .arg(millis(IDEMPOTENCY_WINDOW))
         .arg(HISTORY_FORMAT)
-        .arg(frame::sender(publisher));
-    let (epoch, offset, duplicate): (String, u64, u8) = invocation.invoke_async(conn).await?;
-    Ok(Published {
-        position: Some(StreamPosition { epoch, offset }),
-        duplicate: duplicate == 1,
+        .arg(sender);
+    Ok(PublishCommand {
+        cmd,
+        with_history: true,
     })
 }
 

@@ -22,7 +22,7 @@ use crate::protocol::{CloseReason, RequestError, ServerFrame, UserInfo};
 use crate::state::NodeState;
 use crate::transport::closing::{answer_close, close_socket, read_failure};
 use crate::transport::stream::Socket;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use rate::TokenBucket;
 use replay::Replay;
 use shared::channel::ChannelName;
@@ -30,11 +30,26 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use uuid::Uuid;
 
 /// Deliveries written per flush at most (bounds one batch's latency).
 const MAX_BATCH: usize = 256;
+
+/// Publishes of one connection sent to Redis together at most.
+const MAX_PUBLISH_BATCH: usize = 64;
+
+/// The connection's next frame: the one held back while gathering
+/// publishes, if any, else the socket's next.
+async fn next_frame(
+    held_back: &mut Option<Box<Option<Result<Message, WsError>>>>,
+    socket: &mut Socket,
+) -> Option<Result<Message, WsError>> {
+    match held_back.take() {
+        Some(frame) => *frame,
+        None => socket.next().await,
+    }
+}
 
 /// Serves an authenticated socket until it closes. The caller has already
 /// taken the connection's place against the per-user cap.
@@ -76,6 +91,7 @@ pub async fn run(node: NodeState, socket: Socket, id: ConnId, principal: Princip
         last_heard: Instant::now(),
         floors: HashMap::new(),
         replay: None,
+        held_back: None,
     };
     match conn.serve().await {
         Ending::Close(reason) => close_socket(&mut conn.socket, reason).await,
@@ -153,6 +169,9 @@ struct Connection {
     /// A replay from history still in progress (boxed: idle connections pay
     /// one pointer for it).
     replay: Option<Box<Replay>>,
+    /// A frame read while gathering publishes that was not one of them: the
+    /// next frame the loop handles (boxed, as `replay`).
+    held_back: Option<Box<Option<Result<Message, WsError>>>>,
     guard: Registration,
 }
 
@@ -232,7 +251,7 @@ impl Connection {
                         return stop;
                     }
                 }
-                frame = self.socket.next(), if self.replay.is_none() => {
+                frame = next_frame(&mut self.held_back, &mut self.socket), if self.replay.is_none() => {
                     self.last_heard = Instant::now();
                     if let Some(Ok(message)) = &frame {
                         match self.within_rate(message).await {
@@ -245,6 +264,15 @@ impl Connection {
                         // Boxed: handling a request awaits Redis through deep
                         // futures; inline they would sit in every idle
                         // connection's task, boxed only while a request runs.
+                        // Publishes already waiting behind this one go to
+                        // Redis with it, in one round trip.
+                        Some(Ok(Message::Text(text))) if requests::is_publish(&text) => {
+                            let batch = self.gather_publishes(text);
+                            let replies = Box::pin(self.on_publishes(&batch)).await;
+                            if let Err(stop) = self.send_all(replies).await {
+                                return stop;
+                            }
+                        }
                         Some(Ok(Message::Text(text))) => match Box::pin(self.on_text(&text)).await {
                             // With a `since`, the replies hold the replay's
                             // first page; the rest goes a page per turn (the
@@ -315,6 +343,33 @@ impl Connection {
                 ))
             })
             .try_take()
+    }
+
+    /// `first` and the publish requests that already wait behind it on the
+    /// socket, up to [`MAX_PUBLISH_BATCH`], each counted against the message
+    /// rate. The first other frame (or a publish over the rate, which the
+    /// loop then refuses as usual) is held back for the loop.
+    fn gather_publishes(&mut self, first: Utf8Bytes) -> Vec<Utf8Bytes> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_PUBLISH_BATCH {
+            let Some(frame) = self.socket.next().now_or_never() else {
+                break;
+            };
+            match frame {
+                Some(Ok(Message::Text(text)))
+                    if requests::is_publish(&text) && self.bucket.try_take() =>
+                {
+                    self.strikes = 0;
+                    self.last_heard = Instant::now();
+                    batch.push(text);
+                }
+                other => {
+                    self.held_back = Some(Box::new(other));
+                    break;
+                }
+            }
+        }
+        batch
     }
 
     /// Whether a delivery goes out: not if history already replayed it.

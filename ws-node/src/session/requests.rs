@@ -8,14 +8,43 @@ use super::replay::{REPLAY_PAGE, REPLAY_PAGE_BYTES, Replay};
 use crate::cluster::presence::{self, Membership};
 use crate::protocol::{self, CloseReason, Request, RequestError, RequestId, ServerFrame, Since};
 use serde_json::value::RawValue;
-use shared::channel::{ChannelName, PublishError, Publisher, StreamPosition};
+use shared::channel::{ChannelName, PublishError, PublishRequest, Publisher, StreamPosition};
 use shared::namespace::{Access, NamespaceRule};
-use shared::quota::QuotaError;
+use shared::quota::{Charge, QuotaError};
 use shared::scope::Scope;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A handler's answer: the frames to send, or the error to send instead.
 type Answer = Result<Vec<String>, RequestError>;
+
+/// A publish request, parsed.
+struct PublishAsk<'a> {
+    id: Option<RequestId>,
+    channel: ChannelName,
+    data: &'a RawValue,
+    idempotency_key: Option<String>,
+}
+
+/// Whether `text` is a well-formed publish request: publishes that arrive
+/// together are carried out together (`Connection::on_publishes`).
+pub(super) fn is_publish(text: &Utf8Bytes) -> bool {
+    matches!(protocol::parse(text), Ok((_, Request::Publish { .. })))
+}
+
+/// The `error` a failed publish answers with.
+fn publish_error(e: PublishError) -> RequestError {
+    match e {
+        PublishError::IdempotencyWithoutHistory => RequestError::IdempotencyUnsupported,
+        PublishError::InvalidIdempotencyKey => RequestError::BadRequest(
+            "idempotency_key must be 1-64 printable ASCII characters".into(),
+        ),
+        PublishError::TooDeep => RequestError::BadRequest(e.to_string()),
+        PublishError::Redis(e) => {
+            tracing::warn!(error = %e, "publish failed");
+            RequestError::Unavailable("the message could not be published; retry")
+        }
+    }
+}
 
 /// Where a subscription's replay from history starts.
 enum Resume {
@@ -52,8 +81,13 @@ impl Connection {
                 data,
                 idempotency_key,
             } => {
-                self.publish(id, &channel, data, idempotency_key.as_deref())
-                    .await
+                let ask = PublishAsk {
+                    id: id.cloned(),
+                    channel,
+                    data,
+                    idempotency_key,
+                };
+                return Ok(self.publish_all(vec![ask]).await);
             }
             Request::Presence { channel } => self.presence(id, &channel).await,
         };
@@ -325,18 +359,128 @@ impl Connection {
         }
     }
 
-    async fn publish(
-        &mut self,
-        id: Option<&RequestId>,
-        channel: &ChannelName,
-        data: &RawValue,
-        idempotency_key: Option<&str>,
-    ) -> Answer {
+    /// Handles `texts`, each a publish request (see [`is_publish`]) taken
+    /// from the socket together (see `gather_publishes`): the replies, in order.
+    pub(super) async fn on_publishes(&mut self, texts: &[Utf8Bytes]) -> Vec<String> {
+        let mut asks = Vec::with_capacity(texts.len());
+        for text in texts {
+            if let Ok((
+                id,
+                Request::Publish {
+                    channel,
+                    data,
+                    idempotency_key,
+                },
+            )) = protocol::parse(text)
+            {
+                asks.push(PublishAsk {
+                    id,
+                    channel,
+                    data,
+                    idempotency_key,
+                });
+            }
+        }
+        self.publish_all(asks).await
+    }
+
+    /// Publishes what this connection may publish of `asks`, charging its
+    /// user's quota, in one round trip to Redis for the lot in the common
+    /// case: replies (an `ack` or an `error`) in the order of `asks`.
+    async fn publish_all(&mut self, asks: Vec<PublishAsk<'_>>) -> Vec<String> {
+        let mut answers: Vec<Option<Answer>> = Vec::with_capacity(asks.len());
+        let mut admitted = Vec::with_capacity(asks.len());
+        for (index, ask) in asks.iter().enumerate() {
+            match self.admit_publish(ask) {
+                Ok(request) => {
+                    answers.push(None);
+                    admitted.push((index, request));
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        let mut redis = self.node.redis.clone();
+        let charges: Vec<Charge<'_>> = admitted
+            .iter()
+            .map(|(_, request)| Charge {
+                channel: request.channel,
+                with_history: request.history.is_some(),
+                bytes: request.data.get().len(),
+            })
+            .collect();
+        let charged = shared::quota::charge_publishes(
+            &mut redis,
+            &self.node.keys,
+            &self.node.config.common.publish_quota(),
+            self.principal.user_id,
+            &charges,
+        )
+        .await;
+        let mut requests = Vec::with_capacity(admitted.len());
+        for ((index, request), charge) in admitted.into_iter().zip(charged) {
+            match charge {
+                Ok(()) => requests.push((index, request)),
+                Err(e @ QuotaError::Exceeded { .. }) => {
+                    answers[index] = Some(Err(RequestError::QuotaExceeded(e.to_string())));
+                }
+                Err(QuotaError::Redis(e)) => {
+                    tracing::warn!(error = %e, "publish quota not charged");
+                    answers[index] = Some(Err(RequestError::Unavailable(
+                        "the message could not be published; retry",
+                    )));
+                }
+            }
+        }
+        let publisher = Publisher {
+            user_id: self.principal.user_id,
+            username: self.principal.username.clone(),
+        };
+        let batch: Vec<PublishRequest<'_>> = requests.iter().map(|(_, r)| *r).collect();
+        let published =
+            shared::channel::publish_many(&mut redis, &self.node.keys, &publisher, &batch).await;
+        for ((index, _), outcome) in requests.iter().zip(published) {
+            answers[*index] = Some(match outcome {
+                Ok(published) => {
+                    metrics::counter!(crate::telemetry::CLIENT_PUBLISHES).increment(1);
+                    let position = published.position.as_ref();
+                    Ok(vec![
+                        ServerFrame::Ack {
+                            id: asks[*index].id.as_ref(),
+                            channel: Some(asks[*index].channel.as_str()),
+                            recovered: None,
+                            epoch: position.map(|p| p.epoch.as_str()),
+                            offset: position.map(|p| p.offset),
+                            duplicate: published.duplicate.then_some(true),
+                        }
+                        .to_json(),
+                    ])
+                }
+                Err(e) => Err(publish_error(e)),
+            });
+        }
+        answers
+            .into_iter()
+            .zip(&asks)
+            .flat_map(|(answer, ask)| match answer {
+                Some(Ok(frames)) => frames,
+                Some(Err(error)) => vec![error.frame(ask.id.as_ref())],
+                None => Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Whether this connection may publish `ask`, by its scopes and the
+    /// channel's namespace rule: the request to carry out if so.
+    fn admit_publish<'a>(
+        &self,
+        ask: &'a PublishAsk<'_>,
+    ) -> Result<PublishRequest<'a>, RequestError> {
         if !self.principal.scopes.contains(Scope::Publish) {
             return Err(RequestError::Forbidden(
                 "this connection may not publish (scope)",
             ));
         }
+        let channel = &ask.channel;
         let rule = self
             .node
             .namespaces
@@ -350,67 +494,18 @@ impl Connection {
         if !rule.accepts_name(channel) {
             return Err(RequestError::NameNotAccepted);
         }
-        let len = data.get().len();
+        let len = ask.data.get().len();
         if !rule.fits(len) {
             return Err(RequestError::MessageTooLarge(
                 rule.max_message_bytes.unwrap_or(len),
             ));
         }
-        let mut redis = self.node.redis.clone();
-        shared::quota::charge_publish(
-            &mut redis,
-            &self.node.keys,
-            &self.node.config.common.publish_quota(),
-            self.principal.user_id,
+        Ok(PublishRequest {
             channel,
-            rule.history.is_some(),
-            len,
-        )
-        .await
-        .map_err(|e| match e {
-            QuotaError::Exceeded { .. } => RequestError::QuotaExceeded(e.to_string()),
-            QuotaError::Redis(e) => {
-                tracing::warn!(error = %e, "publish quota not charged");
-                RequestError::Unavailable("the message could not be published; retry")
-            }
-        })?;
-        let published = shared::channel::publish(
-            &mut redis,
-            &self.node.keys,
-            channel,
-            data,
-            rule.history,
-            &Publisher {
-                user_id: self.principal.user_id,
-                username: self.principal.username.clone(),
-            },
-            idempotency_key,
-        )
-        .await
-        .map_err(|e| match e {
-            PublishError::IdempotencyWithoutHistory => RequestError::IdempotencyUnsupported,
-            PublishError::InvalidIdempotencyKey => RequestError::BadRequest(
-                "idempotency_key must be 1-64 printable ASCII characters".into(),
-            ),
-            PublishError::TooDeep => RequestError::BadRequest(e.to_string()),
-            PublishError::Redis(e) => {
-                tracing::warn!(error = %e, "publish failed");
-                RequestError::Unavailable("the message could not be published; retry")
-            }
-        })?;
-        metrics::counter!(crate::telemetry::CLIENT_PUBLISHES).increment(1);
-        let position = published.position.as_ref();
-        Ok(vec![
-            ServerFrame::Ack {
-                id,
-                channel: Some(channel.as_str()),
-                recovered: None,
-                epoch: position.map(|p| p.epoch.as_str()),
-                offset: position.map(|p| p.offset),
-                duplicate: published.duplicate.then_some(true),
-            }
-            .to_json(),
-        ])
+            data: ask.data,
+            history: rule.history,
+            idempotency_key: ask.idempotency_key.as_deref(),
+        })
     }
 
     async fn presence(&mut self, id: Option<&RequestId>, channel: &ChannelName) -> Answer {

@@ -184,3 +184,78 @@ async fn a_namespace_accepts_only_its_names_and_message_sizes() {
     let response = http_publish(&stack, &key, "chat:room-1", data_of(64)).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
 }
+
+#[tokio::test]
+async fn publishes_sent_back_to_back_are_answered_and_delivered_in_order() {
+    // Two new channels allowed: `public:one` and `public:two` take them.
+    let stack = stack_with_quota(1 << 20, 2).await;
+    let user = stack.create_user("uma").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut reader = stack.connect(1, &key).await;
+    reader.subscribe("public:one").await;
+    let mut writer = stack.connect(0, &key).await;
+
+    let with_id = |mut frame: Value, id: u64| {
+        frame["id"] = id.into();
+        frame
+    };
+    let mut burst = Vec::new();
+    for n in 0..40u64 {
+        burst.push(with_id(publish("public:one", json!({ "n": n })), n));
+    }
+    burst.extend([
+        with_id(publish("public:two", json!(1)), 40),
+        with_id(publish("public:three", json!(1)), 41),
+        with_id(publish("chat:nope", json!(1)), 42),
+        with_id(publish("chat:lobby", data_of(65)), 43),
+        with_id(publish("live:x", json!(1)), 44),
+        // Not a publish: handled after the publishes before it, and before
+        // those after it.
+        with_id(
+            json!({ "action": "subscribe", "channel": "public:two" }),
+            45,
+        ),
+        with_id(publish("public:two", json!(2)), 46),
+    ]);
+    writer.send_burst(&burst).await;
+
+    let mut replies = Vec::new();
+    while replies.len() < burst.len() {
+        let frame = writer.recv().await;
+        if frame["type"] == "ack" || frame["type"] == "error" {
+            replies.push(frame);
+        }
+    }
+    let ids: Vec<u64> = replies
+        .iter()
+        .map(|r| r["id"].as_u64().expect("id"))
+        .collect();
+    assert_eq!(ids, (0..47).collect::<Vec<_>>(), "replies in request order");
+    for (n, reply) in replies[..40].iter().enumerate() {
+        assert_eq!(reply["type"], "ack", "{reply}");
+        assert_eq!(reply["offset"], n as u64 + 1, "{reply}");
+    }
+    let codes: Vec<&str> = replies[40..]
+        .iter()
+        .map(|r| r["code"].as_str().unwrap_or("ack"))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "ack",
+            "quota_exceeded",
+            "invalid_channel",
+            "message_too_large",
+            "ack",
+            "ack",
+            "ack"
+        ]
+    );
+    assert_eq!(replies[46]["offset"], 2, "{}", replies[46]);
+
+    for n in 0..40u64 {
+        let message = reader.recv_message().await;
+        assert_eq!(message["data"]["n"], n, "delivered in order: {message}");
+        assert_eq!(message["offset"], n + 1, "{message}");
+    }
+}

@@ -366,6 +366,17 @@ impl Client {
             .expect("send");
     }
 
+    /// Sends `frames` in one write: the server finds them all waiting at once.
+    pub async fn send_burst(&mut self, frames: &[Value]) {
+        for frame in frames {
+            self.socket
+                .feed(Message::text(frame.to_string()))
+                .await
+                .expect("feed");
+        }
+        self.socket.flush().await.expect("flush");
+    }
+
     /// The next JSON frame (pings and pongs skipped); panics on close or timeout.
     pub async fn recv(&mut self) -> Value {
         match self.next_event(PATIENCE).await {
