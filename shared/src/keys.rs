@@ -24,6 +24,7 @@
 //! | `P:user-conns:<user id>` | sorted set of live connections, scored by lease expiry | [`crate::connections`] | ws-node | both |
 //! | `P:revoked:<kind>:<id>` | marker, TTL 30 days: this credential's tickets and sockets are void | [`crate::credential`] | auth-service | ws-node |
 //! | `P:control` | pub/sub channel for revocations and disconnects | [`crate::control`] | auth-service | ws-node |
+//! | `P:canary:<node>` | pub/sub channel: a node's own canaries (their send time in unix ms), proving its subscription delivers | ws-node's `canary` | ws-node | the same ws-node |
 
 use crate::channel::ChannelName;
 use crate::secret::TokenHash;
@@ -230,6 +231,12 @@ impl RedisKeys {
     /// Cluster-wide control messages: revocations and server-side disconnects.
     pub fn control(&self) -> String {
         format!("{}:control", self.prefix)
+    }
+
+    /// A node's canary channel: it publishes there and reads its own
+    /// messages back, to prove its subscription delivers.
+    pub fn canary(&self, node_id: &str) -> String {
+        format!("{}:canary:{node_id}", self.prefix)
     }
 }
 

@@ -10,10 +10,13 @@ use tokio::sync::watch;
 /// Forwards every connection made to [`TcpProxy::addr`] to `upstream`, until
 /// [`TcpProxy::cut`]: then every forwarded connection is closed and new ones
 /// are closed as soon as they are accepted (as when the network is down),
-/// until [`TcpProxy::restore`]. Dropping it stops it.
+/// until [`TcpProxy::restore`]. [`TcpProxy::redirect`] sends new connections
+/// elsewhere while the open ones stay where they are (as a failover behind a
+/// load balancer or DNS name does). Dropping it stops it.
 pub struct TcpProxy {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    upstream: watch::Sender<SocketAddr>,
     /// Bumped at every cut: connections forwarded before it end.
     generation: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
@@ -26,10 +29,17 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("proxy address");
         let cut = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
-        let task = tokio::spawn(accept(listener, upstream, cut.clone(), generation.clone()));
+        let (upstream, _) = watch::channel(upstream);
+        let task = tokio::spawn(accept(
+            listener,
+            upstream.subscribe(),
+            cut.clone(),
+            generation.clone(),
+        ));
         Self {
             addr,
             cut,
+            upstream,
             generation,
             task,
         }
@@ -54,6 +64,11 @@ impl TcpProxy {
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
+
+    /// Forwards new connections to `upstream`; open ones keep theirs.
+    pub fn redirect(&self, upstream: SocketAddr) {
+        self.upstream.send_replace(upstream);
+    }
 }
 
 impl Drop for TcpProxy {
@@ -65,7 +80,7 @@ impl Drop for TcpProxy {
 
 async fn accept(
     listener: TcpListener,
-    upstream: SocketAddr,
+    upstream: watch::Receiver<SocketAddr>,
     cut: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
 ) {
@@ -79,6 +94,7 @@ async fn accept(
         }
         let mut ended = generation.subscribe();
         ended.borrow_and_update();
+        let upstream = *upstream.borrow();
         tokio::spawn(async move {
             let Ok(mut server) = TcpStream::connect(upstream).await else {
                 return;

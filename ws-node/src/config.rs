@@ -118,6 +118,12 @@ pub struct Config {
     #[arg(long, env = "REVALIDATE_INTERVAL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub revalidate_interval_secs: u64,
 
+    /// The node reports not-ready (`/readyz`) when the newest canary it got
+    /// back through its Redis subscription was sent longer ago than this
+    /// (canaries go out every second): connected, but not delivering.
+    #[arg(long, env = "CANARY_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1_500..))]
+    pub canary_timeout_ms: u64,
+
     /// Seconds to close every socket (1001) and exit after SIGTERM.
     #[arg(long, env = "DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
@@ -142,6 +148,10 @@ impl Config {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
+    }
+
+    pub fn canary_timeout(&self) -> Duration {
+        Duration::from_millis(self.canary_timeout_ms)
     }
 
     pub fn write_timeout(&self) -> Duration {

@@ -68,6 +68,7 @@ impl Application {
         let (tick_tx, tick_rx) = watch::channel(0u64);
         let node_id: Arc<str> = config.node_id().into();
         let namespaces = Arc::new(config.common.namespaces()?);
+        let canary = Arc::new(cluster::canary::Canary::new(config.canary_timeout()));
         let subscriber = cluster::subscriber::Subscriber {
             client: shared::redis_conn::client(config.common.redis_url.expose())?,
             redis: redis.clone(),
@@ -77,6 +78,7 @@ impl Application {
             hub: hub.clone(),
             commands: commands_rx,
             ready: subscribed_tx,
+            canary: canary.clone(),
             cursors: Default::default(),
         };
         let state = NodeState::new(state::NodeStateInner {
@@ -91,6 +93,7 @@ impl Application {
             origins: Arc::new(config.common.origin_allowlist()?),
             pending_auth: Arc::default(),
             subscribed: subscribed_rx,
+            canary,
             draining: draining_rx,
             next_connection: Arc::new(AtomicU64::new(1)),
             metrics: telemetry::register(),

@@ -45,6 +45,8 @@ pub struct NodeStateInner {
     pub pending_auth: Arc<PendingAuth>,
     /// True while the Redis subscription is live.
     pub subscribed: watch::Receiver<bool>,
+    /// Whether that subscription still delivers.
+    pub canary: Arc<crate::cluster::canary::Canary>,
     /// Becomes true at SIGTERM: refuse handshakes, close sockets with 1001.
     pub draining: watch::Receiver<bool>,
     pub next_connection: Arc<AtomicU64>,
@@ -84,7 +86,7 @@ impl Drop for CleanupGuard {
 
 impl NodeState {
     pub fn is_ready(&self) -> bool {
-        *self.subscribed.borrow() && !self.is_draining()
+        *self.subscribed.borrow() && !self.canary.is_late() && !self.is_draining()
     }
 
     pub fn is_draining(&self) -> bool {

@@ -20,6 +20,7 @@ pub const MESSAGES_RECEIVED: &str = "ws_messages_received_total";
 pub const DELIVERIES: &str = "ws_deliveries_total";
 pub const FANOUT_LATENCY: &str = "ws_fanout_latency_seconds";
 pub const COALESCE_PERIOD: &str = "ws_write_coalesce_period_seconds";
+pub const CANARY_AGE: &str = "ws_redis_canary_age_seconds";
 pub const CLIENT_PUBLISHES: &str = "ws_client_publishes_total";
 pub const RATE_LIMITED_FRAMES: &str = "ws_rate_limited_frames_total";
 pub const SLOW_CONSUMERS_CLOSED: &str = "ws_slow_consumers_closed_total";
@@ -46,6 +47,11 @@ const GAUGES: &[(&str, &str)] = &[
     (
         COALESCE_PERIOD,
         "Period of the write-coalescing tick while the node is busy (0: writes are immediate).",
+    ),
+    (
+        CANARY_AGE,
+        "Seconds since the newest canary that came back through the node's Redis subscription \
+         was sent (about 1 while messages flow; over CANARY_TIMEOUT_MS the node is not ready).",
     ),
 ];
 

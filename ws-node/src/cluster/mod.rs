@@ -9,7 +9,9 @@
 //!   and directory, kept alive by leases.
 //! * [`revalidation`]: re-checking live sockets against revocations.
 //! * [`coalescing`]: writing on a shared tick under heavy fan-out.
+//! * [`canary`]: proof that the subscription delivers, for readiness.
 
+pub mod canary;
 pub mod coalescing;
 pub mod hub;
 pub mod presence;

@@ -66,11 +66,15 @@ async fn healthz(State(node): State<NodeState>) -> Response {
     axum::Json(json!({ "status": "ok", "node": &*node.node_id })).into_response()
 }
 
-/// Ready only while the Redis subscription is live, the command connection
-/// (tickets, publishing) answers, and the node is not draining: a node that
-/// cannot hear other nodes' messages or check a ticket must not take clients.
+/// Ready only while the Redis subscription is live and delivers (the
+/// node's own canary came back within `CANARY_TIMEOUT_MS`), the command
+/// connection (tickets, publishing) answers, and the node is not draining: a
+/// node that cannot hear other nodes' messages or check a ticket must not
+/// take clients.
 async fn readyz(State(node): State<NodeState>) -> Response {
     let subscribed = *node.subscribed.borrow();
+    let canary_age = node.canary.age();
+    let delivering = !node.canary.is_late();
     let draining = node.is_draining();
     let mut redis = node.redis.clone();
     let commands = tokio::time::timeout(
@@ -79,7 +83,7 @@ async fn readyz(State(node): State<NodeState>) -> Response {
     )
     .await
     .is_ok_and(|r| r.is_ok());
-    let ready = subscribed && commands && !draining;
+    let ready = subscribed && delivering && commands && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -92,6 +96,8 @@ async fn readyz(State(node): State<NodeState>) -> Response {
             "node": &*node.node_id,
             "checks": {
                 "redis_subscription": if subscribed { "ok" } else { "down" },
+                "redis_delivery": if delivering { "ok" } else { "late" },
+                "canary_age_ms": u64::try_from(canary_age.as_millis()).unwrap_or(u64::MAX),
                 "redis_commands": if commands { "ok" } else { "down" },
                 "draining": draining,
             },
@@ -102,6 +108,8 @@ async fn readyz(State(node): State<NodeState>) -> Response {
 }
 
 async fn metrics(State(node): State<NodeState>) -> Response {
+    // The canary's age is a clock, not an event: read it as it is now.
+    node.canary.age();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         node.metrics.render(),

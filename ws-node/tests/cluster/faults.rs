@@ -779,3 +779,117 @@ async fn a_revocation_cut_off_from_redis_completes_once_redis_is_back() {
             .expect("Redis is back")
     );
 }
+
+/// The address a `redis://host:port` URL names.
+fn address_of(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("redis://")
+        .parse()
+        .expect("host:port")
+}
+
+/// A failover behind a proxy (or a DNS name): new connections reach the new
+/// server, the command connections are closed and reconnect there, and the
+/// node's subscriber connection, still open and answering PING, stays on the
+/// old one, which no longer receives any publish. The canary catches it:
+/// the node reports not-ready, subscribes afresh on the new server, and
+/// delivers again, telling its clients what it could not recover.
+#[tokio::test]
+async fn a_subscription_left_behind_by_a_failover_is_caught_and_remade() {
+    let old = testkit::RedisServer::start();
+    let new = testkit::RedisServer::start();
+    let proxy = testkit::proxy::TcpProxy::start(address_of(&old.url())).await;
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        redis_url: proxy.redis_url(),
+        customise_node: Box::new(|c| {
+            fast(c);
+            c.canary_timeout_ms = 1_500;
+        }),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("fay").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut reader = stack.connect(0, &key).await;
+    reader.subscribe("public:failover").await;
+    let mut writer = stack.connect(0, &key).await;
+    let publish =
+        |n: u64| json!({ "action": "publish", "channel": "public:failover", "data": { "n": n } });
+    let ack = writer.request(publish(1), 1).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(reader.recv_message().await["data"]["n"], 1);
+
+    proxy.redirect(address_of(&new.url()));
+    // `normal` spares the subscriber (a RESP2 pub/sub client) and this one.
+    let mut admin = old.admin().await;
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal"])
+        .query_async(&mut admin)
+        .await
+        .expect("client kill");
+    assert!(killed > 0, "no command connection to close");
+    let failed_over = Instant::now();
+
+    // Publishes now land on the new server (a publish in flight at the
+    // switch may be refused; the client is told, and sends it again).
+    let mut id = 2;
+    loop {
+        let reply = writer.request(publish(2), id).await;
+        id += 1;
+        if reply["type"] == "ack" {
+            break;
+        }
+        assert!(
+            failed_over.elapsed() < PATIENCE,
+            "publishing never resumed: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Not ready while the subscription is deaf, ready again once remade.
+    let node = &stack.nodes[0];
+    let mut seen_late = None;
+    loop {
+        let response = stack
+            .http
+            .get(node.http_url("/readyz"))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.expect("json");
+        if status == 503 && body["checks"]["redis_delivery"] == "late" {
+            seen_late.get_or_insert(failed_over.elapsed());
+        }
+        if status == 200 && seen_late.is_some() {
+            break;
+        }
+        assert!(
+            failed_over.elapsed() < Duration::from_secs(10),
+            "readiness never showed the deaf subscription and its repair: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let late_after = seen_late.expect("seen");
+    assert!(
+        late_after < Duration::from_secs(4),
+        "caught only after {late_after:?}"
+    );
+
+    // Delivering again; what was published meanwhile is delivered or
+    // announced as not recovered, never silently skipped.
+    let ack = writer.request(publish(3), id).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let mut told = false;
+    let mut got_two = false;
+    loop {
+        let frame = reader.recv_message().await;
+        match (frame["type"].as_str(), frame["data"]["n"].as_u64()) {
+            (Some("recovery"), _) => told |= frame["recovered"] == false,
+            (Some("message"), Some(2)) => got_two = true,
+            (Some("message"), Some(3)) => break,
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+    assert!(got_two || told, "message 2 was skipped silently");
+}

@@ -90,6 +90,82 @@ async fn metrics_listen_serves_metrics_apart_and_the_public_listener_no_longer_d
     assert_eq!(health.status(), 200);
 }
 
+/// `/readyz` of `node`: its status and body.
+async fn readiness(stack: &Stack, node: &Node) -> (u16, Value) {
+    let response = stack
+        .http
+        .get(node.http_url("/readyz"))
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn a_subscription_that_stops_delivering_turns_the_node_not_ready() {
+    let redis = testkit::RedisServer::start();
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        redis_url: redis.url(),
+        customise_node: Box::new(|c| c.canary_timeout_ms = 1_500),
+        ..StackOptions::default()
+    })
+    .await;
+    let node = &stack.nodes[0];
+    let deadline = Instant::now() + PATIENCE;
+    while readiness(&stack, node).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the node never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Redis holds every write, PUBLISH included, while the subscriber's PING
+    // still answers: the subscription looks alive, and nothing published
+    // gets through. (The command connection, held up behind its own paused
+    // PUBLISH, reads as down too.)
+    let mut admin = redis.admin().await;
+    redis::cmd("CLIENT")
+        .arg(&["PAUSE", "30000", "WRITE"])
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("pause");
+    let paused_at = Instant::now();
+    let body = loop {
+        let (status, body) = readiness(&stack, node).await;
+        if status == 503 && body["checks"]["redis_delivery"] == "late" {
+            break body;
+        }
+        assert!(
+            paused_at.elapsed() < Duration::from_secs(4),
+            "readyz stayed green while nothing was delivered: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        body["checks"]["canary_age_ms"].as_u64() > Some(1_500),
+        "{body}"
+    );
+
+    redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("unpause");
+    let unpaused_at = Instant::now();
+    loop {
+        let (status, body) = readiness(&stack, node).await;
+        if status == 200 {
+            assert_eq!(body["checks"]["redis_delivery"], "ok", "{body}");
+            break;
+        }
+        assert!(
+            unpaused_at.elapsed() < Duration::from_secs(5),
+            "the node did not become ready again: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn without_redis_handshakes_fail_closed_and_readiness_drops_then_recovers() {
     let mut redis = testkit::RedisServer::start();

@@ -21,6 +21,7 @@
 
 mod gaps;
 
+use crate::cluster::canary::Canary;
 use crate::cluster::hub::{Hub, SubscriberCommand};
 use crate::protocol::CloseReason;
 use futures_util::StreamExt as _;
@@ -56,6 +57,8 @@ pub struct Subscriber {
     pub commands: mpsc::UnboundedReceiver<SubscriberCommand>,
     /// True while the subscription is live; `/readyz` reports it.
     pub ready: watch::Sender<bool>,
+    /// Sent with every probe, read back through the subscription.
+    pub canary: Arc<Canary>,
     /// Per history channel: the position of the last message dispatched.
     pub cursors: HashMap<ChannelName, gaps::Cursor>,
 }
@@ -107,6 +110,7 @@ impl Subscriber {
             .map(|(c, _)| self.keys.channel_live(c))
             .collect();
         names.push(self.keys.control());
+        names.push(self.keys.canary(&self.node_id));
         for chunk in names.chunks(1000) {
             tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(chunk))
                 .await
@@ -116,6 +120,7 @@ impl Subscriber {
         for (channel, generation) in channels {
             self.hub.mark_subscribed(&channel, generation);
         }
+        self.canary.restart();
         Ok((sink, stream))
     }
 
@@ -161,6 +166,14 @@ impl Subscriber {
                         Ok(Err(e)) => return format!("ping failed: {e}"),
                         Err(_) => return "ping timed out".into(),
                     }
+                    // Caught up with the stream (this arm runs only when no
+                    // message waits) and still no recent canary: messages
+                    // published now do not reach this subscription. Make a
+                    // new one; the replay fills what was missed.
+                    if self.canary.is_late() {
+                        return "the subscription stopped delivering (canary late)".into();
+                    }
+                    self.send_canary();
                 }
             }
         }
@@ -241,6 +254,23 @@ impl Subscriber {
         Ok(())
     }
 
+    /// Publishes a canary on the command connection, as clients' messages
+    /// go, without waiting for it: a publish that hangs (Redis paused) must
+    /// hold up neither this loop nor the next canary. Readiness sees the
+    /// result, or its absence, in [`Canary::age`].
+    fn send_canary(&self) {
+        let mut redis = self.redis.clone();
+        let channel = self.keys.canary(&self.node_id);
+        tokio::spawn(async move {
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(channel).arg(Canary::payload());
+            let sent = publish.query_async::<()>(&mut redis);
+            if let Ok(Err(e)) = tokio::time::timeout(COMMAND_TIMEOUT, sent).await {
+                tracing::debug!(error = %e, "could not publish the canary");
+            }
+        });
+    }
+
     async fn on_message(&mut self, message: &redis::Msg) {
         let name = message.get_channel_name();
         if let Some(channel) = self.keys.channel_from_live(name) {
@@ -269,6 +299,8 @@ impl Subscriber {
             );
         } else if name == self.keys.control() {
             self.on_control(message.get_payload_bytes());
+        } else if name == self.keys.canary(&self.node_id) {
+            self.canary.returned(message.get_payload_bytes());
         }
     }
 
@@ -330,6 +362,7 @@ mod tests {
             hub: Arc::new(Hub::new(commands_tx.clone())),
             commands,
             ready: watch::channel(false).0,
+            canary: Arc::new(Canary::new(Duration::from_secs(5))),
             cursors: HashMap::new(),
         };
         (subscriber, commands_tx)

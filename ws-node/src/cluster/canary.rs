@@ -1,0 +1,89 @@
+//! Proof that the node's subscription delivers, not just that it is connected.
+//!
+//! A pub/sub connection can answer PING and still deliver nothing: writes
+//! paused on the Redis side (`CLIENT PAUSE … WRITE`), a subscription Redis
+//! dropped (a cluster slot that moved), a proxy that passes pings but not
+//! pushes. Other systems' users have seen delivery stop while health checks
+//! stayed green. So with every probe the subscriber publishes a canary, its
+//! send time, on a channel of this node's own, through the command
+//! connection, exactly as a client's message travels; the subscriber reads it
+//! back like any message. `/readyz` reports not-ready, and the
+//! [`CANARY_AGE`](crate::telemetry::CANARY_AGE) gauge shows it, once the
+//! newest canary that came back was sent longer than `CANARY_TIMEOUT_MS` ago;
+//! the subscriber then subscribes afresh (see `Subscriber::serve`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub struct Canary {
+    /// How old the newest returned canary may be before the node is not ready.
+    bound: Duration,
+    /// Unix ms: when the newest canary that came back was sent, or when the
+    /// subscription was last (re)made, which starts the clock afresh.
+    newest_sent_ms: AtomicU64,
+}
+
+impl Canary {
+    pub fn new(bound: Duration) -> Self {
+        Self {
+            bound,
+            newest_sent_ms: AtomicU64::new(shared::unix_now_ms()),
+        }
+    }
+
+    /// A new subscription has `bound` to bring its first canary back.
+    pub fn restart(&self) {
+        self.newest_sent_ms
+            .store(shared::unix_now_ms(), Ordering::Relaxed);
+    }
+
+    /// The payload of a canary sent now.
+    pub fn payload() -> String {
+        shared::unix_now_ms().to_string()
+    }
+
+    /// A canary came back: `payload` is what [`Self::payload`] sent.
+    pub fn returned(&self, payload: &[u8]) {
+        if let Some(sent_ms) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|p| p.parse::<u64>().ok())
+        {
+            self.newest_sent_ms.fetch_max(sent_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// How long ago the newest returned canary was sent; also sets the
+    /// [`CANARY_AGE`](crate::telemetry::CANARY_AGE) gauge.
+    pub fn age(&self) -> Duration {
+        let newest = self.newest_sent_ms.load(Ordering::Relaxed);
+        let age = Duration::from_millis(shared::unix_now_ms().saturating_sub(newest));
+        metrics::gauge!(crate::telemetry::CANARY_AGE).set(age.as_secs_f64());
+        age
+    }
+
+    /// Whether messages have stopped coming back (see the module comment).
+    pub fn is_late(&self) -> bool {
+        self.age() > self.bound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_returned_canary_resets_the_age_and_garbage_is_ignored() {
+        let canary = Canary::new(Duration::from_millis(50));
+        canary
+            .newest_sent_ms
+            .store(shared::unix_now_ms() - 10_000, Ordering::Relaxed);
+        assert!(canary.is_late());
+        canary.returned(b"not a number");
+        assert!(canary.is_late());
+        canary.returned(Canary::payload().as_bytes());
+        assert!(!canary.is_late());
+        // An older canary arriving late does not turn the clock back.
+        canary.returned(b"1");
+        assert!(!canary.is_late());
+    }
+}
