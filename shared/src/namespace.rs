@@ -41,6 +41,20 @@ impl Access {
     }
 }
 
+/// Why a namespace refuses a subscription or a publish; each service words
+/// it for its own clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No namespace of that name is configured.
+    UnknownNamespace,
+    /// The namespace's access does not admit this user.
+    NotAdmitted,
+    /// The namespace does not accept that channel name (`names`).
+    NameNotAccepted,
+    /// The data is larger than the namespace's `max_message_bytes`.
+    TooLarge { limit: usize },
+}
+
 /// The rules of one namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceRule {
@@ -221,6 +235,48 @@ impl Namespaces {
         self.rules.iter().find(|r| r.name == channel.namespace())
     }
 
+    /// The rule of `channel` if `user_id` may subscribe to it: its namespace
+    /// is configured, admits the user, and accepts the name.
+    pub fn admit_subscribe(
+        &self,
+        user_id: uuid::Uuid,
+        channel: &ChannelName,
+    ) -> Result<&NamespaceRule, Refusal> {
+        let rule = self.rule_for(channel).ok_or(Refusal::UnknownNamespace)?;
+        if !rule.subscribe.admits(user_id, channel) {
+            return Err(Refusal::NotAdmitted);
+        }
+        if !rule.accepts_name(channel) {
+            return Err(Refusal::NameNotAccepted);
+        }
+        Ok(rule)
+    }
+
+    /// The rule of `channel` if `user_id` may publish `len` bytes of data to
+    /// it: as [`Self::admit_subscribe`], by the namespace's `publish` access
+    /// (which a backend allowed to publish anywhere, `anywhere`, bypasses),
+    /// and within its message size. Every publish path asks this, so the
+    /// rules cannot differ between a socket and HTTP.
+    pub fn admit_publish(
+        &self,
+        user_id: uuid::Uuid,
+        channel: &ChannelName,
+        len: usize,
+        anywhere: bool,
+    ) -> Result<&NamespaceRule, Refusal> {
+        let rule = self.rule_for(channel).ok_or(Refusal::UnknownNamespace)?;
+        if !anywhere && !rule.publish.admits(user_id, channel) {
+            return Err(Refusal::NotAdmitted);
+        }
+        if !rule.accepts_name(channel) {
+            return Err(Refusal::NameNotAccepted);
+        }
+        match rule.max_message_bytes {
+            Some(limit) if !rule.fits(len) => Err(Refusal::TooLarge { limit }),
+            _ => Ok(rule),
+        }
+    }
+
     pub fn rules(&self) -> &[NamespaceRule] {
         &self.rules
     }
@@ -319,6 +375,46 @@ mod tests {
         assert!(
             Namespaces::from_json(r#"[{"name":"a","subscribe":"any","publish":"any","extra":1}]"#)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn admission_checks_namespace_access_name_and_size_in_that_order() {
+        let ns = Namespaces::from_json(
+            r#"[{"name":"chat","subscribe":"any","publish":"any","names":"room-[0-9]+","max_message_bytes":8},
+                {"name":"user","subscribe":"owner","publish":"server"}]"#,
+        )
+        .expect("valid");
+        let me = uuid::Uuid::new_v4();
+        let channel = |name: &str| -> ChannelName { name.parse().expect("valid") };
+        let mine = channel(&format!("user:{me}"));
+        assert_eq!(
+            ns.admit_subscribe(me, &channel("nope:a")).err(),
+            Some(Refusal::UnknownNamespace)
+        );
+        assert!(ns.admit_subscribe(me, &mine).is_ok());
+        assert_eq!(
+            ns.admit_subscribe(uuid::Uuid::new_v4(), &mine).err(),
+            Some(Refusal::NotAdmitted)
+        );
+        assert_eq!(
+            ns.admit_publish(me, &mine, 1, false).err(),
+            Some(Refusal::NotAdmitted)
+        );
+        assert!(ns.admit_publish(me, &mine, 1, true).is_ok());
+        assert_eq!(
+            ns.admit_publish(me, &channel("chat:lobby"), 100, false)
+                .err(),
+            Some(Refusal::NameNotAccepted)
+        );
+        assert_eq!(
+            ns.admit_publish(me, &channel("chat:room-1"), 9, false)
+                .err(),
+            Some(Refusal::TooLarge { limit: 8 })
+        );
+        assert!(
+            ns.admit_publish(me, &channel("chat:room-1"), 8, false)
+                .is_ok()
         );
     }
 }

@@ -16,6 +16,7 @@ use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use shared::channel::{ChannelName, PublishError, Publisher, publish as publish_to_channel};
+use shared::namespace::Refusal;
 use shared::quota::QuotaError;
 use shared::scope::Scope;
 use utoipa::ToSchema;
@@ -101,40 +102,34 @@ pub async fn publish(
             limit: MAX_DATA_BYTES,
         });
     }
-    let rule = state.namespaces.rule_for(&request.channel).ok_or_else(|| {
-        Error::unprocessable(
-            "unknown_namespace",
-            format!(
-                "no channel namespace {:?} is configured",
-                request.channel.namespace()
-            ),
-        )
-    })?;
-    if !key.scopes.contains(Scope::PublishAny)
-        && !rule.publish.admits(key.user_id, &request.channel)
-    {
-        return Err(Error::forbidden(
-            "insufficient_scope",
-            format!(
-                "a `publish` key writes only where its user could from a socket; \
-                 namespace {:?} needs `publish_any`",
-                request.channel.namespace()
-            ),
-        ));
-    }
-    if !rule.accepts_name(&request.channel) {
-        return Err(Error::unprocessable(
-            "invalid_field",
-            format!(
-                "namespace {:?} does not accept that name",
-                request.channel.namespace()
-            ),
-        ));
-    }
     let len = request.data.get().len();
-    if let Some(limit) = rule.max_message_bytes.filter(|_| !rule.fits(len)) {
-        return Err(Error::PayloadTooLarge { limit });
-    }
+    let namespace = request.channel.namespace();
+    let rule = state
+        .namespaces
+        .admit_publish(
+            key.user_id,
+            &request.channel,
+            len,
+            key.scopes.contains(Scope::PublishAny),
+        )
+        .map_err(|refusal| match refusal {
+            Refusal::UnknownNamespace => Error::unprocessable(
+                "unknown_namespace",
+                format!("no channel namespace {namespace:?} is configured"),
+            ),
+            Refusal::NotAdmitted => Error::forbidden(
+                "insufficient_scope",
+                format!(
+                    "a `publish` key writes only where its user could from a socket; \
+                     namespace {namespace:?} needs `publish_any`"
+                ),
+            ),
+            Refusal::NameNotAccepted => Error::unprocessable(
+                "invalid_field",
+                format!("namespace {namespace:?} does not accept that name"),
+            ),
+            Refusal::TooLarge { limit } => Error::PayloadTooLarge { limit },
+        })?;
     let mut redis = state.redis.clone();
     if !key.scopes.contains(Scope::PublishAny) {
         shared::quota::charge_publish(

@@ -9,7 +9,7 @@ use crate::cluster::presence::{self, Membership};
 use crate::protocol::{self, CloseReason, Request, RequestError, RequestId, ServerFrame, Since};
 use serde_json::value::RawValue;
 use shared::channel::{ChannelName, PublishError, PublishRequest, Publisher, StreamPosition};
-use shared::namespace::{Access, NamespaceRule};
+use shared::namespace::{NamespaceRule, Refusal};
 use shared::quota::{Charge, QuotaError};
 use shared::scope::Scope;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -29,6 +29,17 @@ struct PublishAsk<'a> {
 /// together are carried out together (`Connection::on_publishes`).
 pub(super) fn is_publish(text: &Utf8Bytes) -> bool {
     matches!(protocol::parse(text), Ok((_, Request::Publish { .. })))
+}
+
+/// The `error` a namespace's refusal answers with; `not_admitted` words
+/// [`Refusal::NotAdmitted`] for the action refused.
+fn refused(refusal: Refusal, not_admitted: &'static str) -> RequestError {
+    match refusal {
+        Refusal::UnknownNamespace => RequestError::UnknownNamespace,
+        Refusal::NotAdmitted => RequestError::Forbidden(not_admitted),
+        Refusal::NameNotAccepted => RequestError::NameNotAccepted,
+        Refusal::TooLarge { limit } => RequestError::MessageTooLarge(limit),
+    }
 }
 
 /// The `error` a failed publish answers with.
@@ -94,27 +105,13 @@ impl Connection {
         Ok(answer.unwrap_or_else(|error| vec![error.frame(id)]))
     }
 
-    /// Whether the namespace rule `access` admits this connection to `channel`.
-    fn admits(&self, access: Access, channel: &ChannelName) -> bool {
-        access.admits(self.principal.user_id, channel)
-    }
-
     /// The namespace rule of `channel` if this connection may subscribe to it.
     fn readable_rule(&self, channel: &ChannelName) -> Result<NamespaceRule, RequestError> {
-        let rule = self
-            .node
+        self.node
             .namespaces
-            .rule_for(channel)
-            .ok_or(RequestError::UnknownNamespace)?;
-        if !self.admits(rule.subscribe, channel) {
-            return Err(RequestError::Forbidden(
-                "you may not subscribe to this channel",
-            ));
-        }
-        if !rule.accepts_name(channel) {
-            return Err(RequestError::NameNotAccepted);
-        }
-        Ok(rule.clone())
+            .admit_subscribe(self.principal.user_id, channel)
+            .cloned()
+            .map_err(|refusal| refused(refusal, "you may not subscribe to this channel"))
     }
 
     async fn subscribe(
@@ -484,22 +481,8 @@ impl Connection {
         let rule = self
             .node
             .namespaces
-            .rule_for(channel)
-            .ok_or(RequestError::UnknownNamespace)?;
-        if !self.admits(rule.publish, channel) {
-            return Err(RequestError::Forbidden(
-                "you may not publish to this channel",
-            ));
-        }
-        if !rule.accepts_name(channel) {
-            return Err(RequestError::NameNotAccepted);
-        }
-        let len = ask.data.get().len();
-        if !rule.fits(len) {
-            return Err(RequestError::MessageTooLarge(
-                rule.max_message_bytes.unwrap_or(len),
-            ));
-        }
+            .admit_publish(self.principal.user_id, channel, ask.data.get().len(), false)
+            .map_err(|refusal| refused(refusal, "you may not publish to this channel"))?;
         Ok(PublishRequest {
             channel,
             data: ask.data,
