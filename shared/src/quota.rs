@@ -47,6 +47,21 @@ fn millis(duration: Duration) -> u64 {
         .max(1)
 }
 
+/// Adds `by` to the fixed-window counter `key` (its window, `window_ms`,
+/// starting with its first count); the pipeline's one reply is the count.
+fn count_in_window(key: &str, by: u64, window_ms: u64) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd("INCRBY")
+        .arg(key)
+        .arg(by)
+        .cmd("PEXPIRE")
+        .arg(key)
+        .arg(window_ms)
+        .arg("NX")
+        .ignore();
+    pipe
+}
+
 /// Charges `user_id` for publishing `bytes` to `channel` (`with_history`:
 /// whether its namespace keeps history, so that a first publish creates
 /// keys). Errs with [`QuotaError::Exceeded`] (and charges nothing) when over.
@@ -62,15 +77,7 @@ pub async fn charge_publish<C: ConnectionLike>(
     let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
     let window = millis(quota.window);
     let bytes_key = keys.publish_quota(user_id, QuotaCounter::Bytes);
-    let mut pipe = redis::pipe();
-    pipe.cmd("INCRBY")
-        .arg(&bytes_key)
-        .arg(bytes)
-        .cmd("PEXPIRE")
-        .arg(&bytes_key)
-        .arg(window)
-        .arg("NX")
-        .ignore();
+    let mut pipe = count_in_window(&bytes_key, bytes, window);
     if with_history {
         pipe.cmd("EXISTS").arg(keys.channel_meta(channel));
     }
@@ -84,14 +91,7 @@ pub async fn charge_publish<C: ConnectionLike>(
         return Ok(());
     }
     let channels_key = keys.publish_quota(user_id, QuotaCounter::NewChannels);
-    let (created,): (u64,) = redis::pipe()
-        .cmd("INCR")
-        .arg(&channels_key)
-        .cmd("PEXPIRE")
-        .arg(&channels_key)
-        .arg(window)
-        .arg("NX")
-        .ignore()
+    let (created,): (u64,) = count_in_window(&channels_key, 1, window)
         .query_async(redis)
         .await?;
     if created > quota.new_channels {
@@ -129,15 +129,7 @@ pub async fn charge_publishes<C: ConnectionLike>(
         .map(|c| u64::try_from(c.bytes).unwrap_or(u64::MAX))
         .fold(0, u64::saturating_add);
     let bytes_key = keys.publish_quota(user_id, QuotaCounter::Bytes);
-    let mut pipe = redis::pipe();
-    pipe.cmd("INCRBY")
-        .arg(&bytes_key)
-        .arg(total)
-        .cmd("PEXPIRE")
-        .arg(&bytes_key)
-        .arg(millis(quota.window))
-        .arg("NX")
-        .ignore();
+    let mut pipe = count_in_window(&bytes_key, total, millis(quota.window));
     for charge in charges.iter().filter(|c| c.with_history) {
         pipe.cmd("EXISTS").arg(keys.channel_meta(charge.channel));
     }

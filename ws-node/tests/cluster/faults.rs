@@ -850,14 +850,7 @@ async fn a_subscription_left_behind_by_a_failover_is_caught_and_remade() {
     let node = &stack.nodes[0];
     let mut seen_late = None;
     loop {
-        let response = stack
-            .http
-            .get(node.http_url("/readyz"))
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        let body: Value = response.json().await.expect("json");
+        let (status, body) = stack.readiness(node).await;
         if status == 503 && body["checks"]["redis_delivery"] == "late" {
             seen_late.get_or_insert(failed_over.elapsed());
         }

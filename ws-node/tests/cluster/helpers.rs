@@ -131,6 +131,18 @@ impl Stack {
         format!("{}{}", self.auth_url, path)
     }
 
+    /// `/readyz` of `node`: its status and body.
+    pub async fn readiness(&self, node: &Node) -> (u16, Value) {
+        let response = self
+            .http
+            .get(node.http_url("/readyz"))
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("json"))
+    }
+
     pub async fn create_user(&self, name: &str) -> User {
         accounts::create_user(
             &self.auth.db,

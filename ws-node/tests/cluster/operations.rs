@@ -90,18 +90,6 @@ async fn metrics_listen_serves_metrics_apart_and_the_public_listener_no_longer_d
     assert_eq!(health.status(), 200);
 }
 
-/// `/readyz` of `node`: its status and body.
-async fn readiness(stack: &Stack, node: &Node) -> (u16, Value) {
-    let response = stack
-        .http
-        .get(node.http_url("/readyz"))
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("json"))
-}
-
 #[tokio::test]
 async fn a_subscription_that_stops_delivering_turns_the_node_not_ready() {
     let redis = testkit::RedisServer::start();
@@ -114,7 +102,7 @@ async fn a_subscription_that_stops_delivering_turns_the_node_not_ready() {
     .await;
     let node = &stack.nodes[0];
     let deadline = Instant::now() + PATIENCE;
-    while readiness(&stack, node).await.0 != 200 {
+    while stack.readiness(node).await.0 != 200 {
         assert!(Instant::now() < deadline, "the node never became ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -131,7 +119,7 @@ async fn a_subscription_that_stops_delivering_turns_the_node_not_ready() {
         .expect("pause");
     let paused_at = Instant::now();
     let body = loop {
-        let (status, body) = readiness(&stack, node).await;
+        let (status, body) = stack.readiness(node).await;
         if status == 503 && body["checks"]["redis_delivery"] == "late" {
             break body;
         }
@@ -153,7 +141,7 @@ async fn a_subscription_that_stops_delivering_turns_the_node_not_ready() {
         .expect("unpause");
     let unpaused_at = Instant::now();
     loop {
-        let (status, body) = readiness(&stack, node).await;
+        let (status, body) = stack.readiness(node).await;
         if status == 200 {
             assert_eq!(body["checks"]["redis_delivery"], "ok", "{body}");
             break;
