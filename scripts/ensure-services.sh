@@ -49,6 +49,41 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null || { log "Redis did not start"; exit 1; }
 fi
 
+# --- A Redis Cluster for the tests --------------------------------------------
+# The suites that run against a cluster share this one (each test under its
+# own key prefix), as the others share the Redis on 6379: three masters with
+# a replica each on 127.0.0.1:7101-7106. Tests that kill or reshard nodes
+# start a private cluster instead (testkit::RedisCluster). Skipped when
+# TEST_REDIS_CLUSTER_URLS points elsewhere.
+if [ -z "${TEST_REDIS_CLUSTER_URLS:-}" ] \
+  && ! redis-cli -p 7101 cluster info 2>/dev/null | grep -q cluster_state:ok; then
+  dir="${TMPDIR:-/tmp}/tessera-test-cluster"
+  log "starting the test Redis Cluster on 127.0.0.1:7101-7106 ($dir)"
+  mkdir -p "$dir"
+  for port in 7101 7102 7103 7104 7105 7106; do
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+    rm -f "$dir/nodes-$port.conf"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+      --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
+      --cluster-node-timeout 3000 --dir "$dir" --logfile "$dir/redis-$port.log"
+  done
+  for port in 7101 7102 7103 7104 7105 7106; do
+    for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create 127.0.0.1:7101 127.0.0.1:7102 127.0.0.1:7103 \
+    127.0.0.1:7104 127.0.0.1:7105 127.0.0.1:7106 --cluster-replicas 1 --cluster-yes >/dev/null
+  for _ in $(seq 1 100); do
+    ok=1
+    for port in 7101 7102 7103 7104 7105 7106; do
+      redis-cli -p "$port" cluster info | grep -q cluster_state:ok || ok=0
+    done
+    [ "$(redis-cli -p 7101 cluster nodes | grep -c slave)" = 3 ] || ok=0
+    [ "$ok" = 1 ] && break
+    sleep 0.2
+  done
+  [ "$ok" = 1 ] || { log "the test Redis Cluster did not form"; exit 1; }
+fi
+
 # --- Test runner --------------------------------------------------------------
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

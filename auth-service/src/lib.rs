@@ -44,9 +44,10 @@ impl AppState {
         config.validate()?;
         let db = db::connect_and_migrate(config.database_url.expose(), config.database_pool_size)
             .await?;
-        let redis = shared::redis_conn::connect(config.common.redis_url.expose())
+        let redis_target = config.common.redis_target();
+        let redis = shared::redis_conn::open(&redis_target)
             .await
-            .with_context(|| format!("connecting to Redis at {}", config.common.redis_url))?;
+            .with_context(|| format!("connecting to Redis at {redis_target}"))?;
         let idle = config.session_idle_timeout_secs;
         // Activity is written to Postgres at most this often per session and
         // process; a quarter of the idle timeout keeps the Postgres fallback accurate.
@@ -165,7 +166,7 @@ impl Application {
             };
             let mut abandon = abandon_rx.clone();
             let work = async move {
-                let redis = shared::redis_conn::connect(state.config.common.redis_url.expose())
+                let redis = shared::redis_conn::open(&state.config.common.redis_target())
                     .await
                     .context("connecting a serving thread to Redis")?;
                 let listener = TcpListener::from_std(listener).context("listening")?;

@@ -28,9 +28,9 @@ use crate::accounts::Username;
 use crate::error::Result;
 use crate::rate_limit::{self, Limit, address_subject};
 use crate::state::AppState;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use shared::keys::RateBucket;
+use shared::redis_conn::Redis;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -119,7 +119,7 @@ impl CountedAttempt {
 
     /// The attempt could not be judged (database down, hashing queue full):
     /// it was not a failure, so nothing stays counted.
-    pub async fn not_judged(self, redis: &mut ConnectionManager) -> Result<()> {
+    pub async fn not_judged(self, redis: &mut Redis) -> Result<()> {
         let mut keys = vec![self.ip_counter.as_str()];
         if let Some(account) = &self.account {
             keys.push(&account.account_and_address);

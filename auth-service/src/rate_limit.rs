@@ -8,8 +8,8 @@
 //! Needs Redis ≥ 7.0 (`PEXPIRE … NX`).
 
 use crate::error::{Error, Result};
-use redis::aio::ConnectionManager;
 use shared::keys::RateBucket;
+use shared::redis_conn::Redis;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -75,7 +75,7 @@ pub struct Limit {
 
 /// The 429 for `bucket`'s counter `key` over its limit, with `Retry-After`
 /// from the counter's remaining window (read only now, off the hot path).
-pub async fn refusal(redis: &mut ConnectionManager, bucket: RateBucket, key: &str) -> Error {
+pub async fn refusal(redis: &mut Redis, bucket: RateBucket, key: &str) -> Error {
     metrics::counter!(crate::telemetry::RATE_LIMITED, "limit" => limit_label(bucket)).increment(1);
     let ttl_ms: i64 = redis::cmd("PTTL")
         .arg(key)
@@ -92,7 +92,7 @@ pub async fn refusal(redis: &mut ConnectionManager, bucket: RateBucket, key: &st
 /// the limit hold under concurrency: attempts racing in parallel each see the
 /// others' counts (a check-then-count-on-failure would let a burst of guesses
 /// all pass the check while their hashes are still being computed).
-pub async fn count_attempt(redis: &mut ConnectionManager, limits: &[Limit]) -> Result<()> {
+pub async fn count_attempt(redis: &mut Redis, limits: &[Limit]) -> Result<()> {
     let mut pipe = redis::pipe();
     for limit in limits {
         add_hit(&mut pipe, &limit.key, limit.window);
@@ -110,7 +110,7 @@ pub async fn count_attempt(redis: &mut ConnectionManager, limits: &[Limit]) -> R
 /// a failure). Should a counter's window have ended meanwhile, `DECR` leaves
 /// it at -1 without an expiry; the next [`add_hit`] brings it to 0 and starts
 /// a window (`PEXPIRE … NX`), so that costs at most one attempt's worth.
-pub async fn uncount(redis: &mut ConnectionManager, keys: &[&str]) -> Result<()> {
+pub async fn uncount(redis: &mut Redis, keys: &[&str]) -> Result<()> {
     let mut pipe = redis::pipe();
     for key in keys {
         pipe.cmd("DECR").arg(*key).ignore();

@@ -2,7 +2,7 @@
 //! connection each holds (see `Application::run_until_stopped` and
 //! [`crate::balance`]).
 
-use redis::aio::ConnectionManager;
+use shared::redis_conn::Redis;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,10 +48,10 @@ pub fn spawn<T: Send + 'static>(
 /// reached one thread's connection would say nothing about the others', and
 /// the first request on each of them after Redis came back would fail.
 #[derive(Clone, Default)]
-pub struct CommandConnections(Arc<Mutex<Vec<ConnectionManager>>>);
+pub struct CommandConnections(Arc<Mutex<Vec<Redis>>>);
 
 impl CommandConnections {
-    pub fn add(&self, connection: ConnectionManager) {
+    pub fn add(&self, connection: Redis) {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -4,10 +4,10 @@ use crate::api_keys::ApiKeyVerifier;
 use crate::config::Config;
 use crate::password::PasswordHasher;
 use crate::serving::CommandConnections;
-use redis::aio::ConnectionManager;
 use shared::keys::RedisKeys;
 use shared::namespace::Namespaces;
 use shared::origin::OriginAllowlist;
+use shared::redis_conn::Redis;
 use sqlx::PgPool;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -25,7 +25,7 @@ impl AppState {
     /// The same state with another Redis connection, for a serving thread
     /// whose runtime drives that connection. Everything else (the database
     /// pool, the caches, the password-hashing slots) stays shared.
-    pub fn with_redis(&self, redis: ConnectionManager) -> Self {
+    pub fn with_redis(&self, redis: Redis) -> Self {
         self.command_connections.add(redis.clone());
         Self::new(AppStateInner {
             redis,
@@ -47,7 +47,7 @@ pub struct AppStateInner {
     pub db: PgPool,
     /// One multiplexed, self-reconnecting connection shared by the requests
     /// of one serving thread (see [`AppState::with_redis`]).
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     /// Every serving thread's `redis`, for the readiness check.
     pub command_connections: CommandConnections,
     pub keys: RedisKeys,

@@ -16,6 +16,13 @@ pub struct CommonConfig {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: SecretUrl,
 
+    /// Run on a Redis Cluster instead: a few of its nodes (comma-separated
+    /// URLs, e.g. `redis://r1:6379,redis://r2:6379`), from which the rest of
+    /// the cluster is discovered. When set, `REDIS_URL` is not used. Needs
+    /// Redis 7 or later (sharded pub/sub).
+    #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',')]
+    pub redis_cluster_urls: Vec<SecretUrl>,
+
     /// Prefix of every Redis key and channel, so deployments can share one
     /// Redis; auth-service and the ws-nodes of a deployment must use the same.
     #[arg(long, env = "REDIS_PREFIX", default_value = "tessera")]
@@ -78,6 +85,16 @@ pub struct CommonConfig {
 }
 
 impl CommonConfig {
+    /// One Redis server, or a cluster when `REDIS_CLUSTER_URLS` is set.
+    pub fn redis_target(&self) -> crate::redis_conn::RedisTarget {
+        use crate::redis_conn::RedisTarget;
+        if self.redis_cluster_urls.is_empty() {
+            RedisTarget::Single(self.redis_url.clone())
+        } else {
+            RedisTarget::Cluster(self.redis_cluster_urls.clone())
+        }
+    }
+
     pub fn redis_keys(&self) -> Result<RedisKeys, crate::keys::InvalidPrefix> {
         RedisKeys::new(&self.redis_prefix)
     }

@@ -25,6 +25,7 @@
 //! | `P:revoked:<kind>:<id>` | marker, TTL 30 days: this credential's tickets and sockets are void | [`crate::credential`] | auth-service | ws-node |
 //! | `P:control` | pub/sub channel for revocations and disconnects | [`crate::control`] | auth-service | ws-node |
 //! | `P:canary:<node>` | pub/sub channel: a node's own canaries (their send time in unix ms), proving its subscription delivers | ws-node's `canary` | ws-node | the same ws-node |
+//! | `P:canary:<node>:{<tag>}` | on a cluster, shard channel: the same, one per master, `<tag>` hashing to a slot of that master | ws-node's `canary` | ws-node | the same ws-node |
 
 use crate::channel::ChannelName;
 use crate::secret::TokenHash;
@@ -237,6 +238,12 @@ impl RedisKeys {
     /// messages back, to prove its subscription delivers.
     pub fn canary(&self, node_id: &str) -> String {
         format!("{}:canary:{node_id}", self.prefix)
+    }
+
+    /// On a cluster, a node's canary channel on the shard that owns the
+    /// slot of hash tag `tag`: one per master, so canaries prove every shard.
+    pub fn shard_canary(&self, node_id: &str, tag: &str) -> String {
+        format!("{}:canary:{node_id}:{{{tag}}}", self.prefix)
     }
 }
 

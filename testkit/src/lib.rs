@@ -32,6 +32,19 @@ pub fn shared_redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// Seed URLs of the Redis Cluster tests share when they need no private one
+/// (`TEST_REDIS_CLUSTER_URLS`, comma-separated; by default the one
+/// `scripts/ensure-services.sh` starts on 127.0.0.1:7101-7106).
+pub fn shared_cluster_urls() -> Vec<String> {
+    std::env::var("TEST_REDIS_CLUSTER_URLS")
+        .unwrap_or_else(|_| {
+            "redis://127.0.0.1:7101,redis://127.0.0.1:7102,redis://127.0.0.1:7103".to_owned()
+        })
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A short random lowercase id.
 pub fn random_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()

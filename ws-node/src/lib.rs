@@ -57,9 +57,10 @@ impl Application {
         let listener = shared::net::bind(config.listen)
             .with_context(|| format!("binding WS_LISTEN={}", config.listen))?;
         let metrics_listener = config.common.bind_metrics_listener()?;
-        let redis = shared::redis_conn::connect(config.common.redis_url.expose())
+        let redis_target = config.common.redis_target();
+        let redis = shared::redis_conn::open(&redis_target)
             .await
-            .with_context(|| format!("connecting to Redis at {}", config.common.redis_url))?;
+            .with_context(|| format!("connecting to Redis at {redis_target}"))?;
         let keys = config.common.redis_keys()?;
         let (commands_tx, commands_rx) = tokio::sync::mpsc::unbounded_channel();
         let hub = Arc::new(Hub::new(commands_tx));
@@ -70,7 +71,7 @@ impl Application {
         let namespaces = Arc::new(config.common.namespaces()?);
         let canary = Arc::new(cluster::canary::Canary::new(config.canary_timeout()));
         let subscriber = cluster::subscriber::Subscriber {
-            client: shared::redis_conn::client(config.common.redis_url.expose())?,
+            target: redis_target,
             redis: redis.clone(),
             keys: keys.clone(),
             namespaces: namespaces.clone(),
@@ -79,6 +80,7 @@ impl Application {
             commands: commands_rx,
             ready: subscribed_tx,
             canary: canary.clone(),
+            canary_channels: Vec::new(),
             cursors: Default::default(),
         };
         let state = NodeState::new(state::NodeStateInner {

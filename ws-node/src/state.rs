@@ -4,10 +4,10 @@ use crate::cluster::hub::Hub;
 use crate::cluster::presence::Membership;
 use crate::config::Config;
 use crate::handshake::pending::PendingAuth;
-use redis::aio::ConnectionManager;
 use shared::keys::RedisKeys;
 use shared::namespace::Namespaces;
 use shared::origin::OriginAllowlist;
+use shared::redis_conn::Redis;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,7 +38,7 @@ pub struct NodeStateInner {
     pub node_id: Arc<str>,
     pub keys: RedisKeys,
     /// Multiplexed connection for commands (tickets, sessions, publishing).
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     pub hub: Arc<Hub>,
     pub namespaces: Arc<Namespaces>,
     pub origins: Arc<OriginAllowlist>,

@@ -109,7 +109,7 @@ impl TestApp {
         format!("{}{}", self.base_url, path)
     }
 
-    pub fn redis(&self) -> redis::aio::ConnectionManager {
+    pub fn redis(&self) -> shared::redis_conn::Redis {
         self.state.redis.clone()
     }
 

@@ -4,6 +4,7 @@ use super::frame;
 use super::{ChannelName, HistoryLimits, StreamPosition, millis};
 use crate::json::{MAX_JSON_DEPTH, depth_within};
 use crate::keys::RedisKeys;
+use crate::redis_conn::{PubSubKind, Redis};
 use serde_json::value::RawValue;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -30,7 +31,8 @@ pub(super) const HISTORY_FORMAT: &str = "3";
 /// ARGV: channel as a JSON string, data as JSON, max length, max age in ms,
 /// a candidate epoch (used only when the channel has none yet), idempotency
 /// window in ms, history format version, sender as JSON (the frame's `from`,
-/// kept in the entry's field `f` beside the data's `d`).
+/// kept in the entry's field `f` beside the data's `d`), the publish command
+/// (`PUBLISH`, or `SPUBLISH` on a cluster: see [`PubSubKind`]).
 /// Returns `{epoch, offset, duplicate}`; a repeated idempotency key returns the
 /// first publish's position with `duplicate = 1` and publishes nothing.
 const PUBLISH_WITH_HISTORY: &str = r#"
@@ -69,7 +71,7 @@ redis.call('PEXPIRE', KEYS[4], ARGV[4])
 if KEYS[5] then
   redis.call('SET', KEYS[5], epoch .. ':' .. seq, 'PX', ARGV[6])
 end
-redis.call('PUBLISH', KEYS[3], message_frame(ARGV[1], epoch, seq, ARGV[8], ARGV[2]))
+redis.call(ARGV[9], KEYS[3], message_frame(ARGV[1], epoch, seq, ARGV[8], ARGV[2]))
 return {epoch, seq, 0}
 "#;
 
@@ -144,7 +146,7 @@ pub struct PublishRequest<'a> {
 /// (another publisher's identical key is theirs, and does not interfere).
 /// `data` nested deeper than [`MAX_JSON_DEPTH`] is refused, for both paths.
 pub async fn publish(
-    conn: &mut impl redis::aio::ConnectionLike,
+    conn: &mut Redis,
     keys: &RedisKeys,
     channel: &ChannelName,
     data: &RawValue,
@@ -173,16 +175,17 @@ pub async fn publish(
 /// a pipeline carries whatever has arrived meanwhile, and Redis runs the
 /// commands in the order sent, so each channel's messages keep their order.
 pub async fn publish_many(
-    conn: &mut impl redis::aio::ConnectionLike,
+    conn: &mut Redis,
     keys: &RedisKeys,
     publisher: &Publisher,
     requests: &[PublishRequest<'_>],
 ) -> Vec<Result<Published, PublishError>> {
     let sender = frame::sender(publisher);
+    let kind = conn.pubsub_kind();
     let mut results: Vec<Option<Result<Published, PublishError>>> = Vec::new();
     let mut commands = Vec::new();
     for request in requests {
-        match publish_command(keys, request, publisher, &sender) {
+        match publish_command(keys, request, publisher, &sender, kind) {
             Ok(command) => {
                 results.push(None);
                 commands.push((results.len() - 1, command));
@@ -268,13 +271,14 @@ impl PublishCommand {
     }
 }
 
-/// Checks `request` and builds its command: a bare PUBLISH of the frame
+/// Checks `request` and builds its command: a bare (S)PUBLISH of the frame
 /// without history, else the history script.
 fn publish_command(
     keys: &RedisKeys,
     request: &PublishRequest<'_>,
     publisher: &Publisher,
     sender: &str,
+    kind: PubSubKind,
 ) -> Result<PublishCommand, PublishError> {
     let PublishRequest {
         channel,
@@ -289,7 +293,7 @@ fn publish_command(
         if idempotency_key.is_some() {
             return Err(PublishError::IdempotencyWithoutHistory);
         }
-        let mut cmd = redis::cmd("PUBLISH");
+        let mut cmd = redis::cmd(kind.publish_command());
         cmd.arg(keys.channel_live(channel))
             .arg(frame::message(channel, None, sender, data.get()));
         return Ok(PublishCommand {
@@ -322,7 +326,8 @@ fn publish_command(
         .arg(new_epoch())
         .arg(millis(IDEMPOTENCY_WINDOW))
         .arg(HISTORY_FORMAT)
-        .arg(sender);
+        .arg(sender)
+        .arg(kind.publish_command());
     Ok(PublishCommand {
         cmd,
         with_history: true,

@@ -12,29 +12,41 @@
 //! newest canary that came back was sent longer than `CANARY_TIMEOUT_MS` ago;
 //! the subscriber then subscribes afresh (see `Subscriber::serve`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! On a Redis Cluster a node depends on every shard, so it sends one canary
+//! per master, each on a shard channel whose slot that master owns; the age
+//! that counts is the oldest of them.
+
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub struct Canary {
     /// How old the newest returned canary may be before the node is not ready.
     bound: Duration,
-    /// Unix ms: when the newest canary that came back was sent, or when the
-    /// subscription was last (re)made, which starts the clock afresh.
-    newest_sent_ms: AtomicU64,
+    /// Per canary channel (one, or one per shard), unix ms: when the newest
+    /// canary that came back was sent, or when the subscription was last
+    /// (re)made, which starts the clock afresh.
+    newest_sent_ms: Mutex<Vec<u64>>,
 }
 
 impl Canary {
     pub fn new(bound: Duration) -> Self {
         Self {
             bound,
-            newest_sent_ms: AtomicU64::new(shared::unix_now_ms()),
+            newest_sent_ms: Mutex::new(vec![shared::unix_now_ms()]),
         }
     }
 
-    /// A new subscription has `bound` to bring its first canary back.
-    pub fn restart(&self) {
+    /// A new subscription with `channels` canary channels has `bound` to
+    /// bring the first canary of each back.
+    pub fn restart(&self, channels: usize) {
+        *self.lock() = vec![shared::unix_now_ms(); channels.max(1)];
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
         self.newest_sent_ms
-            .store(shared::unix_now_ms(), Ordering::Relaxed);
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The payload of a canary sent now.
@@ -42,20 +54,23 @@ impl Canary {
         shared::unix_now_ms().to_string()
     }
 
-    /// A canary came back: `payload` is what [`Self::payload`] sent.
-    pub fn returned(&self, payload: &[u8]) {
+    /// A canary came back on canary channel number `channel`: `payload` is
+    /// what [`Self::payload`] sent.
+    pub fn returned(&self, channel: usize, payload: &[u8]) {
         if let Some(sent_ms) = std::str::from_utf8(payload)
             .ok()
             .and_then(|p| p.parse::<u64>().ok())
+            && let Some(newest) = self.lock().get_mut(channel)
         {
-            self.newest_sent_ms.fetch_max(sent_ms, Ordering::Relaxed);
+            *newest = (*newest).max(sent_ms);
         }
     }
 
-    /// How long ago the newest returned canary was sent; also sets the
+    /// How long ago the newest returned canary was sent, on the channel
+    /// whose newest is oldest; also sets the
     /// [`CANARY_AGE`](crate::telemetry::CANARY_AGE) gauge.
     pub fn age(&self) -> Duration {
-        let newest = self.newest_sent_ms.load(Ordering::Relaxed);
+        let newest = self.lock().iter().copied().min().unwrap_or(0);
         let age = Duration::from_millis(shared::unix_now_ms().saturating_sub(newest));
         metrics::gauge!(crate::telemetry::CANARY_AGE).set(age.as_secs_f64());
         age
@@ -74,16 +89,19 @@ mod tests {
     #[test]
     fn a_returned_canary_resets_the_age_and_garbage_is_ignored() {
         let canary = Canary::new(Duration::from_millis(50));
-        canary
-            .newest_sent_ms
-            .store(shared::unix_now_ms() - 10_000, Ordering::Relaxed);
+        *canary.lock() = vec![shared::unix_now_ms() - 10_000; 2];
         assert!(canary.is_late());
-        canary.returned(b"not a number");
+        canary.returned(0, b"not a number");
         assert!(canary.is_late());
-        canary.returned(Canary::payload().as_bytes());
+        canary.returned(0, Canary::payload().as_bytes());
+        // The other shard's canary is still late.
+        assert!(canary.is_late());
+        canary.returned(1, Canary::payload().as_bytes());
         assert!(!canary.is_late());
         // An older canary arriving late does not turn the clock back.
-        canary.returned(b"1");
+        canary.returned(1, b"1");
         assert!(!canary.is_late());
+        // A channel the canary does not know is ignored.
+        canary.returned(7, Canary::payload().as_bytes());
     }
 }

@@ -9,10 +9,10 @@
 //! in Lua scripts, so concurrent joins and leaves on different nodes agree.
 
 use crate::protocol::frames::{Member, MemberUser};
-use redis::aio::ConnectionManager;
 use shared::channel::ChannelName;
 use shared::channel::frame::{self, PRESENCE_FRAME_LUA, PresenceEvent};
 use shared::keys::RedisKeys;
+use shared::redis_conn::Redis;
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -43,7 +43,8 @@ end
 ";
 
 /// KEYS: presence, index, live channel. ARGV: user prefix, now ms, member,
-/// expiry ms, key TTL ms, join frame. Publishes the frame if the user was absent.
+/// expiry ms, key TTL ms, join frame, publish command. Publishes the frame if
+/// the user was absent.
 static JOIN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         r"{HAS_LIVE}
@@ -52,28 +53,30 @@ redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[5])
-if not present then redis.call('PUBLISH', KEYS[3], ARGV[6]) end
+if not present then redis.call(ARGV[7], KEYS[3], ARGV[6]) end
 return present and 1 or 0
 "
     ))
 });
 
 /// KEYS: presence, index, live channel. ARGV: user prefix, now ms, member,
-/// leave frame. Publishes the frame if that was the user's last connection.
+/// leave frame, publish command. Publishes the frame if that was the user's
+/// last connection.
 static LEAVE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
         r"{HAS_LIVE}
 local removed = redis.call('ZREM', KEYS[1], ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[3])
 if removed == 1 and not has_live(ARGV[1], tonumber(ARGV[2])) then
-  redis.call('PUBLISH', KEYS[3], ARGV[4])
+  redis.call(ARGV[5], KEYS[3], ARGV[4])
 end
 return removed
 "
     ))
 });
 
-/// KEYS: presence, index, live channel. ARGV: now ms, channel as JSON string.
+/// KEYS: presence, index, live channel. ARGV: now ms, channel as JSON string,
+/// publish command.
 /// Removes lapsed members; publishes `leave` for users left with none.
 static SWEEP: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(&format!(
@@ -89,7 +92,7 @@ for _, m in ipairs(expired) do
 end
 for id, name in pairs(users) do
   if not has_live(id .. '|', now) then
-    redis.call('PUBLISH', KEYS[3], presence_frame('leave', ARGV[2], id, name))
+    redis.call(ARGV[3], KEYS[3], presence_frame('leave', ARGV[2], id, name))
   end
 end
 return #expired
@@ -129,7 +132,7 @@ fn event_frame(event: PresenceEvent, membership: &Membership) -> String {
 
 /// Enters the channel; announces `join` if the user was not there yet.
 pub async fn join(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &RedisKeys,
     membership: &Membership,
     lease: Duration,
@@ -144,6 +147,7 @@ pub async fn join(
         .arg(now + shared::millis(lease))
         .arg(shared::millis(lease) * 2)
         .arg(event_frame(PresenceEvent::Join, membership))
+        .arg(redis.pubsub_kind().publish_command())
         .invoke_async::<i64>(redis)
         .await
         .map(|_| ())
@@ -151,7 +155,7 @@ pub async fn join(
 
 /// Leaves the channel; announces `leave` if that was the user's last connection.
 pub async fn leave(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &RedisKeys,
     membership: &Membership,
 ) -> redis::RedisResult<()> {
@@ -163,6 +167,7 @@ pub async fn leave(
         .arg(shared::unix_now_ms())
         .arg(&membership.member)
         .arg(event_frame(PresenceEvent::Leave, membership))
+        .arg(redis.pubsub_kind().publish_command())
         .invoke_async::<i64>(redis)
         .await
         .map(|_| ())
@@ -172,7 +177,7 @@ pub async fn leave(
 /// gone from Redis (it lost its data, or was away longer than a lease): the
 /// caller joins them again, which also tells the channel they are back.
 pub async fn renew(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &RedisKeys,
     memberships: &[Membership],
     lease: Duration,
@@ -215,7 +220,7 @@ pub async fn renew(
 /// Removes lapsed members of a channel (e.g. of a node that died) and
 /// announces `leave` for users who have no connection left.
 pub async fn sweep(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &RedisKeys,
     channel: &ChannelName,
 ) -> redis::RedisResult<u64> {
@@ -225,13 +230,14 @@ pub async fn sweep(
         .key(keys.channel_live(channel))
         .arg(shared::unix_now_ms())
         .arg(frame::channel_json(channel))
+        .arg(redis.pubsub_kind().publish_command())
         .invoke_async(redis)
         .await
 }
 
 /// Who is in the channel now (lapsed entries excluded), one entry per user.
 pub async fn members(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &RedisKeys,
     channel: &ChannelName,
 ) -> redis::RedisResult<Vec<Member>> {

@@ -5,6 +5,13 @@ use crate::helpers::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+on_single_redis_and_cluster!(
+    the_bytes_quota_is_one_budget_across_nodes_and_publish_paths,
+    the_new_channel_quota_counts_only_channels_that_keep_history,
+    a_namespace_accepts_only_its_names_and_message_sizes,
+    publishes_sent_back_to_back_are_answered_and_delivered_in_order,
+);
+
 const NAMESPACES: &str = r#"[
     {"name":"public","subscribe":"any","publish":"any","history":{"max_len":10,"max_age_secs":60}},
     {"name":"live","subscribe":"any","publish":"any"},
@@ -12,7 +19,7 @@ const NAMESPACES: &str = r#"[
     {"name":"user","subscribe":"owner","publish":"server"}]"#;
 
 /// A stack whose every process has these quotas and [`NAMESPACES`].
-async fn stack_with_quota(bytes: u64, new_channels: u64) -> Stack {
+async fn stack_with_quota(backend: Backend, bytes: u64, new_channels: u64) -> Stack {
     let common = move |c: &mut shared::config::CommonConfig| {
         c.publish_quota_bytes = bytes;
         c.publish_quota_new_channels = new_channels;
@@ -20,6 +27,7 @@ async fn stack_with_quota(bytes: u64, new_channels: u64) -> Stack {
         c.channel_namespaces = Some(NAMESPACES.to_owned());
     };
     Stack::start_with(StackOptions {
+        backend,
         nodes: 2,
         customise_node: Box::new(move |c| common(&mut c.common)),
         customise_auth: Box::new(move |c| common(&mut c.common)),
@@ -57,9 +65,8 @@ async fn code_of(response: reqwest::Response) -> (StatusCode, String) {
     )
 }
 
-#[tokio::test]
-async fn the_bytes_quota_is_one_budget_across_nodes_and_publish_paths() {
-    let stack = stack_with_quota(100, 100).await;
+async fn the_bytes_quota_is_one_budget_across_nodes_and_publish_paths(backend: Backend) {
+    let stack = stack_with_quota(backend, 100, 100).await;
     let user = stack.create_user("quinn").await;
     let key = stack.api_key(&user, "connect,publish").await;
     let backend_key = stack.api_key(&user, "publish_any").await;
@@ -100,9 +107,8 @@ async fn the_bytes_quota_is_one_budget_across_nodes_and_publish_paths() {
     assert_eq!(ack["type"], "ack", "{ack}");
 }
 
-#[tokio::test]
-async fn the_new_channel_quota_counts_only_channels_that_keep_history() {
-    let stack = stack_with_quota(1 << 20, 2).await;
+async fn the_new_channel_quota_counts_only_channels_that_keep_history(backend: Backend) {
+    let stack = stack_with_quota(backend, 1 << 20, 2).await;
     let user = stack.create_user("sol").await;
     let key = stack.api_key(&user, "connect,publish").await;
     let mut client = stack.connect(0, &key).await;
@@ -138,9 +144,8 @@ async fn the_new_channel_quota_counts_only_channels_that_keep_history() {
     }
 }
 
-#[tokio::test]
-async fn a_namespace_accepts_only_its_names_and_message_sizes() {
-    let stack = stack_with_quota(1 << 20, 100).await;
+async fn a_namespace_accepts_only_its_names_and_message_sizes(backend: Backend) {
+    let stack = stack_with_quota(backend, 1 << 20, 100).await;
     let user = stack.create_user("tam").await;
     let key = stack.api_key(&user, "connect,publish").await;
     let mut client = stack.connect(0, &key).await;
@@ -185,10 +190,9 @@ async fn a_namespace_accepts_only_its_names_and_message_sizes() {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
 }
 
-#[tokio::test]
-async fn publishes_sent_back_to_back_are_answered_and_delivered_in_order() {
+async fn publishes_sent_back_to_back_are_answered_and_delivered_in_order(backend: Backend) {
     // Two new channels allowed: `public:one` and `public:two` take them.
-    let stack = stack_with_quota(1 << 20, 2).await;
+    let stack = stack_with_quota(backend, 1 << 20, 2).await;
     let user = stack.create_user("uma").await;
     let key = stack.api_key(&user, "connect,publish").await;
     let mut reader = stack.connect(1, &key).await;

@@ -1,9 +1,17 @@
 use crate::helpers::*;
 use serde_json::json;
 
-#[tokio::test]
-async fn a_publish_on_one_node_reaches_every_node_exactly_once_in_order() {
+on_single_redis_and_cluster!(
+    a_publish_on_one_node_reaches_every_node_exactly_once_in_order,
+    a_server_message_for_a_user_reaches_all_their_connections_on_every_node,
+    server_broadcasts_reach_subscribers_on_every_node,
+    unsubscribing_stops_delivery_and_releases_the_redis_subscription,
+    messages_carry_the_server_stamped_sender,
+);
+
+async fn a_publish_on_one_node_reaches_every_node_exactly_once_in_order(backend: Backend) {
     let stack = Stack::start_with(StackOptions {
+        backend,
         nodes: 3,
         customise_node: Box::new(|c| c.client_messages_per_sec = 10_000),
         ..StackOptions::default()
@@ -49,9 +57,8 @@ async fn a_publish_on_one_node_reaches_every_node_exactly_once_in_order() {
     }
 }
 
-#[tokio::test]
-async fn a_server_message_for_a_user_reaches_all_their_connections_on_every_node() {
-    let stack = Stack::start(3).await;
+async fn a_server_message_for_a_user_reaches_all_their_connections_on_every_node(backend: Backend) {
+    let stack = Stack::start_on(backend, 3).await;
     let recipient = stack.create_user("bob").await;
     let bystander = stack.create_user("carol").await;
     let backend = stack.create_user("backend").await;
@@ -79,9 +86,8 @@ async fn a_server_message_for_a_user_reaches_all_their_connections_on_every_node
     ));
 }
 
-#[tokio::test]
-async fn server_broadcasts_reach_subscribers_on_every_node() {
-    let stack = Stack::start(2).await;
+async fn server_broadcasts_reach_subscribers_on_every_node(backend: Backend) {
+    let stack = Stack::start_on(backend, 2).await;
     let user = stack.create_user("dan").await;
     let key = stack.api_key(&user, "connect,publish,publish_any").await;
     let mut a = stack.connect(0, &key).await;
@@ -98,28 +104,24 @@ async fn server_broadcasts_reach_subscribers_on_every_node() {
     }
 }
 
-#[tokio::test]
-async fn unsubscribing_stops_delivery_and_releases_the_redis_subscription() {
-    let stack = Stack::start(1).await;
+async fn unsubscribing_stops_delivery_and_releases_the_redis_subscription(backend: Backend) {
+    let stack = Stack::start_on(backend, 1).await;
     let user = stack.create_user("erin").await;
     let key = stack.api_key(&user, "connect,publish").await;
     let mut client = stack.connect(0, &key).await;
     client.subscribe("public:temp").await;
-    let channels = |stack: &Stack| {
-        let url = stack.redis_url.clone();
-        let pattern = format!("{}:ch:{{public:temp}}:live", stack.prefix);
+    let live = format!("{}:ch:{{public:temp}}:live", stack.prefix);
+    let redis = stack.redis().await;
+    let channels = |_: &Stack| {
+        let (live, mut redis) = (live.clone(), redis.clone());
         async move {
-            let client = redis::Client::open(url).expect("client");
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("conn");
-            let n: Vec<(String, u64)> = redis::cmd("PUBSUB")
-                .arg("NUMSUB")
-                .arg(&pattern)
-                .query_async(&mut conn)
-                .await
-                .expect("numsub");
+            // A shard channel on a cluster, asked of its own shard.
+            let numsub = if redis.is_cluster() {
+                redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(&live).clone()
+            } else {
+                redis::cmd("PUBSUB").arg("NUMSUB").arg(&live).clone()
+            };
+            let n: Vec<(String, u64)> = numsub.query_async(&mut redis).await.expect("numsub");
             n[0].1
         }
     };
@@ -146,9 +148,8 @@ async fn unsubscribing_stops_delivery_and_releases_the_redis_subscription() {
 /// Every message names its publisher as the server authenticated them, over
 /// the socket and over HTTP, live and replayed; a `from` the client writes
 /// into `data` stays in `data`.
-#[tokio::test]
-async fn messages_carry_the_server_stamped_sender() {
-    let stack = Stack::start(2).await;
+async fn messages_carry_the_server_stamped_sender(backend: Backend) {
+    let stack = Stack::start_on(backend, 2).await;
     let gus = stack.create_user("gus").await;
     let hal = stack.create_user("hal").await;
     let gus_key = stack.api_key(&gus, "connect,publish").await;

@@ -56,12 +56,43 @@ pub struct Stack {
     pub nodes: Vec<Node>,
     pub http: reqwest::Client,
     pub redis_url: String,
+    /// Seeds of the Redis Cluster the stack runs on; empty on a single Redis.
+    pub redis_cluster_urls: Vec<String>,
     pub prefix: String,
     _db: TestDatabase,
 }
 
+/// Which Redis a stack runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The shared single Redis (or `StackOptions::redis_url`).
+    Single,
+    /// The shared test Redis Cluster (`testkit::shared_cluster_urls`).
+    Cluster,
+}
+
+/// Generates, for each named `async fn name(backend: Backend)`, a module
+/// `name` with two tests: `single_redis` and `redis_cluster`. The suites
+/// that must hold on both kinds of Redis are written once this way.
+macro_rules! on_single_redis_and_cluster {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn single_redis() {
+                super::$test($crate::helpers::Backend::Single).await;
+            }
+            #[tokio::test]
+            async fn redis_cluster() {
+                super::$test($crate::helpers::Backend::Cluster).await;
+            }
+        }
+    )*};
+}
+pub(crate) use on_single_redis_and_cluster;
+
 pub struct StackOptions {
     pub nodes: usize,
+    pub backend: Backend,
     pub redis_url: String,
     pub customise_node: Box<dyn Fn(&mut ws_node::config::Config) + Send + Sync>,
     pub customise_auth: Box<dyn Fn(&mut auth_service::config::Config) + Send + Sync>,
@@ -71,6 +102,7 @@ impl Default for StackOptions {
     fn default() -> Self {
         Self {
             nodes: 1,
+            backend: Backend::Single,
             redis_url: testkit::shared_redis_url(),
             customise_node: Box::new(|_| {}),
             customise_auth: Box::new(|_| {}),
@@ -87,8 +119,22 @@ impl Stack {
         .await
     }
 
+    /// `nodes` ws-nodes on `backend`.
+    pub async fn start_on(backend: Backend, nodes: usize) -> Self {
+        Self::start_with(StackOptions {
+            nodes,
+            backend,
+            ..StackOptions::default()
+        })
+        .await
+    }
+
     pub async fn start_with(options: StackOptions) -> Self {
         shared::telemetry::init(shared::telemetry::LogFormat::Pretty, "warn");
+        let redis_cluster_urls = match options.backend {
+            Backend::Single => Vec::new(),
+            Backend::Cluster => testkit::shared_cluster_urls(),
+        };
         let db = TestDatabase::new();
         let prefix = testkit::unique_prefix();
         let mut auth_config = auth_service::config::Config::from_env().expect("config");
@@ -96,6 +142,10 @@ impl Stack {
         auth_config.database_url = db.url.clone().into();
         auth_config.database_pool_size = 5;
         auth_config.common.redis_url = options.redis_url.clone().into();
+        auth_config.common.redis_cluster_urls = redis_cluster_urls
+            .iter()
+            .map(|u| u.as_str().into())
+            .collect();
         auth_config.common.redis_prefix = prefix.clone();
         auth_config.common.allowed_origins = vec![APP_ORIGIN.to_owned()];
         (options.customise_auth)(&mut auth_config);
@@ -112,19 +162,33 @@ impl Stack {
             nodes: Vec::new(),
             http: reqwest::Client::new(),
             redis_url: options.redis_url.clone(),
+            redis_cluster_urls,
             prefix,
             _db: db,
         };
         for i in 0..options.nodes {
-            let mut config = node_config(
-                &stack.redis_url,
-                &stack.prefix,
-                &format!("node-{}", (b'a' + i as u8) as char),
-            );
+            let mut config = stack.node_config(&format!("node-{}", (b'a' + i as u8) as char));
             (options.customise_node)(&mut config);
             stack.nodes.push(start_node(config).await);
         }
         stack
+    }
+
+    /// A ws-node's configuration for this stack's Redis and prefix.
+    pub fn node_config(&self, node_id: &str) -> ws_node::config::Config {
+        let mut config = node_config(&self.redis_url, &self.prefix, node_id);
+        config.common.redis_cluster_urls = self
+            .redis_cluster_urls
+            .iter()
+            .map(|u| u.as_str().into())
+            .collect();
+        config
+    }
+
+    /// A command connection to the stack's Redis, single or cluster.
+    pub async fn redis(&self) -> shared::redis_conn::Redis {
+        let target = self.node_config("probe").common.redis_target();
+        shared::redis_conn::open(&target).await.expect("redis")
     }
 
     pub fn auth(&self, path: &str) -> String {

@@ -4,9 +4,16 @@ use serde_json::json;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
-async fn a_flooding_client_gets_errors_then_4008() {
+on_single_redis_and_cluster!(
+    a_flooding_client_gets_errors_then_4008,
+    logout_and_key_revocation_close_live_sockets_on_every_node,
+    revoke_all_and_disabling_a_user_close_their_sockets_everywhere,
+    history_reads_are_limited_per_connection,
+);
+
+async fn a_flooding_client_gets_errors_then_4008(backend: Backend) {
     let stack = Stack::start_with(StackOptions {
+        backend,
         nodes: 1,
         customise_node: Box::new(|c| {
             c.client_messages_per_sec = 5;
@@ -91,9 +98,8 @@ async fn assert_revoked_within_a_second(clients: &mut [Client], started: std::ti
     );
 }
 
-#[tokio::test]
-async fn logout_and_key_revocation_close_live_sockets_on_every_node() {
-    let stack = Stack::start(2).await;
+async fn logout_and_key_revocation_close_live_sockets_on_every_node(backend: Backend) {
+    let stack = Stack::start_on(backend, 2).await;
     let user = stack.create_user("carol").await;
     let key = stack.api_key(&user, "connect").await;
     let cookie = stack.login("carol").await;
@@ -160,9 +166,8 @@ async fn logout_and_key_revocation_close_live_sockets_on_every_node() {
     }
 }
 
-#[tokio::test]
-async fn revoke_all_and_disabling_a_user_close_their_sockets_everywhere() {
-    let stack = Stack::start(2).await;
+async fn revoke_all_and_disabling_a_user_close_their_sockets_everywhere(backend: Backend) {
+    let stack = Stack::start_on(backend, 2).await;
     let user = stack.create_user("frank").await;
     let key = stack.api_key(&user, "connect").await;
     let laptop = stack.login("frank").await;
@@ -241,9 +246,9 @@ async fn a_client_that_never_finishes_its_upgrade_request_is_dropped() {
     );
 }
 
-#[tokio::test]
-async fn history_reads_are_limited_per_connection() {
+async fn history_reads_are_limited_per_connection(backend: Backend) {
     let stack = Stack::start_with(StackOptions {
+        backend,
         nodes: 1,
         customise_node: Box::new(|c| {
             c.history_read_burst = 2;

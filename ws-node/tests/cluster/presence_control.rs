@@ -4,6 +4,12 @@ use crate::helpers::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
+on_single_redis_and_cluster!(
+    presence_counts_users_once_and_announces_joins_and_leaves,
+    presence_is_answered_only_to_subscribers,
+    the_control_api_lists_and_disconnects_connections_across_nodes,
+);
+
 async fn presence(client: &mut Client, channel: &str) -> Value {
     let reply = client
         .request(json!({ "action": "presence", "channel": channel }), 77)
@@ -12,9 +18,8 @@ async fn presence(client: &mut Client, channel: &str) -> Value {
     reply["members"].clone()
 }
 
-#[tokio::test]
-async fn presence_counts_users_once_and_announces_joins_and_leaves() {
-    let stack = Stack::start(2).await;
+async fn presence_counts_users_once_and_announces_joins_and_leaves(backend: Backend) {
+    let stack = Stack::start_on(backend, 2).await;
     let ann = stack.create_user("ann").await;
     let ben = stack.create_user("ben").await;
     let ann_key = stack.api_key(&ann, "connect").await;
@@ -83,9 +88,8 @@ async fn presence_counts_users_once_and_announces_joins_and_leaves() {
 
 /// Only a channel's subscribers may ask who is in it; someone who may
 /// subscribe but has not (or no longer is) gets `not_subscribed`.
-#[tokio::test]
-async fn presence_is_answered_only_to_subscribers() {
-    let stack = Stack::start(1).await;
+async fn presence_is_answered_only_to_subscribers(backend: Backend) {
+    let stack = Stack::start_on(backend, 1).await;
     let ann = stack.create_user("ann").await;
     let eve = stack.create_user("eve").await;
     let ann_key = stack.api_key(&ann, "connect").await;
@@ -127,9 +131,8 @@ async fn presence_is_answered_only_to_subscribers() {
     assert_eq!(outsider.request(ask, 3).await["code"], "not_subscribed");
 }
 
-#[tokio::test]
-async fn the_control_api_lists_and_disconnects_connections_across_nodes() {
-    let stack = Stack::start(2).await;
+async fn the_control_api_lists_and_disconnects_connections_across_nodes(backend: Backend) {
+    let stack = Stack::start_on(backend, 2).await;
     let target = stack.create_user("target").await;
     let operator = stack.create_user("operator").await;
     let target_key = stack.api_key(&target, "connect").await;

@@ -4,14 +4,28 @@ use crate::helpers::*;
 use serde_json::json;
 use std::time::Duration;
 
+on_single_redis_and_cluster!(
+    subscribe_with_since_replays_the_gap_then_continues_live_without_gap_or_duplicate,
+    a_replay_longer_than_a_page_arrives_whole_then_hands_over_to_live,
+    a_gap_history_no_longer_covers_is_reported_not_hidden,
+    history_older_than_its_age_limit_is_not_replayed,
+    an_idempotency_key_is_delivered_once,
+    idempotency_keys_are_scoped_by_publisher,
+    revalidation_closes_a_socket_whose_revocation_announcement_was_lost,
+    a_socket_closes_when_its_session_reaches_its_absolute_expiry,
+    a_subscription_acks_where_it_starts_and_resuming_from_there_misses_nothing,
+);
+
 fn fast_publisher(c: &mut ws_node::config::Config) {
     c.client_messages_per_sec = 100_000;
     c.client_message_burst = 100_000;
 }
 
-#[tokio::test]
-async fn subscribe_with_since_replays_the_gap_then_continues_live_without_gap_or_duplicate() {
+async fn subscribe_with_since_replays_the_gap_then_continues_live_without_gap_or_duplicate(
+    backend: Backend,
+) {
     let stack = Stack::start_with(StackOptions {
+        backend,
         nodes: 2,
         customise_node: Box::new(fast_publisher),
         ..StackOptions::default()
@@ -69,9 +83,9 @@ async fn subscribe_with_since_replays_the_gap_then_continues_live_without_gap_or
     sequence.assert_exactly(last, "recovering subscriber");
 }
 
-#[tokio::test]
-async fn a_replay_longer_than_a_page_arrives_whole_then_hands_over_to_live() {
+async fn a_replay_longer_than_a_page_arrives_whole_then_hands_over_to_live(backend: Backend) {
     let stack = Stack::start_with(StackOptions {
+        backend,
         nodes: 2,
         customise_node: Box::new(fast_publisher),
         ..StackOptions::default()
@@ -104,9 +118,9 @@ async fn a_replay_longer_than_a_page_arrives_whole_then_hands_over_to_live() {
     assert_eq!(sequence.recovery_failures, 0);
 }
 
-#[tokio::test]
-async fn a_gap_history_no_longer_covers_is_reported_not_hidden() {
+async fn a_gap_history_no_longer_covers_is_reported_not_hidden(backend: Backend) {
     let stack = Stack::start_with(StackOptions {
+        backend,
         nodes: 1,
         customise_node: Box::new(|c| {
             fast_publisher(c);
@@ -147,9 +161,9 @@ async fn a_gap_history_no_longer_covers_is_reported_not_hidden() {
     assert_eq!(late.recv().await["data"]["n"], 250);
 }
 
-#[tokio::test]
-async fn history_older_than_its_age_limit_is_not_replayed() {
+async fn history_older_than_its_age_limit_is_not_replayed(backend: Backend) {
     let stack = Stack::start_with(StackOptions {
+        backend,
         nodes: 1,
         customise_node: Box::new(|c| {
             fast_publisher(c);
@@ -198,9 +212,8 @@ async fn history_older_than_its_age_limit_is_not_replayed() {
     );
 }
 
-#[tokio::test]
-async fn an_idempotency_key_is_delivered_once() {
-    let stack = Stack::start(1).await;
+async fn an_idempotency_key_is_delivered_once(backend: Backend) {
+    let stack = Stack::start_on(backend, 1).await;
     let user = stack.create_user("carol").await;
     let key = stack.api_key(&user, "connect,publish,publish_any").await;
     let mut listener = stack.connect(0, &key).await;
@@ -241,9 +254,8 @@ async fn an_idempotency_key_is_delivered_once() {
 /// An idempotency key belongs to its publisher: another user who sends the
 /// same key first (by chance, or to pre-claim it) neither swallows nor
 /// replaces the real publisher's message.
-#[tokio::test]
-async fn idempotency_keys_are_scoped_by_publisher() {
-    let stack = Stack::start(1).await;
+async fn idempotency_keys_are_scoped_by_publisher(backend: Backend) {
+    let stack = Stack::start_on(backend, 1).await;
     let erin = stack.create_user("erin").await;
     let frank = stack.create_user("frank").await;
     let erin_key = stack.api_key(&erin, "connect,publish,publish_any").await;
@@ -293,9 +305,9 @@ async fn idempotency_keys_are_scoped_by_publisher() {
     }
 }
 
-#[tokio::test]
-async fn revalidation_closes_a_socket_whose_revocation_announcement_was_lost() {
+async fn revalidation_closes_a_socket_whose_revocation_announcement_was_lost(backend: Backend) {
     let stack = Stack::start_with(StackOptions {
+        backend,
         nodes: 1,
         customise_node: Box::new(|c| c.revalidate_interval_secs = 1),
         ..StackOptions::default()
@@ -324,9 +336,9 @@ async fn revalidation_closes_a_socket_whose_revocation_announcement_was_lost() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
-#[tokio::test]
-async fn a_socket_closes_when_its_session_reaches_its_absolute_expiry() {
+async fn a_socket_closes_when_its_session_reaches_its_absolute_expiry(backend: Backend) {
     let stack = Stack::start_with(StackOptions {
+        backend,
         nodes: 1,
         customise_auth: Box::new(|c| {
             c.session_absolute_timeout_secs = 2;
@@ -358,9 +370,10 @@ async fn a_socket_closes_when_its_session_reaches_its_absolute_expiry() {
 /// received nothing before its connection dropped can still resume without a
 /// gap: from the channel's last offset, or, for a channel without history
 /// yet, from `{"epoch":"","offset":0}`, "before its first message".
-#[tokio::test]
-async fn a_subscription_acks_where_it_starts_and_resuming_from_there_misses_nothing() {
-    let stack = Stack::start(2).await;
+async fn a_subscription_acks_where_it_starts_and_resuming_from_there_misses_nothing(
+    backend: Backend,
+) {
+    let stack = Stack::start_on(backend, 2).await;
     let user = stack.create_user("ursula").await;
     let key = stack.api_key(&user, "connect,publish,publish_any").await;
     let subscribe = json!({ "action": "subscribe", "channel": "broadcast:fresh" });
@@ -421,7 +434,7 @@ async fn a_subscription_acks_where_it_starts_and_resuming_from_there_misses_noth
 /// Redis's own account of the scripts it ran since the last
 /// `SLOWLOG RESET` (with every command logged): how long each took, in
 /// microseconds.
-async fn script_calls(redis: &mut redis::aio::ConnectionManager) -> Vec<u64> {
+async fn script_calls(redis: &mut shared::redis_conn::Redis) -> Vec<u64> {
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(10_000)
@@ -452,7 +465,7 @@ fn median(mut durations: Vec<u64>) -> u64 {
     durations.get(durations.len() / 2).copied().unwrap_or(0)
 }
 
-async fn reset_slowlog(redis: &mut redis::aio::ConnectionManager) {
+async fn reset_slowlog(redis: &mut shared::redis_conn::Redis) {
     let _: () = redis::cmd("SLOWLOG")
         .arg("RESET")
         .query_async(redis)

@@ -1,4 +1,5 @@
-//! The node's one Redis subscriber connection.
+//! The node's Redis subscription: one connection to a single Redis, or one
+//! per shard it needs on a cluster ([`link`]).
 //!
 //! Redis pub/sub is at-most-once: if this connection drops, messages published
 //! meanwhile are gone from pub/sub. So the subscriber watches the connection
@@ -20,17 +21,17 @@
 //! dropped by offset.
 
 mod gaps;
+mod link;
 
 use crate::cluster::canary::Canary;
 use crate::cluster::hub::{Hub, SubscriberCommand};
 use crate::protocol::CloseReason;
-use futures_util::StreamExt as _;
-use redis::aio::ConnectionManager;
-use redis::aio::{PubSubSink, PubSubStream};
+use link::{COMMAND_TIMEOUT, Event, Link};
 use shared::channel::{ChannelName, frame};
 use shared::control::ControlMessage;
 use shared::keys::RedisKeys;
 use shared::namespace::Namespaces;
+use shared::redis_conn::{Redis, RedisTarget};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,17 +40,16 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// How often the subscriber connection is probed with PING.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a probe or a (un)subscribe may take before the connection is deemed lost.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Capped low: after Redis comes back, every second spent reconnecting is a
 /// second of messages that must then come from (bounded) history.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 pub struct Subscriber {
-    pub client: redis::Client,
+    /// Where the subscription connects: one Redis, or a cluster.
+    pub target: RedisTarget,
     /// For history reads (gap filling); separate from the subscriber connection.
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     pub keys: RedisKeys,
     pub namespaces: Arc<Namespaces>,
     pub node_id: Arc<str>,
@@ -59,6 +59,8 @@ pub struct Subscriber {
     pub ready: watch::Sender<bool>,
     /// Sent with every probe, read back through the subscription.
     pub canary: Arc<Canary>,
+    /// The channels this node's canaries travel on: one, or one per shard.
+    pub canary_channels: Vec<String>,
     /// Per history channel: the position of the last message dispatched.
     pub cursors: HashMap<ChannelName, gaps::Cursor>,
 }
@@ -69,11 +71,11 @@ impl Subscriber {
         let mut backoff = BACKOFF_MIN;
         loop {
             match self.connect().await {
-                Ok((sink, stream)) => {
+                Ok(link) => {
                     backoff = BACKOFF_MIN;
                     self.ready.send_replace(true);
                     tracing::info!("redis subscription live");
-                    let reason = self.serve(sink, stream).await;
+                    let reason = self.serve(link).await;
                     self.ready.send_replace(false);
                     metrics::counter!(crate::telemetry::SUBSCRIPTION_LOSSES).increment(1);
                     tracing::warn!(%reason, "redis subscription lost; reconnecting");
@@ -97,31 +99,33 @@ impl Subscriber {
     /// Cursors of channels new to the subscriber are read *before* the
     /// SUBSCRIBE (as in [`Self::apply`]): a message published in between is
     /// then a gap that history fills, never mistaken for a duplicate.
-    async fn connect(&mut self) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
+    async fn connect(&mut self) -> redis::RedisResult<Link> {
         self.discard_queued_commands();
-        let pubsub = tokio::time::timeout(COMMAND_TIMEOUT, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| timeout_error("connect"))??;
-        let (mut sink, stream) = pubsub.split();
+        let mut link = Link::open(&self.target).await?;
+        self.canary_channels = if self.redis.is_cluster() {
+            link::shard_tags(&mut self.redis)
+                .await?
+                .iter()
+                .map(|tag| self.keys.shard_canary(&self.node_id, tag))
+                .collect()
+        } else {
+            vec![self.keys.canary(&self.node_id)]
+        };
         let channels = self.hub.channels();
         self.prepare_cursors(&channels).await?;
         let mut names: Vec<String> = channels
             .iter()
             .map(|(c, _)| self.keys.channel_live(c))
             .collect();
-        names.push(self.keys.control());
-        names.push(self.keys.canary(&self.node_id));
-        for chunk in names.chunks(1000) {
-            tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(chunk))
-                .await
-                .map_err(|_| timeout_error("subscribe"))??;
-        }
+        names.extend(self.canary_channels.iter().cloned());
+        link.subscribe_node_wide(&self.keys.control()).await?;
+        link.subscribe(&names).await?;
         self.replay_missed().await?;
         for (channel, generation) in channels {
             self.hub.mark_subscribed(&channel, generation);
         }
-        self.canary.restart();
-        Ok((sink, stream))
+        self.canary.restart(self.canary_channels.len());
+        Ok(link)
     }
 
     /// Drops the hub's commands queued while no connection was serving them.
@@ -145,26 +149,30 @@ impl Subscriber {
     }
 
     /// Dispatches messages and applies commands until the connection is lost.
-    async fn serve(&mut self, mut sink: PubSubSink, mut stream: PubSubStream) -> String {
+    async fn serve(&mut self, mut link: Link) -> String {
         let mut probe = tokio::time::interval(PROBE_INTERVAL);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
-                message = stream.next() => match message {
-                    Some(message) => self.on_message(&message).await,
-                    None => return "connection closed".into(),
+                event = link.next() => match event {
+                    Event::Message { channel, payload } => self.on_message(&channel, &payload).await,
+                    Event::Unsubscribed { channel } => {
+                        if let Some(reason) = self.on_unsubscribed(&channel) {
+                            return reason;
+                        }
+                    }
+                    Event::Lost(reason) => return reason,
+                    Event::Nothing => {}
                 },
                 Some(first) = self.commands.recv() => {
-                    if let Err(e) = self.apply(&mut sink, first).await {
+                    if let Err(e) = self.apply(&mut link, first).await {
                         return format!("command failed: {e}");
                     }
                 }
                 _ = probe.tick() => {
-                    match tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return format!("ping failed: {e}"),
-                        Err(_) => return "ping timed out".into(),
+                    if let Err(e) = link.ping().await {
+                        return format!("ping failed: {e}");
                     }
                     // Caught up with the stream (this arm runs only when no
                     // message waits) and still no recent canary: messages
@@ -179,13 +187,21 @@ impl Subscriber {
         }
     }
 
+    /// Redis dropped a shard channel (its slot moved to another master):
+    /// a reason to make the subscription anew if the node still needs it.
+    fn on_unsubscribed(&self, name: &[u8]) -> Option<String> {
+        let name = std::str::from_utf8(name).ok()?;
+        let needed = self
+            .keys
+            .channel_from_live(name)
+            .is_some_and(|channel| self.hub.has_channel(&channel))
+            || self.canary_channels.iter().any(|c| c == name);
+        needed.then(|| format!("redis dropped the subscription of {name} (slot moved)"))
+    }
+
     /// Applies `first` and every command already queued behind it, batching
     /// runs of the same kind into one SUBSCRIBE or UNSUBSCRIBE.
-    async fn apply(
-        &mut self,
-        sink: &mut PubSubSink,
-        first: SubscriberCommand,
-    ) -> redis::RedisResult<()> {
+    async fn apply(&mut self, link: &mut Link, first: SubscriberCommand) -> redis::RedisResult<()> {
         let mut pending = vec![first];
         while pending.len() < 1000 {
             match self.commands.try_recv() {
@@ -227,9 +243,7 @@ impl Subscriber {
                     })
                     .collect();
                 self.start_cursors(&channels).await?;
-                tokio::time::timeout(COMMAND_TIMEOUT, sink.subscribe(&names))
-                    .await
-                    .map_err(|_| timeout_error("subscribe"))??;
+                link.subscribe(&names).await?;
                 for cmd in run {
                     if let SubscriberCommand::Subscribe {
                         channel,
@@ -240,9 +254,7 @@ impl Subscriber {
                     }
                 }
             } else {
-                tokio::time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&names))
-                    .await
-                    .map_err(|_| timeout_error("unsubscribe"))??;
+                link.unsubscribe(&names).await?;
                 for cmd in run {
                     if let SubscriberCommand::Unsubscribe { channel } = cmd {
                         self.cursors.remove(channel);
@@ -260,23 +272,29 @@ impl Subscriber {
     /// result, or its absence, in [`Canary::age`].
     fn send_canary(&self) {
         let mut redis = self.redis.clone();
-        let channel = self.keys.canary(&self.node_id);
+        let publish_command = redis.pubsub_kind().publish_command();
+        let mut pipe = redis::pipe();
+        let payload = Canary::payload();
+        for channel in &self.canary_channels {
+            pipe.cmd(publish_command)
+                .arg(channel)
+                .arg(&payload)
+                .ignore();
+        }
         tokio::spawn(async move {
-            let mut publish = redis::cmd("PUBLISH");
-            publish.arg(channel).arg(Canary::payload());
-            let sent = publish.query_async::<()>(&mut redis);
+            let sent = pipe.exec_async(&mut redis);
             if let Ok(Err(e)) = tokio::time::timeout(COMMAND_TIMEOUT, sent).await {
                 tracing::debug!(error = %e, "could not publish the canary");
             }
         });
     }
 
-    async fn on_message(&mut self, message: &redis::Msg) {
-        let name = message.get_channel_name();
+    async fn on_message(&mut self, name: &[u8], payload: &[u8]) {
+        let Ok(name) = std::str::from_utf8(name) else {
+            return;
+        };
         if let Some(channel) = self.keys.channel_from_live(name) {
-            let Ok(frame) =
-                Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(message.get_payload_bytes()))
-            else {
+            let Ok(frame) = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(payload)) else {
                 tracing::warn!(%channel, "dropping a message that is not UTF-8");
                 return;
             };
@@ -298,9 +316,9 @@ impl Subscriber {
                 },
             );
         } else if name == self.keys.control() {
-            self.on_control(message.get_payload_bytes());
-        } else if name == self.keys.canary(&self.node_id) {
-            self.canary.returned(message.get_payload_bytes());
+            self.on_control(payload);
+        } else if let Some(index) = self.canary_channels.iter().position(|c| c == name) {
+            self.canary.returned(index, payload);
         }
     }
 
@@ -340,10 +358,6 @@ impl Subscriber {
     }
 }
 
-fn timeout_error(what: &'static str) -> redis::RedisError {
-    redis::RedisError::from((redis::ErrorKind::Io, "timed out", what.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,7 +368,7 @@ mod tests {
         let url = testkit::shared_redis_url();
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let subscriber = Subscriber {
-            client: shared::redis_conn::client(&url).expect("client"),
+            target: RedisTarget::Single(url.as_str().into()),
             redis: shared::redis_conn::connect(&url).await.expect("redis"),
             keys: RedisKeys::new(&testkit::unique_prefix()).expect("keys"),
             namespaces: Arc::default(),
@@ -363,6 +377,7 @@ mod tests {
             commands,
             ready: watch::channel(false).0,
             canary: Arc::new(Canary::new(Duration::from_secs(5))),
+            canary_channels: Vec::new(),
             cursors: HashMap::new(),
         };
         (subscriber, commands_tx)
@@ -408,7 +423,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
 
-        let (_sink, _stream) = subscriber.connect().await.expect("connect");
+        let _link = subscriber.connect().await.expect("connect");
 
         assert!(subscriber.commands.is_empty(), "commands still queued");
         let joined = tokio::time::timeout(Duration::from_secs(2), join).await;
