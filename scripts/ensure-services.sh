@@ -65,7 +65,8 @@ if [ -z "${TEST_REDIS_CLUSTER_URLS:-}" ] \
     rm -f "$dir/nodes-$port.conf"
     redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
       --cluster-enabled yes --cluster-config-file "$dir/nodes-$port.conf" \
-      --cluster-node-timeout 3000 --dir "$dir" --logfile "$dir/redis-$port.log"
+      --cluster-node-timeout 3000 --repl-diskless-sync-delay 0 \
+      --dir "$dir" --logfile "$dir/redis-$port.log"
   done
   for port in 7101 7102 7103 7104 7105 7106; do
     for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -78,6 +79,11 @@ if [ -z "${TEST_REDIS_CLUSTER_URLS:-}" ] \
       redis-cli -p "$port" cluster info | grep -q cluster_state:ok || ok=0
     done
     [ "$(redis-cli -p 7101 cluster nodes | grep -c slave)" = 3 ] || ok=0
+    for port in 7101 7102 7103 7104 7105 7106; do
+      if redis-cli -p "$port" info replication | grep -q role:slave; then
+        redis-cli -p "$port" info replication | grep -q master_link_status:up || ok=0
+      fi
+    done
     [ "$ok" = 1 ] && break
     sleep 0.2
   done

@@ -53,6 +53,11 @@ impl RedisCluster {
                         "yes",
                         "--cluster-node-timeout",
                         &timeout,
+                        // A replica's first sync starts at once instead of
+                        // waiting 5 s for others to share it: until it is
+                        // done, the replica cannot take over.
+                        "--repl-diskless-sync-delay",
+                        "0",
                     ],
                 )
             })
@@ -104,6 +109,33 @@ impl RedisCluster {
             .unwrap_or_default()
     }
 
+    /// The port of the master that serves `key`'s slot now.
+    pub fn master_port_of(&self, key: &str) -> Option<u16> {
+        let node = self.nodes.iter().find(|n| n.is_running())?;
+        let client = redis::Client::open(node.url()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut conn)
+            .ok()?;
+        let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn).ok()?;
+        ranges.into_iter().find_map(|range| {
+            let redis::Value::Array(fields) = range else {
+                return None;
+            };
+            let start: i64 = redis::from_redis_value(fields.first()?.clone()).ok()?;
+            let end: i64 = redis::from_redis_value(fields.get(1)?.clone()).ok()?;
+            let redis::Value::Array(master) = fields.get(2)? else {
+                return None;
+            };
+            let port: i64 = redis::from_redis_value(master.get(1)?.clone()).ok()?;
+            (start <= slot && slot <= end).then(|| u16::try_from(port).ok())?
+        })
+    }
+
     /// The server process listening on `port`.
     pub fn node_on(&mut self, port: u16) -> Option<&mut RedisServer> {
         self.nodes.iter_mut().find(|n| n.port == port)
@@ -120,7 +152,11 @@ impl RedisCluster {
             let replicas = topology
                 .iter()
                 .filter(|n| !n.is_master && n.master_id.is_some());
+            let synced = topology.iter().filter(|n| !n.is_master).all(|n| {
+                replication_info(n.port).is_some_and(|i| i.contains("master_link_status:up"))
+            });
             if all_ok
+                && synced
                 && masters.count() == MASTERS
                 && replicas.count() == MASTERS * REPLICAS_PER_MASTER
             {
@@ -148,6 +184,14 @@ fn free_cluster_port() -> u16 {
         }
     }
     panic!("no free port with a free cluster bus port");
+}
+
+fn replication_info(port: u16) -> Option<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let mut conn = client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()?;
+    redis::cmd("INFO").arg("replication").query(&mut conn).ok()
 }
 
 fn cluster_info(port: u16) -> Option<String> {

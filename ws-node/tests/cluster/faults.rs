@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-fn fast(c: &mut ws_node::config::Config) {
+pub(crate) fn fast(c: &mut ws_node::config::Config) {
     c.client_messages_per_sec = 100_000;
     c.client_message_burst = 100_000;
 }
@@ -17,7 +17,7 @@ fn fast(c: &mut ws_node::config::Config) {
 /// Publishes `{"n": 1, 2, …}` on `channel` through a socket, one every `pace`,
 /// until told to stop; returns the numbers acknowledged and the numbers
 /// refused (refusals must be visible, never silent).
-fn start_publisher(
+pub(crate) fn start_publisher(
     mut publisher: Client,
     channel: &'static str,
     pace: Duration,
@@ -107,7 +107,7 @@ async fn follow(
 }
 
 /// Spawns a [`follow`] for each of `clients`, resuming on `fallback`.
-fn follow_all(
+pub(crate) fn follow_all(
     stack: &Arc<Stack>,
     key: &str,
     clients: Vec<Client>,
@@ -157,7 +157,7 @@ async fn kill_subscriber_connections(admin: &mut redis::aio::MultiplexedConnecti
         .expect("client kill")
 }
 
-async fn subscribed_clients(
+pub(crate) async fn subscribed_clients(
     stack: &Stack,
     key: &str,
     per_node: usize,

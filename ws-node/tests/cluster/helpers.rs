@@ -94,6 +94,8 @@ pub struct StackOptions {
     pub nodes: usize,
     pub backend: Backend,
     pub redis_url: String,
+    /// With `Backend::Cluster`: a private cluster's seeds instead of the shared one's.
+    pub redis_cluster_urls: Vec<String>,
     pub customise_node: Box<dyn Fn(&mut ws_node::config::Config) + Send + Sync>,
     pub customise_auth: Box<dyn Fn(&mut auth_service::config::Config) + Send + Sync>,
 }
@@ -104,6 +106,7 @@ impl Default for StackOptions {
             nodes: 1,
             backend: Backend::Single,
             redis_url: testkit::shared_redis_url(),
+            redis_cluster_urls: Vec::new(),
             customise_node: Box::new(|_| {}),
             customise_auth: Box::new(|_| {}),
         }
@@ -133,7 +136,10 @@ impl Stack {
         shared::telemetry::init(shared::telemetry::LogFormat::Pretty, "warn");
         let redis_cluster_urls = match options.backend {
             Backend::Single => Vec::new(),
-            Backend::Cluster => testkit::shared_cluster_urls(),
+            Backend::Cluster if options.redis_cluster_urls.is_empty() => {
+                testkit::shared_cluster_urls()
+            }
+            Backend::Cluster => options.redis_cluster_urls.clone(),
         };
         let db = TestDatabase::new();
         let prefix = testkit::unique_prefix();

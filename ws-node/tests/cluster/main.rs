@@ -5,6 +5,7 @@
 #![allow(clippy::print_stderr)]
 
 mod budgets;
+mod cluster_faults;
 mod external_client;
 mod fanout;
 mod faults;

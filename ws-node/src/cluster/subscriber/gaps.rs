@@ -109,7 +109,15 @@ impl Subscriber {
             };
             let same_epoch = cursor.epoch.as_deref().is_none_or(|e| e == epoch);
             if !same_epoch || !history.covers_page(&epoch, cursor.offset, page_size) {
-                let reason = if same_epoch { "trimmed" } else { "new epoch" };
+                let reason = if !same_epoch {
+                    "new epoch"
+                } else if cursor.offset > history.offset {
+                    // Acknowledged writes Redis lost: a replica promoted
+                    // before it had them (replication is asynchronous).
+                    "history went back"
+                } else {
+                    "trimmed"
+                };
                 self.announce_unrecoverable(channel, reason);
                 self.cursors.insert(
                     channel.clone(),

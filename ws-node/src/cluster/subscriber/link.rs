@@ -207,25 +207,33 @@ pub async fn shard_tags(redis: &mut shared::redis_conn::Redis) -> RedisResult<Ve
         redis::cmd("CLUSTER").arg("SLOTS").query_async(redis),
     )
     .await?;
-    let mut first_slot_by_master: HashMap<String, i64> = HashMap::new();
+    // Per master, the middle of its first range: a canary slot that is not
+    // at a range's edge, where resharding takes slots from first.
+    let mut slot_by_master: HashMap<String, (i64, i64)> = HashMap::new();
     if let Value::Array(ranges) = slots {
         for range in ranges {
             let Value::Array(fields) = range else {
                 continue;
             };
-            let (Some(Value::Int(start)), Some(Value::Array(master))) =
-                (fields.first(), fields.get(2))
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+                (fields.first(), fields.get(1), fields.get(2))
             else {
                 continue;
             };
             let address = format!("{:?}{:?}", master.first(), master.get(1));
-            let first = first_slot_by_master.entry(address).or_insert(*start);
-            *first = (*first).min(*start);
+            let first = slot_by_master.entry(address).or_insert((*start, *end));
+            if *start < first.0 {
+                *first = (*start, *end);
+            }
         }
     }
-    let mut tags: Vec<String> = first_slot_by_master
+    let mut tags: Vec<String> = slot_by_master
         .into_values()
-        .filter_map(|slot| u16::try_from(slot).ok().and_then(tag_for_slot))
+        .filter_map(|(start, end)| {
+            u16::try_from(start + (end - start) / 2)
+                .ok()
+                .and_then(tag_for_slot)
+        })
         .collect();
     tags.sort();
     Ok(tags)
