@@ -38,7 +38,78 @@ pub fn test_config(db: &TestDatabase) -> Config {
     config
 }
 
+/// Which Redis a test app runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The shared single Redis.
+    Single,
+    /// The shared test Redis Cluster (`testkit::shared_cluster_urls`).
+    Cluster,
+}
+
+impl Backend {
+    pub fn configure(self, config: &mut Config) {
+        if self == Self::Cluster {
+            config.common.redis_cluster_urls = testkit::shared_cluster_urls()
+                .iter()
+                .map(|u| u.as_str().into())
+                .collect();
+        }
+    }
+}
+
+/// Generates, for each named `async fn name(backend: Backend)`, a module
+/// `name` with two tests: `single_redis` and `redis_cluster`.
+macro_rules! on_single_redis_and_cluster {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn single_redis() {
+                super::$test($crate::helpers::Backend::Single).await;
+            }
+            #[tokio::test]
+            async fn redis_cluster() {
+                super::$test($crate::helpers::Backend::Cluster).await;
+            }
+        }
+    )*};
+}
+pub(crate) use on_single_redis_and_cluster;
+
 impl TestApp {
+    /// A test app on `backend`.
+    pub async fn spawn_on(backend: Backend) -> Self {
+        Self::spawn_on_with(backend, |_| {}).await
+    }
+
+    pub async fn spawn_on_with(backend: Backend, customise: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_with(|config| {
+            backend.configure(config);
+            customise(config);
+        })
+        .await
+    }
+
+    /// A URL on which classic pub/sub reaches this app's control messages:
+    /// the single Redis, or any node of the cluster (a cluster copies a
+    /// classic message to every node).
+    pub fn pubsub_url(&self) -> String {
+        let common = &self.state.config.common;
+        common
+            .redis_cluster_urls
+            .first()
+            .unwrap_or(&common.redis_url)
+            .expose()
+            .to_owned()
+    }
+
+    /// A new command connection to this app's Redis, single or cluster.
+    pub async fn new_redis_connection(&self) -> shared::redis_conn::Redis {
+        shared::redis_conn::open(&self.state.config.common.redis_target())
+            .await
+            .expect("redis")
+    }
+
     pub async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
     }

@@ -1,6 +1,13 @@
 use crate::helpers::*;
 use reqwest::StatusCode;
 
+on_single_redis_and_cluster!(
+    failed_logins_are_throttled_per_account_across_processes,
+    guessing_one_account_from_many_addresses_spends_an_hourly_budget,
+    ticket_minting_is_limited_per_key_and_per_user,
+    parallel_guesses_cannot_exceed_the_failure_limit,
+);
+
 fn retry_after(response: &reqwest::Response) -> u64 {
     response.headers()["retry-after"]
         .to_str()
@@ -9,9 +16,8 @@ fn retry_after(response: &reqwest::Response) -> u64 {
         .expect("seconds")
 }
 
-#[tokio::test]
-async fn failed_logins_are_throttled_per_account_across_processes() {
-    let a = TestApp::spawn_with(|c| c.login_max_failures_per_account = 3).await;
+async fn failed_logins_are_throttled_per_account_across_processes(backend: Backend) {
+    let a = TestApp::spawn_on_with(backend, |c| c.login_max_failures_per_account = 3).await;
     let b = a.spawn_sibling().await;
     a.create_user("alice").await;
     // Failures spread over two processes share one counter.
@@ -83,9 +89,8 @@ async fn failures_from_one_address_do_not_lock_the_owner_out_on_another() {
     );
 }
 
-#[tokio::test]
-async fn guessing_one_account_from_many_addresses_spends_an_hourly_budget() {
-    let app = TestApp::spawn_with(|c| {
+async fn guessing_one_account_from_many_addresses_spends_an_hourly_budget(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, |c| {
         c.login_max_failures_per_account = 3;
         c.login_max_failures_per_account_hourly = 5;
     })
@@ -156,9 +161,8 @@ async fn failed_logins_are_throttled_per_ip_across_accounts() {
     );
 }
 
-#[tokio::test]
-async fn ticket_minting_is_limited_per_key_and_per_user() {
-    let app = TestApp::spawn_with(|c| {
+async fn ticket_minting_is_limited_per_key_and_per_user(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, |c| {
         c.mint_limit_per_key = 3;
         c.mint_limit_per_user = 2;
     })
@@ -199,9 +203,8 @@ async fn ticket_minting_is_limited_per_key_and_per_user() {
     );
 }
 
-#[tokio::test]
-async fn parallel_guesses_cannot_exceed_the_failure_limit() {
-    let app = TestApp::spawn_with(|c| c.login_max_failures_per_account = 3).await;
+async fn parallel_guesses_cannot_exceed_the_failure_limit(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, |c| c.login_max_failures_per_account = 3).await;
     app.create_user("mallory").await;
     let attempts = (0..12).map(|_| app.login("mallory", "wrong"));
     let statuses: Vec<StatusCode> = futures_util::future::join_all(attempts)

@@ -3,9 +3,16 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use std::time::Duration;
 
-#[tokio::test]
-async fn me_answers_for_a_session_and_refuses_everything_else() {
-    let app = TestApp::spawn().await;
+on_single_redis_and_cluster!(
+    me_answers_for_a_session_and_refuses_everything_else,
+    logout_revokes_the_session_clears_the_cookie_and_voids_its_tickets,
+    logout_is_announced_to_ws_nodes_on_the_control_channel,
+    revoke_all_ends_every_session_of_the_user_only,
+    a_cached_session_marked_revoked_does_not_authenticate,
+);
+
+async fn me_answers_for_a_session_and_refuses_everything_else(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let user = app.create_user("alice").await;
     let cookie = app.login_cookie("alice").await;
 
@@ -93,9 +100,8 @@ async fn an_attacker_chosen_session_id_never_becomes_valid() {
     );
 }
 
-#[tokio::test]
-async fn logout_revokes_the_session_clears_the_cookie_and_voids_its_tickets() {
-    let app = TestApp::spawn().await;
+async fn logout_revokes_the_session_clears_the_cookie_and_voids_its_tickets(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     app.create_user("carol").await;
     let cookie = app.login_cookie("carol").await;
     let ticket = ticket_of(app.mint_with_cookie(&cookie).await).await;
@@ -141,9 +147,8 @@ async fn logout_revokes_the_session_clears_the_cookie_and_voids_its_tickets() {
     assert_eq!(again.status(), StatusCode::NO_CONTENT);
 }
 
-#[tokio::test]
-async fn logout_is_announced_to_ws_nodes_on_the_control_channel() {
-    let app = TestApp::spawn().await;
+async fn logout_is_announced_to_ws_nodes_on_the_control_channel(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     app.create_user("dora").await;
     let cookie = app.login_cookie("dora").await;
     let session_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM sessions")
@@ -151,7 +156,7 @@ async fn logout_is_announced_to_ws_nodes_on_the_control_channel() {
         .await
         .expect("session");
 
-    let client = redis::Client::open(testkit::shared_redis_url()).expect("client");
+    let client = redis::Client::open(app.pubsub_url()).expect("client");
     let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
     pubsub
         .subscribe(app.state.keys.control())
@@ -180,9 +185,8 @@ async fn logout_is_announced_to_ws_nodes_on_the_control_channel() {
     );
 }
 
-#[tokio::test]
-async fn revoke_all_ends_every_session_of_the_user_only() {
-    let app = TestApp::spawn().await;
+async fn revoke_all_ends_every_session_of_the_user_only(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     app.create_user("dan").await;
     app.create_user("other").await;
     let laptop = app.login_cookie("dan").await;
@@ -353,9 +357,8 @@ async fn a_revocation_whose_redis_half_failed_completes_when_retried() {
 /// A cached session is checked against the revocation markers: a cache
 /// entry that outlived its session's revocation (its eviction failed, or
 /// raced the read) does not authenticate.
-#[tokio::test]
-async fn a_cached_session_marked_revoked_does_not_authenticate() {
-    let app = TestApp::spawn().await;
+async fn a_cached_session_marked_revoked_does_not_authenticate(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     app.create_user("rita").await;
     let cookie = app.login_cookie("rita").await;
     assert_eq!(

@@ -5,9 +5,16 @@ use shared::credential::AuthSource;
 use shared::scope::{Scope, Scopes};
 use std::time::Duration;
 
-#[tokio::test]
-async fn an_api_key_with_connect_scope_mints_a_ticket_with_its_claims() {
-    let app = TestApp::spawn().await;
+on_single_redis_and_cluster!(
+    an_api_key_with_connect_scope_mints_a_ticket_with_its_claims,
+    a_ticket_works_once,
+    fifty_concurrent_consumers_of_one_ticket_yield_exactly_one_success,
+    tickets_expire_after_their_ttl,
+    keys_without_connect_scope_and_revoked_keys_cannot_mint,
+);
+
+async fn an_api_key_with_connect_scope_mints_a_ticket_with_its_claims(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let user = app.create_user("alice").await;
     let key = app.api_key(&user, "connect").await;
 
@@ -47,9 +54,8 @@ async fn an_api_key_with_connect_scope_mints_a_ticket_with_its_claims() {
     assert_eq!(claims.origin, None);
 }
 
-#[tokio::test]
-async fn a_ticket_works_once() {
-    let app = TestApp::spawn().await;
+async fn a_ticket_works_once(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let user = app.create_user("bob").await;
     let key = app.api_key(&user, "connect").await;
     let ticket = ticket_of(app.mint_with_key(&key).await).await;
@@ -58,23 +64,16 @@ async fn a_ticket_works_once() {
     assert!(app.consume("not-a-ticket").await.is_none());
 }
 
-#[tokio::test]
-async fn fifty_concurrent_consumers_of_one_ticket_yield_exactly_one_success() {
-    let app = TestApp::spawn().await;
+async fn fifty_concurrent_consumers_of_one_ticket_yield_exactly_one_success(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let user = app.create_user("carol").await;
     let key = app.api_key(&user, "connect").await;
     let ticket = ticket_of(app.mint_with_key(&key).await).await;
 
     // Fifty separate Redis connections, as fifty handshakes on different nodes would have.
-    let client = redis::Client::open(testkit::shared_redis_url()).expect("client");
     let mut connections = Vec::new();
     for _ in 0..50 {
-        connections.push(
-            client
-                .get_multiplexed_async_connection()
-                .await
-                .expect("connect"),
-        );
+        connections.push(app.new_redis_connection().await);
     }
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(50));
     let tasks: Vec<_> = connections
@@ -98,9 +97,8 @@ async fn fifty_concurrent_consumers_of_one_ticket_yield_exactly_one_success() {
     assert_eq!(successes, 1);
 }
 
-#[tokio::test]
-async fn tickets_expire_after_their_ttl() {
-    let app = TestApp::spawn_with(|c| c.ticket_ttl_secs = 1).await;
+async fn tickets_expire_after_their_ttl(backend: Backend) {
+    let app = TestApp::spawn_on_with(backend, |c| c.ticket_ttl_secs = 1).await;
     let user = app.create_user("dan").await;
     let key = app.api_key(&user, "connect").await;
     let response = app.mint_with_key(&key).await;
@@ -177,9 +175,8 @@ async fn cross_site_ticket_requests_are_refused() {
     }
 }
 
-#[tokio::test]
-async fn keys_without_connect_scope_and_revoked_keys_cannot_mint() {
-    let app = TestApp::spawn().await;
+async fn keys_without_connect_scope_and_revoked_keys_cannot_mint(backend: Backend) {
+    let app = TestApp::spawn_on(backend).await;
     let user = app.create_user("gina").await;
     let publish_only = app.api_key(&user, "publish").await;
     let response = app.mint_with_key(&publish_only).await;
