@@ -43,6 +43,12 @@ impl Canary {
         *self.lock() = vec![shared::unix_now_ms(); channels.max(1)];
     }
 
+    /// How many canary channels the subscription proves: 1 on a single
+    /// Redis, one per master on a cluster.
+    pub fn channels(&self) -> usize {
+        self.lock().len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
         self.newest_sent_ms
             .lock()

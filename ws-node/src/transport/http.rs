@@ -98,6 +98,8 @@ async fn readyz(State(node): State<NodeState>) -> Response {
                 "redis_subscription": if subscribed { "ok" } else { "down" },
                 "redis_delivery": if delivering { "ok" } else { "late" },
                 "canary_age_ms": u64::try_from(canary_age.as_millis()).unwrap_or(u64::MAX),
+                // One canary per shard the node depends on (1 on a single Redis).
+                "canary_shards": node.canary.channels(),
                 "redis_commands": if commands { "ok" } else { "down" },
                 "draining": draining,
             },

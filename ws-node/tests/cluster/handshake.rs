@@ -4,9 +4,16 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-#[tokio::test]
-async fn a_ticket_opens_a_socket_once_by_query_or_subprotocol() {
-    let stack = Stack::start(1).await;
+on_single_redis_and_cluster!(
+    a_ticket_opens_a_socket_once_by_query_or_subprotocol,
+    one_ticket_raced_by_a_hundred_handshakes_over_three_nodes_opens_one_socket,
+    cookie_handshakes_need_an_exactly_allowed_origin,
+    connections_per_user_are_capped_across_nodes,
+    a_cached_session_marked_revoked_is_an_invalid_session,
+);
+
+async fn a_ticket_opens_a_socket_once_by_query_or_subprotocol(backend: Backend) {
+    let stack = Stack::start_on(backend, 1).await;
     let user = stack.create_user("alice").await;
     let key = stack.api_key(&user, "connect").await;
     let url = stack.nodes[0].ws_url();
@@ -53,9 +60,10 @@ async fn a_ticket_opens_a_socket_once_by_query_or_subprotocol() {
     }
 }
 
-#[tokio::test]
-async fn one_ticket_raced_by_a_hundred_handshakes_over_three_nodes_opens_one_socket() {
-    let stack = Arc::new(Stack::start(3).await);
+async fn one_ticket_raced_by_a_hundred_handshakes_over_three_nodes_opens_one_socket(
+    backend: Backend,
+) {
+    let stack = Arc::new(Stack::start_on(backend, 3).await);
     let user = stack.create_user("bob").await;
     let key = stack.api_key(&user, "connect").await;
     let ticket = stack.ticket(&key).await;
@@ -83,9 +91,8 @@ async fn one_ticket_raced_by_a_hundred_handshakes_over_three_nodes_opens_one_soc
     assert_eq!(accepted, 1);
 }
 
-#[tokio::test]
-async fn cookie_handshakes_need_an_exactly_allowed_origin() {
-    let stack = Stack::start(1).await;
+async fn cookie_handshakes_need_an_exactly_allowed_origin(backend: Backend) {
+    let stack = Stack::start_on(backend, 1).await;
     stack.create_user("carol").await;
     let cookie = stack.login("carol").await;
     let url = stack.nodes[0].ws_url();
@@ -295,9 +302,9 @@ async fn without_trust_proxy_headers_a_forwarded_address_is_ignored() {
     assert_eq!(refused.code, "too_many_pending");
 }
 
-#[tokio::test]
-async fn connections_per_user_are_capped_across_nodes() {
+async fn connections_per_user_are_capped_across_nodes(backend: Backend) {
     let stack = Stack::start_with(StackOptions {
+        backend,
         nodes: 2,
         customise_node: Box::new(|c| c.max_connections_per_user = 2),
         ..StackOptions::default()
@@ -513,16 +520,13 @@ async fn an_upgrade_request_with_a_very_large_head_still_works() {
 /// A session still in the cache whose revocation marker is set (its
 /// eviction failed, or raced the handshake) is refused as the cookie it is:
 /// 401 `invalid_session`, which tells a browser to ask auth-service.
-#[tokio::test]
-async fn a_cached_session_marked_revoked_is_an_invalid_session() {
-    let stack = Stack::start(1).await;
+async fn a_cached_session_marked_revoked_is_an_invalid_session(backend: Backend) {
+    let stack = Stack::start_on(backend, 1).await;
     stack.create_user("ruth").await;
     let cookie = stack.login("ruth").await;
     let token = cookie.split_once('=').expect("name=value").1;
     let keys = shared::keys::RedisKeys::new(&stack.prefix).expect("prefix");
-    let mut redis = shared::redis_conn::connect(&stack.redis_url)
-        .await
-        .expect("redis");
+    let mut redis = stack.redis().await;
     let session = shared::session::read_cached_session(
         &mut redis,
         &keys,

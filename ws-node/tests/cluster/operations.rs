@@ -2,9 +2,10 @@ use crate::helpers::*;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-#[tokio::test]
-async fn health_readiness_and_metrics() {
-    let stack = Stack::start(1).await;
+on_single_redis_and_cluster!(health_readiness_and_metrics,);
+
+async fn health_readiness_and_metrics(backend: Backend) {
+    let stack = Stack::start_on(backend, 1).await;
     let node = &stack.nodes[0];
     let health = stack
         .http
@@ -22,6 +23,11 @@ async fn health_readiness_and_metrics() {
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.expect("json");
     assert_eq!(body["checks"]["redis_subscription"], "ok");
+    let shards = match backend {
+        Backend::Single => 1,
+        Backend::Cluster => 3,
+    };
+    assert_eq!(body["checks"]["canary_shards"], shards, "{body}");
     let user = stack.create_user("alice").await;
     let key = stack.api_key(&user, "connect").await;
     let _client = stack.connect(0, &key).await;
