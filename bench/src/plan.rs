@@ -108,6 +108,8 @@ pub struct Plan {
     pub fanout: Vec<FanoutPlan>,
     pub latency: Vec<FanoutPlan>,
     pub rooms: FanoutPlan,
+    /// The rooms load on one Redis and on a 3-master Redis Cluster.
+    pub shards: FanoutPlan,
     pub idle: IdlePlan,
     pub mint: MintPlan,
     pub login_storm: StormPlan,
@@ -164,6 +166,21 @@ fn rooms(label: &str, rooms: usize, members: usize, rate: u64, seconds: u64) -> 
     }
 }
 
+/// [`rooms`] over 3 nodes, run on one Redis and on a Redis Cluster
+/// (`scenarios::shards`): tessera against itself, so only "nothing lost"
+/// is a target of the plan's own.
+fn shards(label: &str, rooms_: usize, members: usize, rate: u64, seconds: u64) -> FanoutPlan {
+    FanoutPlan {
+        nodes: 3,
+        sub_nodes: vec![0, 1, 2],
+        targets: FanoutTargets {
+            zero_lost: true,
+            ..FanoutTargets::default()
+        },
+        ..rooms(label, rooms_, members, rate, seconds)
+    }
+}
+
 // The targets: ratios to the reference measured in the same run,
 // whatever the size (smaller sizes are indicative only).
 const FANOUT_RATE_RATIO: f64 = 0.75;
@@ -202,6 +219,7 @@ impl Plan {
                 ],
                 // 1 000 chat rooms of 20, each with 5 messages a second.
                 rooms: rooms("rooms-1000x20", 1_000, 20, 5_000, 20),
+                shards: shards("shards-1000x20", 1_000, 20, 5_000, 20),
                 idle: IdlePlan {
                     per_node: 18_000,
                     nodes: 3,
@@ -239,6 +257,7 @@ impl Plan {
                     latency("latency-2000", 2_000, 100, 4),
                 ],
                 rooms: rooms("rooms-1000x4", 1_000, 4, 5_000, 4),
+                shards: shards("shards-1000x4", 1_000, 4, 5_000, 4),
                 idle: IdlePlan {
                     per_node: 2_000,
                     nodes: 3,
@@ -276,6 +295,7 @@ impl Plan {
                     latency("latency-100", 100, 50, 2),
                 ],
                 rooms: rooms("rooms-100x4", 100, 4, 500, 2),
+                shards: shards("shards-100x4", 100, 4, 500, 2),
                 idle: IdlePlan {
                     per_node: 100,
                     nodes: 3,

@@ -184,6 +184,9 @@ pub struct Stack {
     log_dir: PathBuf,
     postgres_url: String,
     redis_url: String,
+    /// While set (the `shards` scenario), the services run on this Redis
+    /// Cluster instead of `redis_url`.
+    redis_cluster_urls: Option<Vec<String>>,
     db_name: String,
     redis_prefix: String,
     auth: Option<Service>,
@@ -213,6 +216,7 @@ impl Stack {
             log_dir,
             postgres_url: postgres_url.trim_end_matches('/').to_owned(),
             redis_url,
+            redis_cluster_urls: None,
             db_name: format!("tessera_bench_{run_id}"),
             redis_prefix: format!("bench-{run_id}"),
             auth: None,
@@ -264,6 +268,13 @@ impl Stack {
             ("REDIS_PREFIX".into(), self.redis_prefix.clone()),
             ("LOG_FORMAT".into(), "json".into()),
         ]
+        .into_iter()
+        .chain(
+            self.redis_cluster_urls
+                .as_ref()
+                .map(|seeds| ("REDIS_CLUSTER_URLS".into(), seeds.join(","))),
+        )
+        .collect()
     }
 
     fn auth_env(&self, listen: SocketAddr) -> Vec<(String, String)> {
@@ -291,6 +302,35 @@ impl Stack {
     /// Starts auth-service (which creates and migrates the database), then
     /// creates the bench users and their API keys through its command line.
     pub async fn start(&mut self) -> anyhow::Result<()> {
+        let exe = self.start_auth().await?;
+        let creations = (0..USERS).map(|i| self.create_user(&exe, i));
+        self.users = futures_util::future::try_join_all(creations).await?;
+        say(format!("created {} users with API keys", self.users.len()));
+        Ok(())
+    }
+
+    /// Moves the stack to a Redis Cluster (`Some(seeds)`) or back to the
+    /// run's Redis (`None`): stops the nodes and restarts auth-service on it.
+    /// The users and keys live in Postgres and stay; start nodes afterwards.
+    pub async fn switch_redis(&mut self, cluster: Option<Vec<String>>) -> anyhow::Result<()> {
+        self.stop_nodes().await;
+        if let Some(auth) = self.auth.take() {
+            auth.stop().await;
+        }
+        self.redis_cluster_urls = cluster;
+        self.start_auth().await.map(drop)
+    }
+
+    /// The Redis servers the services use now: the run's Redis, or every
+    /// node of the cluster.
+    pub fn redis_servers(&self) -> Vec<String> {
+        self.redis_cluster_urls
+            .clone()
+            .unwrap_or_else(|| vec![self.redis_url.clone()])
+    }
+
+    /// Starts auth-service on the stack's Redis; returns its executable.
+    async fn start_auth(&mut self) -> anyhow::Result<PathBuf> {
         let exe = self.exe("auth-service")?;
         self.exe("ws-node")?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, testkit::free_port()));
@@ -308,11 +348,7 @@ impl Stack {
             self.db_name, self.redis_prefix
         ));
         self.auth = Some(auth);
-
-        let creations = (0..USERS).map(|i| self.create_user(&exe, i));
-        self.users = futures_util::future::try_join_all(creations).await?;
-        say(format!("created {} users with API keys", self.users.len()));
-        Ok(())
+        Ok(exe)
     }
 
     async fn create_user(&self, exe: &Path, i: usize) -> anyhow::Result<BenchUser> {
@@ -349,10 +385,6 @@ impl Stack {
             password,
             api_key,
         })
-    }
-
-    pub fn redis_url(&self) -> &str {
-        &self.redis_url
     }
 
     pub fn auth(&self) -> anyhow::Result<&Service> {

@@ -127,21 +127,23 @@ struct Cpu {
 }
 
 /// What one system did with the plan's load.
-struct Leg {
+pub(super) struct Leg {
     system: System,
     connected: usize,
     failed: usize,
     deliveries: u64,
-    lost: u64,
+    pub(super) lost: u64,
     duplicates: u64,
     out_of_order: u64,
     /// Deliveries per second, first publish to last delivery.
-    rate: Option<f64>,
+    pub(super) rate: Option<f64>,
     latency: Option<Summary>,
     published: Published,
     dropped: BTreeMap<String, usize>,
     connect_errors: Vec<String>,
     cpu: Cpu,
+    /// The channels the load used.
+    pub(super) rooms: Rooms,
 }
 
 impl Leg {
@@ -151,7 +153,12 @@ impl Leg {
     }
 
     /// Records the leg's figures, their names prefixed with `prefix`.
-    fn record(&self, report: &mut ScenarioReport, prefix: Option<&str>, plan: &FanoutPlan) {
+    pub(super) fn record(
+        &self,
+        report: &mut ScenarioReport,
+        prefix: Option<&str>,
+        plan: &FanoutPlan,
+    ) {
         let name = |n: &str| prefix.map_or_else(|| n.to_owned(), |p| format!("{p}: {n}"));
         let mut metric = |n: &str, v: f64, unit: &str| report.metric(&name(n), v, unit);
         if let Some(rate) = self.rate {
@@ -215,7 +222,11 @@ impl Leg {
 }
 
 /// Runs the plan's load against `endpoints` and measures it.
-async fn drive(stack: &mut Stack, plan: &FanoutPlan, endpoints: &Endpoints) -> anyhow::Result<Leg> {
+pub(super) async fn drive(
+    stack: &mut Stack,
+    plan: &FanoutPlan,
+    endpoints: &Endpoints,
+) -> anyhow::Result<Leg> {
     let system = endpoints.system.name();
     let rooms = Rooms {
         name: format!(
@@ -319,17 +330,21 @@ async fn drive(stack: &mut Stack, plan: &FanoutPlan, endpoints: &Endpoints) -> a
         dropped,
         connect_errors: readies.into_iter().flat_map(|r| r.errors).collect(),
         cpu,
+        rooms,
     })
 }
 
-/// Redis's CPU seconds so far if the system uses it, else 0.
+/// Redis's CPU seconds so far (every node's, on a cluster) if the system
+/// uses it, else 0.
 async fn redis_cpu(stack: &Stack, endpoints: &Endpoints) -> f64 {
     if !endpoints.uses_redis {
         return 0.0;
     }
-    crate::proc::redis_cpu_seconds(stack.redis_url())
-        .await
-        .unwrap_or(0.0)
+    let mut total = 0.0;
+    for url in stack.redis_servers() {
+        total += crate::proc::redis_cpu_seconds(&url).await.unwrap_or(0.0);
+    }
+    total
 }
 
 /// What the publisher did.

@@ -7,6 +7,7 @@ pub mod flood;
 pub mod handshake;
 pub mod idle;
 pub mod mint;
+pub mod shards;
 
 use crate::RunArgs;
 use crate::plan::{Plan, Size};
@@ -25,17 +26,19 @@ pub enum ScenarioKind {
     Fanout,
     Latency,
     Rooms,
+    Shards,
     Idle,
     Mint,
     LoginStorm,
     CredentialFlood,
 }
 
-const ALL: [ScenarioKind; 8] = [
+const ALL: [ScenarioKind; 9] = [
     ScenarioKind::Handshake,
     ScenarioKind::Fanout,
     ScenarioKind::Latency,
     ScenarioKind::Rooms,
+    ScenarioKind::Shards,
     ScenarioKind::Idle,
     ScenarioKind::Mint,
     ScenarioKind::LoginStorm,
@@ -270,6 +273,13 @@ async fn run_scenarios(
                         scenario(&p.label, size, r, async |r| fanout::run(stack, p, r).await).await,
                     );
                 }
+            }
+            ScenarioKind::Shards => {
+                let p = &plan.shards;
+                let r = ScenarioReport::new(&p.label, p);
+                reports.push(
+                    scenario(&p.label, size, r, async |r| shards::run(stack, p, r).await).await,
+                );
             }
             ScenarioKind::Idle => {
                 let p = &plan.idle;
