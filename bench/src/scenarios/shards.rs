@@ -31,9 +31,12 @@ pub async fn run(
     report: &mut ScenarioReport,
 ) -> anyhow::Result<()> {
     stack.restart_nodes(plan.nodes).await?;
+    let single_redis = stack.redis_servers().remove(0);
+    let before = ServerStats::read(&single_redis).await?;
     let single = fanout::drive(stack, plan, &Endpoints::tessera(stack)?)
         .await
         .context("the single-Redis run")?;
+    let single_cpu = ServerStats::read(&single_redis).await?.cpu_seconds - before.cpu_seconds;
     stack.stop_nodes().await;
     super::settle(plan.seconds).await;
 
@@ -82,6 +85,9 @@ pub async fn run(
         Op::AtMost,
         None,
     );
+    // The same window as each cluster process's: from before the
+    // subscribers connect to after the last delivery.
+    report.metric("single Redis: Redis CPU s", single_cpu, "s");
     for shard in &shards {
         let who = if shard.master { "master" } else { "replica" };
         let name = format!("{who} :{}", shard.port);
@@ -240,11 +246,13 @@ impl ServerStats {
             .arg("commandstats")
             .query_async(&mut conn)
             .await?;
-        let cluster: String = redis::cmd("CLUSTER")
+        // Absent on a single Redis, which has no cluster bus.
+        let cluster: Option<String> = redis::cmd("CLUSTER")
             .arg("INFO")
             .query_async(&mut conn)
-            .await?;
-        info.push_str(&cluster);
+            .await
+            .ok();
+        info.push_str(cluster.as_deref().unwrap_or_default());
         let field = |name: &str| {
             info.lines()
                 .find_map(|l| l.strip_prefix(name))
