@@ -886,3 +886,98 @@ async fn a_subscription_left_behind_by_a_failover_is_caught_and_remade() {
     }
     assert!(got_two || told, "message 2 was skipped silently");
 }
+
+/// What a failover that lost acknowledged writes leaves behind, made
+/// deterministic: the channel's history rolled back three messages (as a
+/// promoted replica that never had them would hold it), then the
+/// subscriptions dropped, as the failover drops them. The node's cursor is
+/// now ahead of the history; its replay must say so (`recovered: false`)
+/// rather than wait silently for offsets it believes it has sent, and the
+/// next publishes, which reuse those offsets, must still be delivered.
+#[tokio::test]
+async fn acknowledged_writes_a_failover_lost_are_announced_not_skipped() {
+    let redis = testkit::RedisServer::start();
+    let stack = Stack::start_with(StackOptions {
+        nodes: 1,
+        redis_url: redis.url(),
+        customise_node: Box::new(fast),
+        ..StackOptions::default()
+    })
+    .await;
+    let user = stack.create_user("lost").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut listener = stack.connect(0, &key).await;
+    listener.subscribe("public:rolled").await;
+    let mut publisher = stack.connect(0, &key).await;
+    let publish = async |publisher: &mut Client, n: u64| {
+        let ack = publisher
+            .request(
+                json!({ "action": "publish", "channel": "public:rolled", "data": { "n": n } }),
+                n,
+            )
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        ack
+    };
+    for n in 1..=10 {
+        publish(&mut publisher, n).await;
+    }
+    for n in 1..=10 {
+        assert_eq!(listener.recv_message().await["data"]["n"], n);
+    }
+
+    // The promoted replica's view: offsets 8-10 never reached it.
+    let keys = shared::keys::RedisKeys::new(&stack.prefix).expect("prefix");
+    let channel: shared::channel::ChannelName = "public:rolled".parse().expect("channel");
+    let mut admin = redis.admin().await;
+    let history = keys.channel_history(&channel);
+    let kept: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&history)
+        .arg("1-0")
+        .arg("7-0")
+        .query_async(&mut admin)
+        .await
+        .expect("history");
+    let mut rollback = redis::pipe();
+    rollback.atomic().del(&history).ignore();
+    for entry in &kept.ids {
+        let fields: Vec<(&String, Vec<u8>)> = entry
+            .map
+            .iter()
+            .map(|(k, v)| (k, redis::from_redis_value_ref(v).expect("bytes")))
+            .collect();
+        rollback.xadd(&history, &entry.id, &fields).ignore();
+    }
+    rollback
+        .hset(keys.channel_meta(&channel), "seq", 7)
+        .ignore()
+        .ltrim(keys.channel_history_times(&channel), 0, 6)
+        .ignore()
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("roll the history back");
+    assert!(kill_subscriber_connections(&mut admin).await >= 1);
+
+    let notice = loop {
+        match listener.next_event(Duration::from_secs(10)).await {
+            Event::Frame(f) if f["type"] == "recovery" => break f,
+            Event::Frame(f) => panic!("unexpected frame before the notice: {f}"),
+            other => panic!("no recovery notice: {other:?}"),
+        }
+    };
+    assert_eq!(
+        notice,
+        json!({ "type": "recovery", "channel": "public:rolled", "recovered": false })
+    );
+    // The offsets 8-10 are reused by new messages: delivered, not taken
+    // for duplicates of what the listener already saw.
+    for n in 11..=13 {
+        let ack = publish(&mut publisher, n).await;
+        assert_eq!(ack["offset"], n - 3);
+    }
+    for n in 11..=13 {
+        let frame = listener.recv_message().await;
+        assert_eq!(frame["data"]["n"], n, "{frame}");
+        assert_eq!(frame["offset"], n - 3);
+    }
+}
