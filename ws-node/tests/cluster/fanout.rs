@@ -7,6 +7,7 @@ on_single_redis_and_cluster!(
     server_broadcasts_reach_subscribers_on_every_node,
     unsubscribing_stops_delivery_and_releases_the_redis_subscription,
     messages_carry_the_server_stamped_sender,
+    leaving_and_rejoining_a_channel_quickly_keeps_the_subscription,
 );
 
 async fn a_publish_on_one_node_reaches_every_node_exactly_once_in_order(backend: Backend) {
@@ -198,4 +199,58 @@ async fn messages_carry_the_server_stamped_sender(backend: Backend) {
     assert_eq!(resumed["recovered"], true, "{resumed}");
     assert_eq!(late.recv_message().await["from"], gus_from);
     assert_eq!(late.recv_message().await["from"], hal_from);
+}
+
+/// A channel left and joined again at once, over and over: on a cluster,
+/// Redis confirms each `SUNSUBSCRIBE` with the same push it sends when a
+/// slot moves away. The node must tell its own from Redis's and keep its
+/// subscription (no loss, no resubscription of everything), and delivery
+/// goes on.
+async fn leaving_and_rejoining_a_channel_quickly_keeps_the_subscription(backend: Backend) {
+    let stack = Stack::start_on(backend, 1).await;
+    let user = stack.create_user("flip").await;
+    let key = stack.api_key(&user, "connect,publish").await;
+    let mut client = stack.connect(0, &key).await;
+    client.subscribe("public:flip").await;
+    for round in 0..30u64 {
+        let reply = client
+            .request(
+                json!({ "action": "unsubscribe", "channel": "public:flip" }),
+                10 + round * 2,
+            )
+            .await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+        let reply = client
+            .request(
+                json!({ "action": "subscribe", "channel": "public:flip" }),
+                11 + round * 2,
+            )
+            .await;
+        assert_eq!(reply["type"], "ack", "{reply}");
+    }
+    let ack = client
+        .request(
+            json!({ "action": "publish", "channel": "public:flip", "data": "still here" }),
+            1_000,
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(client.recv_message().await["data"], "still here");
+    let metrics = stack
+        .http
+        .get(stack.nodes[0].http_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let losses: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("ws_subscription_losses_total"))
+        .collect();
+    assert!(
+        losses.iter().all(|l| l.ends_with(" 0")),
+        "the subscription was remade: {losses:?}"
+    );
 }

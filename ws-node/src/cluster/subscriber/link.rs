@@ -42,6 +42,12 @@ pub enum Link {
     Cluster {
         connection: ClusterConnection,
         pushes: mpsc::UnboundedReceiver<PushInfo>,
+        /// Shard channels this link asked to leave, whose `SUNSUBSCRIBE`
+        /// confirmations have not come through yet: those are not a slot
+        /// that moved. (Without this, a channel left and joined again in
+        /// quick succession would look like a lost subscription and cost a
+        /// resubscription of everything.)
+        leaving: HashMap<Vec<u8>, usize>,
     },
 }
 
@@ -76,7 +82,11 @@ impl Link {
                         .push_sender(tx)
                         .build()?;
                     let connection = client.get_async_connection().await?;
-                    Ok(Self::Cluster { connection, pushes })
+                    Ok(Self::Cluster {
+                        connection,
+                        pushes,
+                        leaving: HashMap::new(),
+                    })
                 }
             }
         };
@@ -109,7 +119,14 @@ impl Link {
     pub async fn unsubscribe(&mut self, names: &[String]) -> RedisResult<()> {
         match self {
             Self::Single { sink, .. } => bounded("unsubscribe", sink.unsubscribe(names)).await,
-            Self::Cluster { connection, .. } => {
+            Self::Cluster {
+                connection,
+                leaving,
+                ..
+            } => {
+                for name in names {
+                    *leaving.entry(name.as_bytes().to_vec()).or_default() += 1;
+                }
                 let requests = by_slot(names).into_values().map(|group| {
                     let mut connection = connection.clone();
                     async move { connection.sunsubscribe(group).await }
@@ -161,8 +178,22 @@ impl Link {
                 },
                 None => Event::Lost("connection closed".into()),
             },
-            Self::Cluster { pushes, .. } => match pushes.recv().await {
-                Some(push) => cluster_event(push),
+            Self::Cluster {
+                pushes, leaving, ..
+            } => match pushes.recv().await {
+                Some(push) => match cluster_event(push) {
+                    Event::Unsubscribed { channel } => match leaving.get_mut(&channel) {
+                        Some(pending) => {
+                            *pending -= 1;
+                            if *pending == 0 {
+                                leaving.remove(&channel);
+                            }
+                            Event::Nothing
+                        }
+                        None => Event::Unsubscribed { channel },
+                    },
+                    event => event,
+                },
                 None => Event::Lost("cluster connection closed".into()),
             },
         }
@@ -264,6 +295,38 @@ pub fn timeout_error(what: &'static str) -> redis::RedisError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On the shared test cluster: Redis confirms our own `SUNSUBSCRIBE`
+    /// with the push it also sends when a slot moves away; only the latter
+    /// may reach the subscriber as [`Event::Unsubscribed`].
+    #[tokio::test]
+    async fn our_own_unsubscribe_is_not_taken_for_a_moved_slot() {
+        let seeds = testkit::shared_cluster_urls()
+            .iter()
+            .map(|u| u.as_str().into())
+            .collect();
+        let mut link = Link::open(&RedisTarget::Cluster(seeds))
+            .await
+            .expect("the test cluster (scripts/ensure-services.sh starts it)");
+        let name = format!("{}:ch:{{public:own}}:live", testkit::unique_prefix());
+        let names = [name.clone()];
+        for _ in 0..3 {
+            link.subscribe(&names).await.expect("ssubscribe");
+            link.unsubscribe(&names).await.expect("sunsubscribe");
+        }
+        link.subscribe(&names).await.expect("ssubscribe");
+        // Every confirmation is already queued; none may read as a move.
+        while let Ok(event) = tokio::time::timeout(Duration::from_millis(300), link.next()).await {
+            assert!(
+                matches!(event, Event::Nothing),
+                "our own unsubscribe read as something else"
+            );
+        }
+        let Link::Cluster { leaving, .. } = &link else {
+            unreachable!("a cluster link")
+        };
+        assert!(leaving.is_empty(), "confirmations not matched: {leaving:?}");
+    }
 
     #[test]
     fn every_slot_has_a_short_tag() {
