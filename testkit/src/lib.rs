@@ -45,6 +45,35 @@ pub fn shared_cluster_urls() -> Vec<String> {
         .collect()
 }
 
+/// Which Redis a test's services run on, for the suites that must hold on
+/// both (see [`on_single_redis_and_cluster!`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The shared single Redis ([`shared_redis_url`]), or a private one.
+    Single,
+    /// The shared test Redis Cluster ([`shared_cluster_urls`]), or a private one.
+    Cluster,
+}
+
+/// Generates, for each named `async fn name(backend: Backend)`, a module
+/// `name` with two tests: `single_redis` and `redis_cluster`. The suites
+/// that must hold on both kinds of Redis are written once this way.
+#[macro_export]
+macro_rules! on_single_redis_and_cluster {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn single_redis() {
+                super::$test($crate::Backend::Single).await;
+            }
+            #[tokio::test]
+            async fn redis_cluster() {
+                super::$test($crate::Backend::Cluster).await;
+            }
+        }
+    )*};
+}
+
 /// A short random lowercase id.
 pub fn random_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()

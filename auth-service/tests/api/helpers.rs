@@ -38,43 +38,17 @@ pub fn test_config(db: &TestDatabase) -> Config {
     config
 }
 
-/// Which Redis a test app runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// The shared single Redis.
-    Single,
-    /// The shared test Redis Cluster (`testkit::shared_cluster_urls`).
-    Cluster,
-}
+pub use testkit::{Backend, on_single_redis_and_cluster};
 
-impl Backend {
-    pub fn configure(self, config: &mut Config) {
-        if self == Self::Cluster {
-            config.common.redis_cluster_urls = testkit::shared_cluster_urls()
-                .iter()
-                .map(|u| u.as_str().into())
-                .collect();
-        }
+/// Points `config` at `backend`'s shared Redis (the single one is the default).
+pub fn configure(backend: Backend, config: &mut Config) {
+    if backend == Backend::Cluster {
+        config.common.redis_cluster_urls = testkit::shared_cluster_urls()
+            .iter()
+            .map(|u| u.as_str().into())
+            .collect();
     }
 }
-
-/// Generates, for each named `async fn name(backend: Backend)`, a module
-/// `name` with two tests: `single_redis` and `redis_cluster`.
-macro_rules! on_single_redis_and_cluster {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test]
-            async fn single_redis() {
-                super::$test($crate::helpers::Backend::Single).await;
-            }
-            #[tokio::test]
-            async fn redis_cluster() {
-                super::$test($crate::helpers::Backend::Cluster).await;
-            }
-        }
-    )*};
-}
-pub(crate) use on_single_redis_and_cluster;
 
 impl TestApp {
     /// A test app on `backend`.
@@ -84,7 +58,7 @@ impl TestApp {
 
     pub async fn spawn_on_with(backend: Backend, customise: impl FnOnce(&mut Config)) -> Self {
         Self::spawn_with(|config| {
-            backend.configure(config);
+            configure(backend, config);
             customise(config);
         })
         .await

@@ -62,33 +62,7 @@ pub struct Stack {
     _db: TestDatabase,
 }
 
-/// Which Redis a stack runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// The shared single Redis (or `StackOptions::redis_url`).
-    Single,
-    /// The shared test Redis Cluster (`testkit::shared_cluster_urls`).
-    Cluster,
-}
-
-/// Generates, for each named `async fn name(backend: Backend)`, a module
-/// `name` with two tests: `single_redis` and `redis_cluster`. The suites
-/// that must hold on both kinds of Redis are written once this way.
-macro_rules! on_single_redis_and_cluster {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test]
-            async fn single_redis() {
-                super::$test($crate::helpers::Backend::Single).await;
-            }
-            #[tokio::test]
-            async fn redis_cluster() {
-                super::$test($crate::helpers::Backend::Cluster).await;
-            }
-        }
-    )*};
-}
-pub(crate) use on_single_redis_and_cluster;
+pub use testkit::{Backend, on_single_redis_and_cluster};
 
 pub struct StackOptions {
     pub nodes: usize,
