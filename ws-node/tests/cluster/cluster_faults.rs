@@ -258,3 +258,40 @@ async fn one_shard_that_stops_delivering_turns_the_node_not_ready() {
         .expect("unpause");
     wait_until_ready(&stack, Duration::from_secs(5)).await;
 }
+
+/// A replica lost: no subscription lives there, and the masters serve on.
+/// The node stays ready (a dropped node connection, were redis-rs to report
+/// one, would cost at most a short remake of the link) and delivery goes
+/// on without a gap or a refusal.
+#[tokio::test]
+async fn a_replica_killed_costs_at_most_a_blink() {
+    let mut cluster = testkit::RedisCluster::start();
+    let stack = stack_on(&cluster, 1).await;
+    wait_until_ready(&stack, PATIENCE).await;
+    let replica = cluster
+        .topology()
+        .into_iter()
+        .find(|n| !n.is_master)
+        .expect("a replica")
+        .port;
+    let fault = async {
+        cluster.node_on(replica).expect("replica").kill();
+        let killed = Instant::now();
+        let mut not_ready = Duration::ZERO;
+        while killed.elapsed() < Duration::from_secs(8) {
+            if stack.readiness(&stack.nodes[0]).await.0 != 200 {
+                not_ready += Duration::from_millis(100);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("replica {replica} SIGKILLed: not ready for about {not_ready:?} of 8 s");
+        assert!(
+            not_ready <= Duration::from_secs(2),
+            "not ready for {not_ready:?}"
+        );
+    };
+    let (acked, refused, sequences) = publish_through(&stack, "public:replica-lost", fault).await;
+    let notices: u32 = sequences.iter().map(|s| s.recovery_failures).sum();
+    eprintln!("{acked} acknowledged, {refused} refused, {notices} notices");
+    assert_eq!(refused, 0, "the masters kept serving");
+}
