@@ -295,3 +295,53 @@ async fn a_replica_killed_costs_at_most_a_blink() {
     eprintln!("{acked} acknowledged, {refused} refused, {notices} notices");
     assert_eq!(refused, 0, "the masters kept serving");
 }
+
+/// A planned failover (`CLUSTER FAILOVER` on the replica, as for a rolling
+/// upgrade): the old master becomes a replica while its connections stay
+/// up, so nothing drops; the subscription must still follow the channel to
+/// its new master, without a silent gap.
+#[tokio::test]
+async fn a_planned_failover_is_followed_without_a_silent_gap() {
+    let cluster = testkit::RedisCluster::start();
+    let stack = stack_on(&cluster, 2).await;
+    const CHANNEL: &str = "public:handover";
+    let live_key = format!("{}:ch:{{{CHANNEL}}}:live", stack.prefix);
+    let master = cluster
+        .master_port_of(&live_key)
+        .expect("the channel's master");
+    let topology = cluster.topology();
+    let master_id = topology
+        .iter()
+        .find(|n| n.port == master)
+        .map(|n| n.id.clone())
+        .expect("master id");
+    let replica = topology
+        .iter()
+        .find(|n| n.master_id.as_deref() == Some(master_id.as_str()))
+        .map(|n| n.port)
+        .expect("its replica");
+    let fault = async {
+        let mut admin = redis::Client::open(format!("redis://127.0.0.1:{replica}"))
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("admin");
+        redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query_async::<()>(&mut admin)
+            .await
+            .expect("failover");
+        let started = Instant::now();
+        while cluster.master_port_of(&live_key) != Some(replica) {
+            assert!(started.elapsed() < Duration::from_secs(15), "no handover");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "{replica} took over from {master} in {:?}",
+            started.elapsed()
+        );
+    };
+    let (acked, refused, sequences) = publish_through(&stack, CHANNEL, fault).await;
+    let notices: u32 = sequences.iter().map(|s| s.recovery_failures).sum();
+    eprintln!("planned failover: {acked} acknowledged, {refused} refused, {notices} notices");
+}
