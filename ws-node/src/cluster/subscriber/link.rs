@@ -55,12 +55,12 @@ pub enum Link {
 pub enum Event {
     Message {
         channel: Vec<u8>,
-        payload: Vec<u8>,
+        /// Copied out of the connection's buffer once (single Redis) or
+        /// taken over as is (cluster); the hub shares it with every member.
+        payload: bytes::Bytes,
     },
     /// A shard channel Redis unsubscribed us from (its slot moved).
-    Unsubscribed {
-        channel: Vec<u8>,
-    },
+    Unsubscribed { channel: Vec<u8> },
     /// The subscriptions can no longer be trusted: make a new link.
     Lost(String),
     /// A confirmation or other push that needs nothing done.
@@ -174,7 +174,7 @@ impl Link {
             Self::Single { stream, .. } => match stream.next().await {
                 Some(message) => Event::Message {
                     channel: message.get_channel_name().as_bytes().to_vec(),
-                    payload: message.get_payload_bytes().to_vec(),
+                    payload: bytes::Bytes::copy_from_slice(message.get_payload_bytes()),
                 },
                 None => Event::Lost("connection closed".into()),
             },
@@ -209,7 +209,10 @@ fn cluster_event(push: PushInfo) -> Event {
     };
     match push.kind {
         PushKind::Message | PushKind::SMessage => match (bytes(), bytes()) {
-            (Some(channel), Some(payload)) => Event::Message { channel, payload },
+            (Some(channel), Some(payload)) => Event::Message {
+                channel,
+                payload: payload.into(),
+            },
             _ => Event::Nothing,
         },
         PushKind::SUnsubscribe => match bytes() {

@@ -156,7 +156,7 @@ impl Subscriber {
             tokio::select! {
                 biased;
                 event = link.next() => match event {
-                    Event::Message { channel, payload } => self.on_message(&channel, &payload).await,
+                    Event::Message { channel, payload } => self.on_message(&channel, payload).await,
                     Event::Unsubscribed { channel } => {
                         if let Some(reason) = self.on_unsubscribed(&channel) {
                             return reason;
@@ -289,12 +289,12 @@ impl Subscriber {
         });
     }
 
-    async fn on_message(&mut self, name: &[u8], payload: &[u8]) {
+    async fn on_message(&mut self, name: &[u8], payload: bytes::Bytes) {
         let Ok(name) = std::str::from_utf8(name) else {
             return;
         };
         if let Some(channel) = self.keys.channel_from_live(name) {
-            let Ok(frame) = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(payload)) else {
+            let Ok(frame) = Utf8Bytes::try_from(payload) else {
                 tracing::warn!(%channel, "dropping a message that is not UTF-8");
                 return;
             };
@@ -316,9 +316,9 @@ impl Subscriber {
                 },
             );
         } else if name == self.keys.control() {
-            self.on_control(payload);
+            self.on_control(&payload);
         } else if let Some(index) = self.canary_channels.iter().position(|c| c == name) {
-            self.canary.returned(index, payload);
+            self.canary.returned(index, &payload);
         }
     }
 
