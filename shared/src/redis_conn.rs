@@ -99,15 +99,6 @@ impl Redis {
             PubSubKind::Classic
         }
     }
-
-    /// The cluster connection, for what only a cluster has (sending a
-    /// command to every master, reading the topology).
-    pub fn as_cluster(&mut self) -> Option<&mut ClusterConnection> {
-        match &mut self.0 {
-            Connection::Cluster(cluster) => Some(cluster),
-            Connection::Single(_) => None,
-        }
-    }
 }
 
 impl ConnectionLike for Redis {
