@@ -111,29 +111,51 @@ impl RedisCluster {
 
     /// The port of the master that serves `key`'s slot now.
     pub fn master_port_of(&self, key: &str) -> Option<u16> {
+        self.master_ports_of(&[key])?.pop().flatten()
+    }
+
+    /// For each of `keys`, the port of the master that serves its slot now
+    /// (`None` for a slot no master serves): one `CLUSTER KEYSLOT` per key
+    /// in one pipeline, and the slot map (`CLUSTER SLOTS`), from the first
+    /// running node. `None` if no node answers.
+    pub fn master_ports_of(&self, keys: &[&str]) -> Option<Vec<Option<u16>>> {
         let node = self.nodes.iter().find(|n| n.is_running())?;
         let client = redis::Client::open(node.url()).ok()?;
         let mut conn = client
             .get_connection_with_timeout(Duration::from_millis(500))
             .ok()?;
-        let slot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query(&mut conn)
-            .ok()?;
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("CLUSTER").arg("KEYSLOT").arg(*key);
+        }
+        let slots: Vec<i64> = pipe.query(&mut conn).ok()?;
         let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn).ok()?;
-        ranges.into_iter().find_map(|range| {
-            let redis::Value::Array(fields) = range else {
-                return None;
-            };
-            let start: i64 = redis::from_redis_value(fields.first()?.clone()).ok()?;
-            let end: i64 = redis::from_redis_value(fields.get(1)?.clone()).ok()?;
-            let redis::Value::Array(master) = fields.get(2)? else {
-                return None;
-            };
-            let port: i64 = redis::from_redis_value(master.get(1)?.clone()).ok()?;
-            (start <= slot && slot <= end).then(|| u16::try_from(port).ok())?
-        })
+        let ranges: Vec<(i64, i64, u16)> = ranges
+            .into_iter()
+            .filter_map(|range| {
+                let redis::Value::Array(fields) = range else {
+                    return None;
+                };
+                let start: i64 = redis::from_redis_value(fields.first()?.clone()).ok()?;
+                let end: i64 = redis::from_redis_value(fields.get(1)?.clone()).ok()?;
+                let redis::Value::Array(master) = fields.get(2)? else {
+                    return None;
+                };
+                let port: i64 = redis::from_redis_value(master.get(1)?.clone()).ok()?;
+                Some((start, end, u16::try_from(port).ok()?))
+            })
+            .collect();
+        Some(
+            slots
+                .iter()
+                .map(|slot| {
+                    ranges
+                        .iter()
+                        .find(|(start, end, _)| start <= slot && slot <= end)
+                        .map(|(.., port)| *port)
+                })
+                .collect(),
+        )
     }
 
     /// The server process listening on `port`.

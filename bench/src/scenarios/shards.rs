@@ -46,7 +46,7 @@ pub async fn run(
         .context("starting the Redis Cluster")?;
     let servers = cluster.seed_urls();
     stack.switch_redis(Some(servers.clone())).await?;
-    let clustered = cluster_leg(stack, plan, &servers).await;
+    let clustered = cluster_leg(stack, plan, &cluster).await;
     // Back on the run's Redis for the scenarios after this one, whatever happened.
     stack.switch_redis(None).await?;
     drop(cluster);
@@ -143,20 +143,26 @@ struct Shard {
 async fn cluster_leg(
     stack: &mut Stack,
     plan: &FanoutPlan,
-    servers: &[String],
+    cluster: &testkit::RedisCluster,
 ) -> anyhow::Result<(Leg, Vec<Shard>)> {
+    let servers = cluster.seed_urls();
     stack.restart_nodes(plan.nodes).await?;
     let mut before = Vec::new();
-    for url in servers {
+    for url in &servers {
         before.push(ServerStats::read(url).await?);
     }
     let leg = fanout::drive(stack, plan, &Endpoints::tessera(stack)?).await?;
     let per_room = leg_publishes_per_room(&leg, plan);
-    let owners = room_owners(&servers[0], &leg).await?;
+    // A channel's keys and shard channel hash on its name (their hash tag).
+    let channels: Vec<String> = (0..leg.rooms.count).map(|r| leg.rooms.channel(r)).collect();
+    let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let owners = cluster
+        .master_ports_of(&names)
+        .context("reading the cluster's slot map")?;
     let mut shards = Vec::new();
     for (url, before) in servers.iter().zip(before) {
         let after = ServerStats::read(url).await?;
-        let channels = owners.iter().filter(|port| **port == after.port).count();
+        let channels = owners.iter().filter(|p| **p == Some(after.port)).count();
         shards.push(Shard {
             port: after.port,
             master: after.master,
@@ -179,51 +185,6 @@ async fn cluster_leg(
 /// Messages each room was sent: message `n` goes to room `n % rooms`.
 fn leg_publishes_per_room(leg: &Leg, plan: &FanoutPlan) -> u64 {
     plan.messages() / leg.rooms.count.max(1) as u64
-}
-
-/// The port of the master owning each room's channel (its hash tag is the
-/// channel name), by `CLUSTER KEYSLOT` and `CLUSTER SLOTS`.
-async fn room_owners(server: &str, leg: &Leg) -> anyhow::Result<Vec<u16>> {
-    let client = redis::Client::open(server)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let mut pipe = redis::pipe();
-    for room in 0..leg.rooms.count {
-        pipe.cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(leg.rooms.channel(room));
-    }
-    let slots: Vec<i64> = pipe.query_async(&mut conn).await?;
-    let ranges: Vec<(i64, i64, String, i64)> = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async::<Vec<redis::Value>>(&mut conn)
-        .await?
-        .into_iter()
-        .filter_map(|range| {
-            let redis::Value::Array(fields) = range else {
-                return None;
-            };
-            let start: i64 = redis::from_redis_value(fields.first()?.clone()).ok()?;
-            let end: i64 = redis::from_redis_value(fields.get(1)?.clone()).ok()?;
-            let (host, port): (String, i64) = match fields.get(2)? {
-                redis::Value::Array(master) => (
-                    redis::from_redis_value(master.first()?.clone()).ok()?,
-                    redis::from_redis_value(master.get(1)?.clone()).ok()?,
-                ),
-                _ => return None,
-            };
-            Some((start, end, host, port))
-        })
-        .collect();
-    Ok(slots
-        .iter()
-        .map(|slot| {
-            ranges
-                .iter()
-                .find(|(start, end, ..)| start <= slot && slot <= end)
-                .and_then(|(.., port)| u16::try_from(*port).ok())
-                .unwrap_or(0)
-        })
-        .collect())
 }
 
 /// What one Redis process says about itself.
