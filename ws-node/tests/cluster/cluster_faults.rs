@@ -51,18 +51,15 @@ fn assert_no_silent_gap(sequence: &Sequence, acked: &[u64], who: &str) {
     );
 }
 
-/// Waits until every node answers `/readyz` with 200.
+/// Waits until every node answers `/readyz` with 200, all within `within`.
 async fn wait_until_ready(stack: &Stack, within: Duration) {
     let deadline = Instant::now() + within;
     for node in &stack.nodes {
-        loop {
-            let (status, body) = stack.readiness(node).await;
-            if status == 200 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "node not ready again: {body}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ready = |status, _: &_| status == 200;
+        stack
+            .await_readiness(node, left, "node not ready again", ready)
+            .await;
     }
 }
 
@@ -238,18 +235,14 @@ async fn one_shard_that_stops_delivering_turns_the_node_not_ready() {
         .query_async::<()>(&mut admin)
         .await
         .expect("pause");
-    let paused_at = Instant::now();
-    loop {
-        let (status, body) = stack.readiness(&stack.nodes[0]).await;
-        if status == 503 && body["checks"]["redis_delivery"] == "late" {
-            break;
-        }
-        assert!(
-            paused_at.elapsed() < Duration::from_secs(4),
-            "readyz stayed green while one shard delivered nothing: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack
+        .await_readiness(
+            &stack.nodes[0],
+            Duration::from_secs(4),
+            "readyz stayed green while one shard delivered nothing",
+            |status, body| status == 503 && body["checks"]["redis_delivery"] == "late",
+        )
+        .await;
 
     redis::cmd("CLIENT")
         .arg("UNPAUSE")

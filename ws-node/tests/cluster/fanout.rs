@@ -236,21 +236,10 @@ async fn leaving_and_rejoining_a_channel_quickly_keeps_the_subscription(backend:
         .await;
     assert_eq!(ack["type"], "ack", "{ack}");
     assert_eq!(client.recv_message().await["data"], "still here");
-    let metrics = stack
-        .http
-        .get(stack.nodes[0].http_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    let losses: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("ws_subscription_losses_total"))
-        .collect();
-    assert!(
-        losses.iter().all(|l| l.ends_with(" 0")),
-        "the subscription was remade: {losses:?}"
+    let metrics = stack.metrics(&stack.nodes[0]).await;
+    assert_eq!(
+        metric(&metrics, "ws_subscription_losses_total"),
+        0.0,
+        "the subscription was remade"
     );
 }

@@ -187,6 +187,38 @@ impl Stack {
         (status, response.json().await.expect("json"))
     }
 
+    /// Polls `node`'s `/readyz` until `wanted(status, body)`, at most
+    /// `within`; returns that body, or fails with `what` and the last body.
+    pub async fn await_readiness(
+        &self,
+        node: &Node,
+        within: Duration,
+        what: &str,
+        wanted: impl Fn(u16, &Value) -> bool,
+    ) -> Value {
+        let started = std::time::Instant::now();
+        loop {
+            let (status, body) = self.readiness(node).await;
+            if wanted(status, &body) {
+                return body;
+            }
+            assert!(started.elapsed() < within, "{what}: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `node`'s `/metrics` exposition.
+    pub async fn metrics(&self, node: &Node) -> String {
+        self.http
+            .get(node.http_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     pub async fn create_user(&self, name: &str) -> User {
         accounts::create_user(
             &self.auth.db,
@@ -636,4 +668,12 @@ impl Sequence {
             );
         }
     }
+}
+
+/// The value of an unlabelled metric in a `/metrics` exposition (0 when absent).
+pub fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
 }

@@ -31,15 +31,7 @@ async fn health_readiness_and_metrics(backend: Backend) {
     let user = stack.create_user("alice").await;
     let key = stack.api_key(&user, "connect").await;
     let _client = stack.connect(0, &key).await;
-    let metrics = stack
-        .http
-        .get(node.http_url("/metrics"))
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("text");
+    let metrics = stack.metrics(node).await;
     assert!(metrics.contains("ws_handshakes_total"), "{metrics}");
 }
 
@@ -107,11 +99,10 @@ async fn a_subscription_that_stops_delivering_turns_the_node_not_ready() {
     })
     .await;
     let node = &stack.nodes[0];
-    let deadline = Instant::now() + PATIENCE;
-    while stack.readiness(node).await.0 != 200 {
-        assert!(Instant::now() < deadline, "the node never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = |status, _: &Value| status == 200;
+    stack
+        .await_readiness(node, PATIENCE, "the node never became ready", ready)
+        .await;
 
     // Redis holds every write, PUBLISH included, while the subscriber's PING
     // still answers: the subscription looks alive, and nothing published
@@ -123,18 +114,14 @@ async fn a_subscription_that_stops_delivering_turns_the_node_not_ready() {
         .query_async::<()>(&mut admin)
         .await
         .expect("pause");
-    let paused_at = Instant::now();
-    let body = loop {
-        let (status, body) = stack.readiness(node).await;
-        if status == 503 && body["checks"]["redis_delivery"] == "late" {
-            break body;
-        }
-        assert!(
-            paused_at.elapsed() < Duration::from_secs(4),
-            "readyz stayed green while nothing was delivered: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let body = stack
+        .await_readiness(
+            node,
+            Duration::from_secs(4),
+            "readyz stayed green while nothing was delivered",
+            |status, body| status == 503 && body["checks"]["redis_delivery"] == "late",
+        )
+        .await;
     assert!(
         body["checks"]["canary_age_ms"].as_u64() > Some(1_500),
         "{body}"
@@ -145,19 +132,15 @@ async fn a_subscription_that_stops_delivering_turns_the_node_not_ready() {
         .query_async::<()>(&mut admin)
         .await
         .expect("unpause");
-    let unpaused_at = Instant::now();
-    loop {
-        let (status, body) = stack.readiness(node).await;
-        if status == 200 {
-            assert_eq!(body["checks"]["redis_delivery"], "ok", "{body}");
-            break;
-        }
-        assert!(
-            unpaused_at.elapsed() < Duration::from_secs(5),
-            "the node did not become ready again: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let body = stack
+        .await_readiness(
+            node,
+            Duration::from_secs(5),
+            "the node did not become ready again",
+            ready,
+        )
+        .await;
+    assert_eq!(body["checks"]["redis_delivery"], "ok", "{body}");
 }
 
 #[tokio::test]

@@ -239,15 +239,7 @@ async fn a_client_that_stops_reading_is_closed_while_a_reader_keeps_receiving() 
     assert!(matches!(closed_with, None | Some(4008)), "{closed_with:?}");
     // The client may find a reset rather than the close frame (its unread
     // buffers were discarded); the node says which close it chose.
-    let metrics = stack
-        .http
-        .get(stack.nodes[0].http_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = stack.metrics(&stack.nodes[0]).await;
     assert!(
         metrics
             .lines()

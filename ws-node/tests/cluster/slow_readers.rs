@@ -117,14 +117,6 @@ async fn expect_dropped(socket: &mut RawSocket, patience: Duration) {
     }
 }
 
-/// The value of an unlabelled metric in a `/metrics` exposition.
-fn metric(exposition: &str, name: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().expect("a number"))
-}
-
 async fn scrape(http: &reqwest::Client, port: u16) -> String {
     let url = format!("http://127.0.0.1:{port}/metrics");
     let response = http.get(url).send().await.expect("scrape");
