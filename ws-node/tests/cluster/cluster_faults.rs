@@ -99,7 +99,7 @@ async fn a_master_killed_with_sigkill_fails_over_without_a_silent_gap() {
     let mut cluster = testkit::RedisCluster::start();
     let stack = stack_on(&cluster, 2).await;
     const CHANNEL: &str = "public:failover";
-    let live_key = format!("{}:ch:{{{CHANNEL}}}:live", stack.prefix);
+    let live_key = stack.live_channel(CHANNEL);
     let victim = cluster
         .master_port_of(&live_key)
         .expect("the channel's master");
@@ -150,7 +150,7 @@ async fn a_busy_channel_whose_slot_moves_to_another_master_loses_nothing_silentl
     let cluster = testkit::RedisCluster::start();
     let stack = stack_on(&cluster, 2).await;
     let channel = channel_in_slot_zero();
-    let live_key = format!("{}:ch:{{{channel}}}:live", stack.prefix);
+    let live_key = stack.live_channel(channel);
     let source = cluster
         .master_port_of(&live_key)
         .expect("the channel's master");
@@ -298,7 +298,7 @@ async fn a_planned_failover_is_followed_without_a_silent_gap() {
     let cluster = testkit::RedisCluster::start();
     let stack = stack_on(&cluster, 2).await;
     const CHANNEL: &str = "public:handover";
-    let live_key = format!("{}:ch:{{{CHANNEL}}}:live", stack.prefix);
+    let live_key = stack.live_channel(CHANNEL);
     let master = cluster
         .master_port_of(&live_key)
         .expect("the channel's master");

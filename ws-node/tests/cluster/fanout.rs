@@ -111,12 +111,13 @@ async fn unsubscribing_stops_delivery_and_releases_the_redis_subscription(backen
     let key = stack.api_key(&user, "connect,publish").await;
     let mut client = stack.connect(0, &key).await;
     client.subscribe("public:temp").await;
-    let live = format!("{}:ch:{{public:temp}}:live", stack.prefix);
+    let live = stack.live_channel("public:temp");
     let redis = stack.redis().await;
-    let channels = |_: &Stack| {
+    let channels = || {
         let (live, mut redis) = (live.clone(), redis.clone());
         async move {
-            // A shard channel on a cluster, asked of its own shard.
+            // A shard channel on a cluster (redis-rs asks every node and
+            // adds their answers up).
             let numsub = if redis.is_cluster() {
                 redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(&live).clone()
             } else {
@@ -126,7 +127,7 @@ async fn unsubscribing_stops_delivery_and_releases_the_redis_subscription(backen
             n[0].1
         }
     };
-    assert_eq!(channels(&stack).await, 1);
+    assert_eq!(channels().await, 1);
     let reply = client
         .request(
             json!({ "action": "unsubscribe", "channel": "public:temp" }),
@@ -134,7 +135,7 @@ async fn unsubscribing_stops_delivery_and_releases_the_redis_subscription(backen
         )
         .await;
     assert_eq!(reply["type"], "ack");
-    assert_eq!(channels(&stack).await, 0);
+    assert_eq!(channels().await, 0);
     stack
         .server_publish(&key, "public:temp", json!("nobody hears"))
         .await;

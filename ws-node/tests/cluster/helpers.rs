@@ -207,6 +207,14 @@ impl Stack {
         }
     }
 
+    /// The name of `channel`'s live pub/sub channel in this stack's Redis
+    /// (the key layout is `shared::keys`'s alone).
+    pub fn live_channel(&self, channel: &str) -> String {
+        shared::keys::RedisKeys::new(&self.prefix)
+            .expect("prefix")
+            .channel_live(&channel.parse().expect("channel"))
+    }
+
     /// `node`'s `/metrics` exposition.
     pub async fn metrics(&self, node: &Node) -> String {
         self.http

@@ -311,7 +311,8 @@ mod tests {
         let mut link = Link::open(&RedisTarget::Cluster(seeds))
             .await
             .expect("the test cluster (scripts/ensure-services.sh starts it)");
-        let name = format!("{}:ch:{{public:own}}:live", testkit::unique_prefix());
+        let keys = shared::keys::RedisKeys::new(&testkit::unique_prefix()).expect("prefix");
+        let name = keys.channel_live(&"public:own".parse().expect("channel"));
         let names = [name.clone()];
         for _ in 0..3 {
             link.subscribe(&names).await.expect("ssubscribe");
