@@ -291,7 +291,7 @@ async fn bounded<T>(
         .map_err(|_| timeout_error(what))?
 }
 
-pub fn timeout_error(what: &'static str) -> redis::RedisError {
+fn timeout_error(what: &'static str) -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "timed out", what.to_owned()))
 }
 
